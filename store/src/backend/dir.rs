@@ -1,0 +1,332 @@
+//! A repository in a local directory (`file:///path`).
+//!
+//! Objects are files under the root; streams are files `journal/<name>.log`; locks are files
+//! `locks/<name>` held with `flock`. Publish is temp file, fsync, rename (or link, for
+//! `put_if_absent`), fsync of the directory. Append is `pwrite` at the end then `fdatasync`.
+//! After a failed fdatasync a stream refuses further appends: the kernel may have dropped the dirty
+//! pages, so a retried sync could report success for data that is gone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{Backend, Durability, LockGuard, ObjectInfo, Stream};
+use crate::error::{Error, Result};
+
+pub const DIRS: &[&str] = &["snapshots", "packs", "index", "journal", "locks", "tmp"];
+
+pub struct DirBackend {
+    root: PathBuf,
+}
+
+impl DirBackend {
+    /// Open an existing directory (it must exist; `create` makes it).
+    pub fn open(root: &Path) -> Result<Self> {
+        let meta = fs::metadata(root).map_err(|e| Error::io("open", root.display().to_string(), e))?;
+        if !meta.is_dir() {
+            return Err(Error::Invalid(format!("{} is not a directory", root.display())));
+        }
+        Ok(DirBackend { root: root.to_path_buf() })
+    }
+
+    /// Create the directory layout (idempotent).
+    pub fn create(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| Error::io("create", root.display().to_string(), e))?;
+        for d in DIRS {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| Error::io("create", p.display().to_string(), e))?;
+        }
+        sync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(DirBackend { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    fn stream_path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join("journal").join(format!("{name}.log")))
+    }
+
+    fn temp_path(&self, name: &str) -> PathBuf {
+        let mut r = [0u8; 8];
+        crate::crypto::fill_random(&mut r);
+        self.root
+            .join("tmp")
+            .join(format!("{}.{}.tmp", name.replace('/', "_"), hex::encode(r)))
+    }
+
+    fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
+        let tmp = self.temp_path(name);
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("write", name, e));
+        }
+        Ok(tmp)
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.starts_with('/')
+        || name.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        return Err(Error::Invalid(format!("invalid object name '{name}'")));
+    }
+    Ok(())
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("sync directory", dir.display().to_string(), e))
+}
+
+fn parent_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("/"))
+}
+
+impl Backend for DirBackend {
+    fn url(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(name)?;
+        let tmp = self.write_temp(name, data)?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("publish", name, e));
+        }
+        sync_dir(parent_of(&dest))
+    }
+
+    fn put_if_absent(&self, name: &str, data: &[u8]) -> Result<bool> {
+        let dest = self.path(name)?;
+        let tmp = self.write_temp(name, data)?;
+        let res = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match res {
+            Ok(()) => {
+                sync_dir(parent_of(&dest))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("publish", name, e)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let p = self.path(name)?;
+        fs::read(&p).map_err(|e| Error::io("read", name, e))
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let p = self.path(name)?;
+        let f = File::open(&p).map_err(|e| Error::io("read", name, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                Error::corrupt(name, format!("shorter than expected: cannot read {len} bytes at offset {offset}"))
+            } else {
+                Error::io("read", name, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // Prefixes are directories ("packs/") or a file name prefix within the root.
+        let (dir_part, file_prefix) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        let dir = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", dir.display().to_string(), e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
+            let fname = ent.file_name().to_string_lossy().into_owned();
+            if !fname.starts_with(file_prefix) || fname.ends_with(".tmp") {
+                continue;
+            }
+            let meta = ent.metadata().map_err(|e| Error::io("list", fname.clone(), e))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let name = if dir_part.is_empty() { fname } else { format!("{dir_part}/{fname}") };
+            if dir_part == "journal" && name.ends_with(".log") {
+                continue; // streams are listed by stream_list
+            }
+            out.push(ObjectInfo { name, size: meta.len() });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let p = self.path(name)?;
+        match fs::remove_file(&p) {
+            Ok(()) => sync_dir(parent_of(&p)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", name, e)),
+        }
+    }
+
+    fn stream_open(&self, name: &str, durability: Durability) -> Result<Box<dyn Stream>> {
+        let p = self.stream_path(name)?;
+        let existed = p.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?;
+        if !existed {
+            sync_dir(parent_of(&p))?;
+        }
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?
+            .len();
+        Ok(Box::new(DirStream {
+            file,
+            len,
+            name: format!("journal/{name}.log"),
+            durability,
+            poisoned: None,
+        }))
+    }
+
+    fn stream_read(&self, name: &str) -> Result<Vec<u8>> {
+        let p = self.stream_path(name)?;
+        let mut v = Vec::new();
+        File::open(&p)
+            .and_then(|mut f| f.read_to_end(&mut v))
+            .map_err(|e| Error::io("read", format!("journal/{name}.log"), e))?;
+        Ok(v)
+    }
+
+    fn stream_list(&self) -> Result<Vec<ObjectInfo>> {
+        let dir = self.root.join("journal");
+        let rd = fs::read_dir(&dir).map_err(|e| Error::io("list", dir.display().to_string(), e))?;
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
+            let fname = ent.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = fname.strip_suffix(".log") {
+                let size = ent.metadata().map_err(|e| Error::io("list", fname.clone(), e))?.len();
+                out.push(ObjectInfo { name: stem.to_string(), size });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stream_delete(&self, name: &str) -> Result<()> {
+        let p = self.stream_path(name)?;
+        match fs::remove_file(&p) {
+            Ok(()) => sync_dir(parent_of(&p)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", format!("journal/{name}.log"), e)),
+        }
+    }
+
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
+        let p = self.path(&format!("locks/{name}"))?;
+        let obj = format!("locks/{name}");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| Error::io("open", obj.clone(), e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut who = String::new();
+                let _ = f.read_to_string(&mut who);
+                let who = if who.trim().is_empty() { "another process".to_string() } else { who.trim().to_string() };
+                return Err(Error::Locked { object: format!("{} ({})", obj, self.url()), holder: who });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", obj, e)),
+        }
+        let res = f.set_len(0).and_then(|_| f.write_all_at(holder.as_bytes(), 0)).and_then(|_| f.flush());
+        res.map_err(|e| Error::io("write", obj, e))?;
+        Ok(Box::new(DirLock { _file: f }))
+    }
+}
+
+struct DirLock {
+    _file: File,
+}
+impl LockGuard for DirLock {}
+
+struct DirStream {
+    file: File,
+    len: u64,
+    name: String,
+    durability: Durability,
+    poisoned: Option<String>,
+}
+
+impl Stream for DirStream {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Invalid(format!(
+                "{} refuses appends after an earlier failure ({why}); restart to recover",
+                self.name
+            )));
+        }
+        if let Err(e) = self.file.write_all_at(data, self.len) {
+            // Cut whatever part was written, so no partial record stays in the middle.
+            if self.file.set_len(self.len).and_then(|_| self.file.sync_data()).is_err() {
+                self.poisoned = Some(format!("write failed: {e}"));
+            }
+            return Err(Error::io("append", self.name.clone(), e));
+        }
+        if self.durability == Durability::Fsync {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = Some(format!("fdatasync failed: {e}"));
+                return Err(Error::io("fdatasync", self.name.clone(), e));
+            }
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| Error::io("truncate", self.name.clone(), e))?;
+        self.len = len;
+        Ok(())
+    }
+}

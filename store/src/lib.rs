@@ -1,0 +1,16 @@
+//! cln-backup's storage engine: a journal of lightningd's `db_write` batches, deduplicated
+//! chunked snapshots of the database, restore, prune and verify. It knows nothing of JSON-RPC.
+//!
+//! Start with [`Repository`] (open, init, lock), then [`journal`] (the write path of every batch)
+//! and [`ops`] (compact, restore, prune, verify, stats). All I/O goes through [`backend::Backend`].
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
+
+pub mod backend;
+pub mod codec;
+pub mod crypto;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod url;
+
+pub use error::{Error, Result};
