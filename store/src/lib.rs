@@ -6,11 +6,27 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod backend;
+pub mod chunker;
 pub mod codec;
+pub mod config;
 pub mod crypto;
+pub mod dump;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod journal;
+pub mod manifest;
+pub mod ops;
+pub mod pack;
+pub mod replay;
+pub mod repo;
+pub mod snapshot;
 pub mod url;
 
+pub use backend::Durability;
+pub use config::ConfigBody;
+pub use crypto::MasterKey;
 pub use error::{Error, Result};
+pub use journal::{AppendOutcome, Batch};
+pub use repo::Repository;
+pub use url::BackupUrl;

@@ -1,0 +1,226 @@
+//! The write path of every `db_write` batch: validate its data_version, append it durably.
+//!
+//! data_version rules (lightningd's, NOTES.md section 1), with L the newest batch version the
+//! repository holds (journal, else newest snapshot) and V the batch's:
+//! - first non-PRAGMA batch of a writer session: V = L+1 "versions match"; V = L while the batch
+//!   L is still in the journal: lightningd crashed before committing L and re-sends it, so the new
+//!   record is flagged `supersedes` and replay drops the old one; V > L+1: the backup is behind;
+//!   V < L (or V = L with L only in a snapshot): the backup is ahead. Both refuse the batch.
+//! - later batches: V = L+1, else refused.
+//! - PRAGMA-only batches repeat the current version (L, or L-1 before a superseding batch) and
+//!   are kept: replay runs them outside a transaction.
+//!
+//! The hook path is `append`: encode, seal, one stream append (one fdatasync). No listing, no
+//! work that grows with the repository.
+
+use super::reader::{self, SegmentRef};
+use super::record::{Batch, Record};
+use super::segment::{self, Recovery, STREAM_HEADER_LEN};
+use super::stream_name;
+use crate::backend::{Durability, LockGuard, Stream};
+use crate::error::{Error, Result};
+use crate::repo::{Repository, WRITER_LOCK};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// A batch that follows the previous one.
+    Appended,
+    /// The first batch of this session follows the backup: "Versions match up".
+    VersionsMatch,
+    /// The first batch of this session re-sends the last version: it replaces that batch
+    /// ("Last changes not applied").
+    Superseded { version: u32 },
+    /// A PRAGMA-only batch, kept.
+    Pragma,
+}
+
+pub struct JournalWriter {
+    repo: Repository,
+    stream: Box<dyn Stream>,
+    seq: u64,
+    header: Vec<u8>,
+    durability: Durability,
+    _lock: Box<dyn LockGuard>,
+    /// Newest non-PRAGMA batch version held, and whether that batch is in the journal (so can be
+    /// superseded) rather than only in a snapshot.
+    last_real: Option<u32>,
+    last_real_in_journal: bool,
+    session_started: bool,
+    bytes_since_snapshot: u64,
+    recovery_note: Option<String>,
+}
+
+const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newer state. Stop lightningd and re-initialise the backup from the node's database: `backup-cli init --force --lightning-dir <dir> <url>` (this keeps nothing of the old backup: move it aside first).";
+const AHEAD_HINT: &str = "The backup holds changes the node's database lacks: the node may run on an old or restored database. Stop lightningd and do not start it until you know which is newer; `backup-cli restore` gives the backup's state.";
+
+impl JournalWriter {
+    pub(crate) fn open(repo: &Repository, holder: &str, durability: Durability) -> Result<JournalWriter> {
+        let lock = repo.lock(WRITER_LOCK, holder)?;
+        let segs = reader::segments(repo)?;
+        let snap = crate::manifest::latest(repo)?;
+        let mut recovery_note = None;
+
+        // Continue the newest open stream, or start a new segment after the newest one.
+        let newest = segs.last().cloned();
+        let (seq, mut stream) = match &newest {
+            Some(s) if !s.sealed => {
+                let name = stream_name(s.seq);
+                let mut stream = repo.backend().stream_open(&name, durability)?;
+                let data = repo.backend().stream_read(&name)?;
+                let parsed = segment::parse_stream(
+                    &data,
+                    repo.crypto(),
+                    repo.repo_id(),
+                    s.seq,
+                    &s.object_name(),
+                    Recovery::TruncateTornTail,
+                )?;
+                if let Some(t) = parsed.torn {
+                    stream.truncate(parsed.valid_len)?;
+                    recovery_note = Some(format!("cut {t} from {}", s.object_name()));
+                }
+                (s.seq, stream)
+            }
+            Some(s) => (s.seq + 1, repo.backend().stream_open(&stream_name(s.seq + 1), durability)?),
+            None => (0, repo.backend().stream_open(&stream_name(0), durability)?),
+        };
+        let header = segment::stream_header(repo.crypto(), repo.repo_id(), seq);
+        if stream.len() < STREAM_HEADER_LEN as u64 {
+            stream.truncate(0)?;
+            stream.append(&header)?;
+        }
+
+        // The newest real batch: search the journal newest first, then the newest snapshot.
+        let mut last_real = None;
+        for s in segs.iter().rev() {
+            if snap.as_ref().is_some_and(|m| s.seq < m.journal_segment) {
+                break;
+            }
+            let recs = reader::read_segment(repo, s, Recovery::TruncateTornTail)?;
+            if let Some(r) = recs.iter().rev().find(|r| !r.pragma_only()) {
+                last_real = Some(r.batch.data_version);
+                break;
+            }
+        }
+        let snap_version = snap.as_ref().map(|m| m.data_version);
+        let (last_real, in_journal) = match (last_real, snap_version) {
+            (Some(j), Some(s)) if s > j => (Some(s), false),
+            (Some(j), _) => (Some(j), true),
+            (None, s) => (s, false),
+        };
+        let from = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
+        let bytes_since_snapshot = segs
+            .iter()
+            .filter(|s: &&SegmentRef| s.seq >= from && s.seq != seq)
+            .map(|s| s.size)
+            .sum::<u64>()
+            + stream.len();
+
+        Ok(JournalWriter {
+            repo: repo.clone(),
+            stream,
+            seq,
+            header,
+            durability,
+            _lock: lock,
+            last_real,
+            last_real_in_journal: in_journal,
+            session_started: false,
+            bytes_since_snapshot,
+            recovery_note,
+        })
+    }
+
+    /// What the open path repaired (a torn tail cut), to be logged.
+    pub fn recovery_note(&self) -> Option<&str> {
+        self.recovery_note.as_deref()
+    }
+    pub fn last_version(&self) -> Option<u32> {
+        self.last_real
+    }
+    pub fn bytes_since_snapshot(&self) -> u64 {
+        self.bytes_since_snapshot
+    }
+    /// After a snapshot: `closed` bytes of closed segments still after it, plus the open segment.
+    pub fn reset_bytes_since_snapshot(&mut self, closed: u64) {
+        self.bytes_since_snapshot = closed + self.stream.len();
+    }
+    pub fn segment(&self) -> u64 {
+        self.seq
+    }
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Check a batch against the journal without storing it.
+    pub fn check(&self, batch: &Batch) -> Result<AppendOutcome> {
+        if batch.writes.is_empty() {
+            return Err(Error::Invalid(format!("db_write for data_version {} has no statements", batch.data_version)));
+        }
+        let v = batch.data_version;
+        if batch.is_pragma_only() {
+            let ok = match self.last_real {
+                None => true,
+                Some(l) => v == l || (!self.session_started && v.wrapping_add(1) == l),
+            };
+            return if ok {
+                Ok(AppendOutcome::Pragma)
+            } else {
+                Err(Error::VersionGap { expected: self.last_real.unwrap_or(0), got: v })
+            };
+        }
+        let l = self.last_real.unwrap_or(0);
+        if self.session_started {
+            return if v == l.wrapping_add(1) {
+                Ok(AppendOutcome::Appended)
+            } else {
+                Err(Error::VersionGap { expected: l.wrapping_add(1), got: v })
+            };
+        }
+        let node = v.wrapping_sub(1);
+        if v == l.wrapping_add(1) {
+            Ok(AppendOutcome::VersionsMatch)
+        } else if v == l && self.last_real_in_journal {
+            Ok(AppendOutcome::Superseded { version: v })
+        } else if v > l {
+            Err(Error::BackupBehind { backup: l, node, hint: BEHIND_HINT.into() })
+        } else {
+            Err(Error::BackupAhead { backup: l, node, hint: AHEAD_HINT.into() })
+        }
+    }
+
+    /// Store a batch durably. Returns only when the record is durable per the durability mode.
+    pub fn append(&mut self, batch: &Batch) -> Result<AppendOutcome> {
+        let outcome = self.check(batch)?;
+        let rec = Record {
+            batch: batch.clone(),
+            supersedes: matches!(outcome, AppendOutcome::Superseded { .. }),
+        };
+        let frame = segment::encode_frame(self.repo.crypto(), &self.header, self.seq, self.stream.len(), &rec);
+        self.stream.append(&frame)?;
+        self.bytes_since_snapshot += frame.len() as u64;
+        if outcome != AppendOutcome::Pragma {
+            self.last_real = Some(batch.data_version);
+            self.last_real_in_journal = true;
+            self.session_started = true;
+        }
+        Ok(outcome)
+    }
+
+    /// Close the current segment and start the next one; returns the closed segment's number.
+    /// Compaction calls this so that appends never wait for it.
+    pub fn rotate(&mut self) -> Result<u64> {
+        let next = self.seq + 1;
+        let mut stream = self.repo.backend().stream_open(&stream_name(next), self.durability)?;
+        let header = segment::stream_header(self.repo.crypto(), self.repo.repo_id(), next);
+        if !stream.is_empty() {
+            stream.truncate(0)?;
+        }
+        stream.append(&header)?;
+        let closed = self.seq;
+        self.stream = stream;
+        self.seq = next;
+        self.header = header;
+        Ok(closed)
+    }
+}

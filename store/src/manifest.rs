@@ -1,0 +1,274 @@
+//! Snapshot manifests (`snapshots/<id>`): the commit point of a snapshot.
+//!
+//! ```text
+//! envelope header (16, kind Manifest) | sealed(zstd(body))
+//! body: u8 body version (1) | snapshot id (8) | u64 time | u32 data_version | u64 journal segment
+//!       | u8 flags (bit 0: foreign_keys on) | u64 db size | u32 page size | u64 chunk count
+//!       | u64 stored bytes added | u64 chunks added | u8 list kind
+//!   list kind 0 (full):  chunk count × (chunk id (32) | u32 length)
+//!   list kind 1 (delta): parent id (8) | u32 depth | u64 run count
+//!                        | runs: u64 first position | u32 n | n × (chunk id | u32 length)
+//! ```
+//! A delta lists only the positions whose chunk differs from its parent's (the chunk count gives
+//! the new length). Chains are at most `full_manifest_every` long; prune rewrites a kept delta as
+//! a full manifest before it deletes its parent.
+//!
+//! `journal segment` is the first segment replay must read after this snapshot: records with a
+//! data_version above the snapshot's are applied from there on.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::codec::{Dec, Enc};
+use crate::crypto::Crypto;
+use crate::envelope::{self, Kind};
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, SnapshotId};
+use crate::repo::Repository;
+
+pub type ChunkRef = (ChunkId, u32);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkList {
+    Full(Vec<ChunkRef>),
+    Delta { parent: SnapshotId, depth: u32, runs: Vec<(u64, Vec<ChunkRef>)> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub id: SnapshotId,
+    pub time: u64,
+    pub data_version: u32,
+    pub journal_segment: u64,
+    pub foreign_keys: bool,
+    pub db_size: u64,
+    pub page_size: u32,
+    pub chunk_count: u64,
+    pub stored_bytes: u64,
+    pub new_chunks: u64,
+    pub list: ChunkList,
+    /// Size of the stored manifest object (filled in when read).
+    pub object_size: u64,
+}
+
+/// What users and scripts see of a snapshot (`backup-cli snapshots --json`, `backup-snapshots`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub data_version: u32,
+    pub time: u64,
+    pub db_size: u64,
+    /// Bytes this snapshot added to the repository (new packs).
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub manifest_bytes: u64,
+    pub journal_segment: u64,
+    pub parent: Option<String>,
+}
+
+pub fn manifest_name(id: &SnapshotId) -> String {
+    format!("snapshots/{id}")
+}
+
+impl Manifest {
+    pub fn info(&self) -> SnapshotInfo {
+        SnapshotInfo {
+            id: self.id.to_string(),
+            data_version: self.data_version,
+            time: self.time,
+            db_size: self.db_size,
+            stored_bytes: self.stored_bytes,
+            chunks: self.chunk_count,
+            new_chunks: self.new_chunks,
+            manifest_bytes: self.object_size,
+            journal_segment: self.journal_segment,
+            parent: match &self.list {
+                ChunkList::Delta { parent, .. } => Some(parent.to_string()),
+                ChunkList::Full(_) => None,
+            },
+        }
+    }
+
+    pub fn depth(&self) -> u32 {
+        match &self.list {
+            ChunkList::Full(_) => 0,
+            ChunkList::Delta { depth, .. } => *depth,
+        }
+    }
+
+    pub fn encode(&self, crypto: &Crypto) -> Result<Vec<u8>> {
+        let name = manifest_name(&self.id);
+        let mut e = Enc::new();
+        e.u8(1).bytes(&self.id.0).u64(self.time).u32(self.data_version).u64(self.journal_segment);
+        e.u8(u8::from(self.foreign_keys)).u64(self.db_size).u32(self.page_size).u64(self.chunk_count);
+        e.u64(self.stored_bytes).u64(self.new_chunks);
+        match &self.list {
+            ChunkList::Full(refs) => {
+                e.u8(0);
+                for (id, len) in refs {
+                    e.bytes(&id.0).u32(*len);
+                }
+            }
+            ChunkList::Delta { parent, depth, runs } => {
+                e.u8(1).bytes(&parent.0).u32(*depth).u64(runs.len() as u64);
+                for (start, refs) in runs {
+                    e.u64(*start).u32(refs.len() as u32);
+                    for (id, len) in refs {
+                        e.bytes(&id.0).u32(*len);
+                    }
+                }
+            }
+        }
+        let z = zstd::bulk::compress(&e.finish(), 3).map_err(|err| Error::io("compress", &name, err))?;
+        Ok(envelope::seal_object(Kind::Manifest, crypto, &name, &z))
+    }
+
+    pub fn decode(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Manifest> {
+        let z = envelope::open_object(Kind::Manifest, crypto, name, data)?;
+        let raw = zstd::stream::decode_all(z.as_slice()).map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+        let mut d = Dec::new(&raw, name);
+        let v = d.u8()?;
+        if v != 1 {
+            return Err(Error::Unsupported { object: name.into(), what: "manifest version", found: v.into(), supported: 1 });
+        }
+        let id = SnapshotId(d.array()?);
+        if manifest_name(&id) != name {
+            return Err(Error::corrupt(name, format!("holds snapshot {id}, not the one its name says")));
+        }
+        let time = d.u64()?;
+        let data_version = d.u32()?;
+        let journal_segment = d.u64()?;
+        let foreign_keys = d.u8()? & 1 != 0;
+        let db_size = d.u64()?;
+        let page_size = d.u32()?;
+        let chunk_count = d.u64()?;
+        let stored_bytes = d.u64()?;
+        let new_chunks = d.u64()?;
+        let read_refs = |d: &mut Dec, n: usize| -> Result<Vec<ChunkRef>> {
+            if n > d.remaining() / 36 {
+                return Err(d.err(format!("chunk count {n} exceeds the manifest")));
+            }
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((ChunkId(d.array()?), d.u32()?));
+            }
+            Ok(v)
+        };
+        let list = match d.u8()? {
+            0 => ChunkList::Full(read_refs(&mut d, usize::try_from(chunk_count).unwrap_or(usize::MAX))?),
+            1 => {
+                let parent = SnapshotId(d.array()?);
+                let depth = d.u32()?;
+                let nruns = d.count(12)?;
+                let mut runs = Vec::with_capacity(nruns);
+                for _ in 0..nruns {
+                    let start = d.u64()?;
+                    let n = d.u32()? as usize;
+                    runs.push((start, read_refs(&mut d, n)?));
+                }
+                ChunkList::Delta { parent, depth, runs }
+            }
+            k => return Err(d.err(format!("unknown chunk list kind {k}"))),
+        };
+        d.end()?;
+        Ok(Manifest {
+            id,
+            time,
+            data_version,
+            journal_segment,
+            foreign_keys,
+            db_size,
+            page_size,
+            chunk_count,
+            stored_bytes,
+            new_chunks,
+            list,
+            object_size: data.len() as u64,
+        })
+    }
+}
+
+pub fn read(repo: &Repository, id: &SnapshotId) -> Result<Manifest> {
+    let name = manifest_name(id);
+    let data = match repo.backend().get(&name) {
+        Err(Error::NotFound { .. }) => return Err(Error::NoSuchSnapshot(id.to_string())),
+        other => other?,
+    };
+    Manifest::decode(repo.crypto(), &name, &data)
+}
+
+/// Every manifest, oldest first (by data_version, then time).
+pub fn list(repo: &Repository) -> Result<Vec<Manifest>> {
+    let names: Vec<String> = repo.backend().list("snapshots/")?.into_iter().map(|o| o.name).collect();
+    let mut out: Vec<Manifest> = names
+        .par_iter()
+        .map(|n| {
+            let data = repo.backend().get(n)?;
+            Manifest::decode(repo.crypto(), n, &data)
+        })
+        .collect::<Result<_>>()?;
+    out.sort_by_key(|m| (m.data_version, m.time, m.id));
+    Ok(out)
+}
+
+pub fn latest(repo: &Repository) -> Result<Option<Manifest>> {
+    Ok(list(repo)?.pop())
+}
+
+/// Find a snapshot by id or unique id prefix.
+pub fn find(repo: &Repository, id_or_prefix: &str) -> Result<Manifest> {
+    let all = list(repo)?;
+    let hits: Vec<Manifest> = all.into_iter().filter(|m| m.id.to_string().starts_with(id_or_prefix)).collect();
+    match hits.len() {
+        1 => Ok(hits.into_iter().next().ok_or_else(|| Error::NoSuchSnapshot(id_or_prefix.into()))?),
+        0 => Err(Error::NoSuchSnapshot(id_or_prefix.into())),
+        _ => Err(Error::Invalid(format!("snapshot id prefix '{id_or_prefix}' is ambiguous"))),
+    }
+}
+
+/// The full chunk list of a manifest, following its delta chain.
+pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
+    match &m.list {
+        ChunkList::Full(refs) => Ok(refs.clone()),
+        ChunkList::Delta { parent, depth, runs } => {
+            if *depth > 1024 {
+                return Err(Error::corrupt(manifest_name(&m.id), "delta chain too deep"));
+            }
+            let p = read(repo, parent).map_err(|e| match e {
+                Error::NoSuchSnapshot(_) => Error::corrupt(
+                    manifest_name(&m.id),
+                    format!("its parent snapshot {parent} is missing"),
+                ),
+                other => other,
+            })?;
+            let mut refs = resolve(repo, &p)?;
+            refs.resize(usize::try_from(m.chunk_count).unwrap_or(usize::MAX), (ChunkId([0; 32]), 0));
+            for (start, run) in runs {
+                for (i, r) in run.iter().enumerate() {
+                    let pos = usize::try_from(*start).unwrap_or(usize::MAX).saturating_add(i);
+                    let slot = refs.get_mut(pos).ok_or_else(|| {
+                        Error::corrupt(manifest_name(&m.id), format!("delta position {pos} beyond {} chunks", m.chunk_count))
+                    })?;
+                    *slot = *r;
+                }
+            }
+            Ok(refs)
+        }
+    }
+}
+
+/// Express `refs` as runs of positions that differ from `parent`.
+pub fn delta_runs(parent: &[ChunkRef], refs: &[ChunkRef]) -> Vec<(u64, Vec<ChunkRef>)> {
+    let mut runs: Vec<(u64, Vec<ChunkRef>)> = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        if parent.get(i) == Some(r) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((start, v)) if *start as usize + v.len() == i => v.push(*r),
+            _ => runs.push((i as u64, vec![*r])),
+        }
+    }
+    runs
+}

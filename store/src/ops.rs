@@ -1,0 +1,8 @@
+//! One module per user operation.
+
+pub mod compact;
+pub mod prune;
+pub mod restore;
+pub mod snapshots;
+pub mod stats;
+pub mod verify;

@@ -1,0 +1,230 @@
+//! Compaction: a snapshot of the database at a recent version, built beside the live journal.
+//!
+//! Steps (the writer is blocked only for step 2, one stream creation):
+//! 1. take the `maintenance` lock;
+//! 2. rotate the journal: appends continue in a new segment;
+//! 3. read the closed segments since the last snapshot and drop superseded batches; the target
+//!    version V is the newest batch known to be committed by lightningd: every batch but the last
+//!    (lightningd sends batch N+1 only after committing N; the last may still be superseded);
+//! 4. bring the compaction base (a local copy of the database at the last snapshot, checked
+//!    against that snapshot's manifest, rebuilt from the repository when missing or wrong) to V
+//!    by replaying;
+//! 5. write the snapshot (packs, index, manifest: see [`crate::snapshot`]);
+//! 6. record the base as being at the new snapshot; seal the closed segments (compressed
+//!    objects replacing the streams).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::journal::reader::{self, SegmentRef};
+use crate::journal::segment::{self, Recovery};
+use crate::journal::{stream_name, JournalWriter, Record};
+use crate::manifest::{self, Manifest, SnapshotInfo};
+use crate::ops::stats::{self, Stats};
+use crate::pack::ChunkIndex;
+use crate::repo::{Repository, MAINTENANCE_LOCK};
+use crate::replay::{self, Replayer};
+use crate::snapshot::{self, SnapshotInput};
+
+pub struct CompactOptions {
+    /// Where the compaction base lives (beside the node for the plugin).
+    pub cache_dir: PathBuf,
+    /// Lock holder description.
+    pub holder: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CompactReport {
+    pub snapshot: Option<SnapshotInfo>,
+    pub before: Stats,
+    pub after: Stats,
+    pub bytes_added: u64,
+    pub dedup_ratio: f64,
+    pub duration_ms: u64,
+    /// Why no snapshot was made, when none was.
+    pub note: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BaseState {
+    snapshot: String,
+    data_version: u32,
+}
+
+fn base_paths(repo: &Repository, dir: &Path) -> (PathBuf, PathBuf) {
+    let id = repo.repo_id();
+    (dir.join(format!("{id}.base.sqlite3")), dir.join(format!("{id}.base.json")))
+}
+
+/// Make `base` hold exactly snapshot `m` (or an empty file when `m` is None).
+fn prepare_base(repo: &Repository, dir: &Path, m: Option<&Manifest>, index: &ChunkIndex) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display().to_string(), e))?;
+    let (base, state) = base_paths(repo, dir);
+    let Some(m) = m else {
+        remove_if_exists(&base)?;
+        remove_if_exists(&state)?;
+        return Ok(base);
+    };
+    let refs = manifest::resolve(repo, m)?;
+    let claimed: Option<BaseState> = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if claimed.as_ref().is_some_and(|c| c.snapshot == m.id.to_string()) {
+        // Check the base against the manifest before trusting it.
+        if let Ok(Some(map)) = snapshot::map_file(&base) {
+            if map.len() as u64 == m.db_size {
+                if let Ok((_, _, got)) = snapshot::chunk_refs(repo, &map, &base.display().to_string()) {
+                    if got == refs {
+                        return Ok(base);
+                    }
+                }
+            }
+        }
+    }
+    remove_if_exists(&state)?;
+    remove_if_exists(&base)?;
+    snapshot::materialize(repo, m, &refs, index, &base)?;
+    Ok(base)
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", p.display().to_string(), e)),
+    }
+}
+
+fn write_state(path: &Path, m: &Manifest) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec(&BaseState { snapshot: m.id.to_string(), data_version: m.data_version })
+        .unwrap_or_default();
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io("write", path.display().to_string(), e))
+}
+
+/// Seal every closed segment (seq < `current`) that is still an open stream.
+pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
+    let mut sealed = 0;
+    for seg in reader::segments(repo)? {
+        if seg.sealed || seg.seq >= current {
+            continue;
+        }
+        let recs = reader::read_segment(repo, &seg, Recovery::Strict)?;
+        let name = crate::journal::sealed_name(seg.seq);
+        let bytes = segment::encode_sealed(repo.crypto(), &name, &recs, repo.config().body.zstd_level)?;
+        repo.backend().put(&name, &bytes)?;
+        repo.backend().stream_delete(&stream_name(seg.seq))?;
+        sealed += 1;
+    }
+    // Streams left beside their sealed copy by a crash between the two steps above.
+    for seq in reader::redundant_streams(repo)? {
+        if seq < current {
+            repo.backend().stream_delete(&stream_name(seq))?;
+        }
+    }
+    Ok(sealed)
+}
+
+pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactOptions) -> Result<CompactReport> {
+    let started = Instant::now();
+    let _lock = repo.lock(MAINTENANCE_LOCK, &opts.holder)?;
+    let before = stats::stats(repo)?;
+    let closed = {
+        let mut w = writer.lock().map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
+        w.rotate()?
+    };
+    let parent = manifest::latest(repo)?;
+    let from = parent.as_ref().map(|m| m.journal_segment).unwrap_or(0);
+    let segs: Vec<SegmentRef> = reader::segments(repo)?
+        .into_iter()
+        .filter(|s| s.seq >= from && s.seq <= closed)
+        .collect();
+    let mut records: Vec<(u64, Record)> = Vec::new();
+    for s in &segs {
+        for r in reader::read_segment(repo, s, Recovery::Strict)? {
+            records.push((s.seq, r));
+        }
+    }
+    let pv = parent.as_ref().map(|m| m.data_version).unwrap_or(0);
+    let seq_and_version: Vec<(u64, u32)> = records.iter().map(|r| (r.0, r.1.batch.data_version)).collect();
+    let recs = replay::effective(records.into_iter().map(|r| r.1).collect(), "journal")?;
+    let real: Vec<u32> = recs.iter().filter(|r| !r.pragma_only()).map(|r| r.batch.data_version).collect();
+    let target = match real.len() {
+        0 | 1 => None,
+        n => real.get(n - 2).copied().filter(|&v| v > pv),
+    };
+    let Some(target) = target else {
+        let after = stats::stats(repo)?;
+        return Ok(CompactReport {
+            snapshot: None,
+            before,
+            after,
+            bytes_added: 0,
+            dedup_ratio: 0.0,
+            duration_ms: started.elapsed().as_millis() as u64,
+            note: Some("nothing to compact: fewer than two batches since the last snapshot".into()),
+        });
+    };
+
+    let mut index = ChunkIndex::load(repo)?;
+    let base = prepare_base(repo, &opts.cache_dir, parent.as_ref(), &index)?;
+    let (_, state_path) = base_paths(repo, &opts.cache_dir);
+    remove_if_exists(&state_path)?; // the base is about to change
+    let mut rp = Replayer::open(&base, parent.as_ref().map(|m| m.foreign_keys).unwrap_or(true))?;
+    for r in recs.iter().filter(|r| r.batch.data_version > pv && r.batch.data_version <= target) {
+        rp.apply(r)?;
+    }
+    let got = rp.data_version()?;
+    let fk = rp.finish(&base)?;
+    if got != target {
+        return Err(Error::corrupt(
+            "journal",
+            format!("replay to data_version {target} produced a database at data_version {got}"),
+        ));
+    }
+    // Replay resumes at the segment holding the first record above the target.
+    let journal_segment = seq_and_version
+        .iter()
+        .find(|(_, v)| *v > target)
+        .map(|(s, _)| *s)
+        .unwrap_or(closed + 1);
+    let parent_refs = match &parent {
+        Some(p) => Some(manifest::resolve(repo, p)?),
+        None => None,
+    };
+    let m = snapshot::write_snapshot(
+        repo,
+        &SnapshotInput { path: &base, data_version: target, journal_segment, foreign_keys: fk },
+        parent.as_ref(),
+        parent_refs.as_deref(),
+        &mut index,
+    )?;
+    write_state(&state_path, &m)?;
+    seal_closed_segments(repo, closed + 1)?;
+    {
+        let mut w = writer.lock().map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
+        let since: u64 = reader::segments(repo)?
+            .iter()
+            .filter(|s| s.seq >= journal_segment && s.seq != w.segment())
+            .map(|s| s.size)
+            .sum();
+        w.reset_bytes_since_snapshot(since);
+    }
+    let after = stats::stats(repo)?;
+    let dedup_ratio = if m.stored_bytes > 0 { m.db_size as f64 / m.stored_bytes as f64 } else { 0.0 };
+    Ok(CompactReport {
+        snapshot: Some(m.info()),
+        before,
+        bytes_added: m.stored_bytes,
+        dedup_ratio,
+        after,
+        duration_ms: started.elapsed().as_millis() as u64,
+        note: None,
+    })
+}
+

@@ -1,0 +1,73 @@
+//! Repository statistics: logical versus stored bytes, journal since the last snapshot.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::journal::reader;
+use crate::manifest;
+use crate::repo::Repository;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Every stored byte: packs, indexes, manifests, journal (the old plugin's `backupsize`).
+    pub backup_size: u64,
+    /// Snapshots plus journal records (the old plugin's `version_count`).
+    pub version_count: u64,
+    pub snapshot_count: u64,
+    pub journal_records: u64,
+    pub journal_bytes: u64,
+    pub journal_bytes_since_snapshot: u64,
+    pub journal_segments: u64,
+    pub pack_count: u64,
+    pub pack_bytes: u64,
+    /// Sum of the database sizes of all snapshots.
+    pub logical_bytes: u64,
+    /// `logical_bytes` / bytes in packs and manifests.
+    pub dedup_ratio: f64,
+    pub last_snapshot: Option<manifest::SnapshotInfo>,
+    /// The newest data_version held (journal or snapshot).
+    pub last_version: Option<u32>,
+    pub encryption: String,
+}
+
+pub fn stats(repo: &Repository) -> Result<Stats> {
+    let b = repo.backend();
+    let mut s = Stats { encryption: repo.crypto().encryption().name().to_string(), ..Default::default() };
+    let packs = b.list("packs/")?;
+    s.pack_count = packs.len() as u64;
+    s.pack_bytes = packs.iter().map(|o| o.size).sum();
+    let other: u64 = ["index/", "snapshots/", "config"]
+        .iter()
+        .map(|p| b.list(p).map(|v| v.iter().map(|o| o.size).sum::<u64>()))
+        .sum::<Result<u64>>()?;
+    let manifests = manifest::list(repo)?;
+    s.snapshot_count = manifests.len() as u64;
+    s.logical_bytes = manifests.iter().map(|m| m.db_size).sum();
+    let snap_bytes: u64 = s.pack_bytes + manifests.iter().map(|m| m.object_size).sum::<u64>();
+    s.dedup_ratio = if snap_bytes > 0 { s.logical_bytes as f64 / snap_bytes as f64 } else { 0.0 };
+    let segs = reader::segments(repo)?;
+    s.journal_segments = segs.len() as u64;
+    s.journal_bytes = segs.iter().map(|g| g.size).sum();
+    let last = manifests.last();
+    let from = last.map(|m| m.journal_segment).unwrap_or(0);
+    s.journal_bytes_since_snapshot = segs.iter().filter(|g| g.seq >= from).map(|g| g.size).sum();
+    let mut last_version = last.map(|m| m.data_version);
+    let n = segs.len();
+    for (i, g) in segs.iter().enumerate() {
+        let rec = if i + 1 == n {
+            crate::journal::segment::Recovery::TruncateTornTail
+        } else {
+            crate::journal::segment::Recovery::Strict
+        };
+        let recs = reader::read_segment(repo, g, rec)?;
+        s.journal_records += recs.len() as u64;
+        if let Some(v) = recs.iter().filter(|r| !r.pragma_only()).map(|r| r.batch.data_version).max() {
+            last_version = Some(last_version.map_or(v, |l| l.max(v)));
+        }
+    }
+    s.version_count = s.snapshot_count + s.journal_records;
+    s.backup_size = s.pack_bytes + other + s.journal_bytes;
+    s.last_snapshot = last.map(|m| m.info());
+    s.last_version = last_version;
+    Ok(s)
+}

@@ -1,0 +1,177 @@
+//! Applying journal records to an SQLite database, as lightningd did.
+//!
+//! Rules that reproduce lightningd's database exactly (NOTES.md section 1): `PRAGMA foreign_keys`
+//! as lightningd had it (ON from the start); each batch's statements as lightningd ran them;
+//! PRAGMA-only batches outside any transaction. For speed, consecutive batches share one
+//! transaction (a PRAGMA-only batch closes it), the replica runs without a rollback journal and
+//! without syncs, and the result counts only after [`Replayer::finish`] synced it: a replay that
+//! fails leaves a file the caller must discard.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+use crate::journal::Record;
+
+/// Drop the batches that a later `supersedes` record replaces. Errors if a superseding record's
+/// target is not in `records`.
+pub fn effective(records: Vec<Record>, object: &str) -> Result<Vec<Record>> {
+    let mut out: Vec<Record> = Vec::with_capacity(records.len());
+    let mut last_real: Option<usize> = None;
+    for r in records {
+        if r.supersedes {
+            match last_real {
+                Some(i) if out.get(i).is_some_and(|p| p.batch.data_version == r.batch.data_version) => {
+                    out.remove(i);
+                }
+                _ => {
+                    return Err(Error::corrupt(
+                        object,
+                        format!(
+                            "record for data_version {} replaces a batch that is not in the journal",
+                            r.batch.data_version
+                        ),
+                    ))
+                }
+            }
+        }
+        let real = !r.pragma_only();
+        out.push(r);
+        if real {
+            last_real = Some(out.len() - 1);
+        }
+    }
+    Ok(out)
+}
+
+pub struct Replayer {
+    conn: Connection,
+    in_tx: bool,
+    foreign_keys: bool,
+    pub batches: u64,
+    pub statements: u64,
+    object: String,
+}
+
+impl Replayer {
+    /// Open (or create) the database at `path` for replay.
+    pub fn open(path: &Path, foreign_keys: bool) -> Result<Replayer> {
+        let object = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| Error::sqlite(&object, e))?;
+        conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")
+            .map_err(|e| Error::sqlite(&object, e))?;
+        conn.execute_batch(if foreign_keys { "PRAGMA foreign_keys = ON;" } else { "PRAGMA foreign_keys = OFF;" })
+            .map_err(|e| Error::sqlite(&object, e))?;
+        Ok(Replayer { conn, in_tx: false, foreign_keys, batches: 0, statements: 0, object })
+    }
+
+    pub fn foreign_keys(&self) -> bool {
+        self.foreign_keys
+    }
+
+    fn exec(&self, sql: &str, version: u32) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(|e| Error::Sqlite {
+            object: format!("{} (replaying data_version {version}: {})", self.object, abbreviate(sql)),
+            source: e,
+        })
+    }
+
+    pub fn apply(&mut self, rec: &Record) -> Result<()> {
+        let v = rec.batch.data_version;
+        if rec.pragma_only() {
+            self.commit()?;
+            for w in &rec.batch.writes {
+                self.exec(w, v)?;
+                if let Some(on) = foreign_keys_setting(w) {
+                    self.foreign_keys = on;
+                }
+            }
+        } else {
+            if !self.in_tx {
+                self.exec("BEGIN", v)?;
+                self.in_tx = true;
+            }
+            for w in &rec.batch.writes {
+                self.exec(w, v)?;
+            }
+        }
+        self.batches += 1;
+        self.statements += rec.batch.writes.len() as u64;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.in_tx {
+            self.conn.execute_batch("COMMIT").map_err(|e| Error::sqlite(&self.object, e))?;
+            self.in_tx = false;
+        }
+        Ok(())
+    }
+
+    /// The database's `vars.data_version` (0 when the table or row does not exist yet).
+    pub fn data_version(&self) -> Result<u32> {
+        data_version(&self.conn, &self.object)
+    }
+
+    /// Commit, close, and fsync the file. Returns the foreign_keys state at the end.
+    pub fn finish(mut self, path: &Path) -> Result<bool> {
+        self.commit()?;
+        let fk = self.foreign_keys;
+        self.conn.close().map_err(|(_, e)| Error::sqlite(&self.object, e))?;
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync", path.display().to_string(), e))?;
+        Ok(fk)
+    }
+}
+
+pub fn data_version(conn: &Connection, object: &str) -> Result<u32> {
+    let has_vars: bool = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='vars'", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| Error::sqlite(object, e))?
+        > 0;
+    if !has_vars {
+        return Ok(0);
+    }
+    match conn.query_row("SELECT intval FROM vars WHERE name = 'data_version'", [], |r| r.get::<_, i64>(0)) {
+        Ok(v) => Ok(v as u32),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(0),
+        Err(e) => Err(Error::sqlite(object, e)),
+    }
+}
+
+/// `Some(on)` if the statement sets `PRAGMA foreign_keys`.
+pub fn foreign_keys_setting(sql: &str) -> Option<bool> {
+    let s: String = sql.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let rest = s.strip_prefix("pragmaforeign_keys=")?;
+    let val = rest.trim_end_matches(';');
+    match val {
+        "on" | "1" | "true" | "yes" => Some(true),
+        "off" | "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn abbreviate(sql: &str) -> String {
+    let s: String = sql.chars().take(80).collect();
+    if s.len() < sql.len() {
+        format!("{s}…")
+    } else {
+        s
+    }
+}
+
+/// Run `PRAGMA integrity_check` on a database file.
+pub fn integrity_check(path: &Path) -> Result<String> {
+    let object = path.display().to_string();
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::sqlite(&object, e))?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(|e| Error::sqlite(&object, e))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| Error::sqlite(&object, e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::sqlite(&object, e))?;
+    Ok(rows.join("; "))
+}

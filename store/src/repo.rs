@@ -1,0 +1,129 @@
+//! A repository handle: backend, keys, config, and its locks.
+//!
+//! Locks: `writer` is held by whoever appends to the journal (the plugin, or an offline
+//! `backup-cli compact`); `maintenance` by whoever publishes or deletes snapshots, packs and
+//! segments (compaction, prune). The plugin holds `writer` for its life and takes `maintenance`
+//! while it compacts, so `backup-cli prune` can run beside a live node but never beside a
+//! compaction.
+
+use std::sync::Arc;
+
+use crate::backend::{self, Backend, Durability, LockGuard};
+use crate::config::{Config, ConfigBody, CONFIG_NAME};
+use crate::crypto::{Crypto, Encryption, MasterKey};
+use crate::error::{Error, Result};
+use crate::ids::RepoId;
+use crate::journal::JournalWriter;
+use crate::url::BackupUrl;
+
+pub const WRITER_LOCK: &str = "writer";
+pub const MAINTENANCE_LOCK: &str = "maintenance";
+
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    crypto: Crypto,
+    config: Config,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({}, {:?})", self.url(), self.inner.crypto)
+    }
+}
+
+impl Repository {
+    /// Create a repository at `url`. With `encrypt`, objects are sealed with `key` (required);
+    /// without, they are plaintext with checksums. `key`, when given, also authenticates remote links.
+    pub fn init(url: &BackupUrl, key: Option<&MasterKey>, encrypt: bool, body: ConfigBody) -> Result<Repository> {
+        let backend = backend::open(url, key, true)?;
+        Self::init_backend(backend, if encrypt { key } else { None }, encrypt, body)
+    }
+
+    pub fn init_backend(
+        backend: Arc<dyn Backend>,
+        key: Option<&MasterKey>,
+        encrypt: bool,
+        body: ConfigBody,
+    ) -> Result<Repository> {
+        let crypto = match (encrypt, key) {
+            (true, Some(k)) => Crypto::encrypted(k),
+            (true, None) => return Err(Error::KeyRequired),
+            (false, _) => Crypto::plaintext(),
+        };
+        let config = Config {
+            repo_id: RepoId::random(),
+            header: crate::envelope::Header::new(crate::envelope::Kind::Config, &crypto),
+            body,
+        };
+        if !backend.put_if_absent(CONFIG_NAME, &config.encode(&crypto))? {
+            return Err(Error::RepositoryExists { url: backend.url() });
+        }
+        Ok(Repository { inner: Arc::new(Inner { backend, crypto, config }) })
+    }
+
+    pub fn open(url: &BackupUrl, key: Option<MasterKey>) -> Result<Repository> {
+        let backend = match backend::open(url, key.as_ref(), false) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoRepository { url: url.to_string() })
+            }
+            other => other?,
+        };
+        Self::open_backend(backend, key)
+    }
+
+    pub fn open_backend(backend: Arc<dyn Backend>, key: Option<MasterKey>) -> Result<Repository> {
+        let data = match backend.get(CONFIG_NAME) {
+            Err(Error::NotFound { .. }) => return Err(Error::NoRepository { url: backend.url() }),
+            other => other?,
+        };
+        let (header, _) = Config::peek(&data)?;
+        let crypto = match (header.encryption, key) {
+            (Encryption::None, _) => Crypto::plaintext(),
+            (_, Some(k)) => Crypto::encrypted(&k),
+            (_, None) => return Err(Error::KeyRequired),
+        };
+        let config = Config::decode(&data, &crypto)?;
+        Ok(Repository { inner: Arc::new(Inner { backend, crypto, config }) })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+    pub fn crypto(&self) -> &Crypto {
+        &self.inner.crypto
+    }
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    pub fn repo_id(&self) -> RepoId {
+        self.inner.config.repo_id
+    }
+    pub fn url(&self) -> String {
+        self.inner.backend.url()
+    }
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.crypto.encryption() != Encryption::None
+    }
+
+    /// Take the writer lock and open the journal for appending.
+    pub fn writer(&self, holder: &str, durability: Durability) -> Result<JournalWriter> {
+        JournalWriter::open(self, holder, durability)
+    }
+
+    pub fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
+        self.inner.backend.lock(name, holder)
+    }
+}
+
+/// A lock holder description: who, where, since when.
+pub fn holder(what: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into());
+    format!("{what} (pid {} on {host}, since unix time {})", std::process::id(), crate::config::now())
+}

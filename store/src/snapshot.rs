@@ -1,0 +1,244 @@
+//! Writing a snapshot of a database file: chunk, address, store new chunks in packs, publish
+//! the index, then the manifest (the commit point).
+//!
+//! The file is read through a memory map and processed in windows, so memory stays bounded by
+//! the window, not the database. Hashing and compression run on all cores (rayon).
+//!
+//! Crash cases (each step is an atomic, durable publish; see docs/format.md):
+//! 1. packs published, no index: orphan packs, deleted by the next prune.
+//! 2. index published, no manifest: unreferenced chunks, dropped by the next prune.
+//! 3. manifest published: the snapshot exists; everything it names was published before it.
+
+use std::fs::File;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::chunker;
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, SnapshotId};
+use crate::manifest::{self, ChunkList, ChunkRef, Manifest};
+use crate::pack::{self, ChunkIndex, PackBuilder, BLOB_CHUNKS, BLOB_MAX_RAW};
+use crate::repo::Repository;
+
+/// Raw bytes handled per window: bounds memory during a snapshot.
+const WINDOW: usize = 64 << 20;
+
+pub struct SnapshotInput<'a> {
+    pub path: &'a Path,
+    pub data_version: u32,
+    pub journal_segment: u64,
+    pub foreign_keys: bool,
+}
+
+/// Map a database file read-only.
+pub fn map_file(path: &Path) -> Result<Option<memmap2::Mmap>> {
+    let f = File::open(path).map_err(|e| Error::io("open", path.display().to_string(), e))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", path.display().to_string(), e))?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the file is private to this process (a compaction base or a temporary copy) and is
+    // not modified while mapped.
+    #[allow(unsafe_code)]
+    let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", path.display().to_string(), e))?;
+    Ok(Some(m))
+}
+
+/// Chunk ids of a file, in order.
+/// Page size, chunk spans and chunk references of a database image.
+pub type Chunked = (u32, Vec<(usize, usize)>, Vec<ChunkRef>);
+
+pub fn chunk_refs(repo: &Repository, data: &[u8], object: &str) -> Result<Chunked> {
+    let page_size = chunker::sqlite_page_size(data, object)?;
+    let ch = chunker::for_params(&repo.config().body.chunker, page_size);
+    let spans = ch.spans(data);
+    let crypto = repo.crypto();
+    let refs: Vec<ChunkRef> = spans
+        .par_iter()
+        .map(|&(o, l)| (crypto.chunk_id(data.get(o..o + l).unwrap_or_default()), l as u32))
+        .collect();
+    Ok((page_size, spans, refs))
+}
+
+pub fn write_snapshot(
+    repo: &Repository,
+    input: &SnapshotInput,
+    parent: Option<&Manifest>,
+    parent_refs: Option<&[ChunkRef]>,
+    index: &mut ChunkIndex,
+) -> Result<Manifest> {
+    let object = input.path.display().to_string();
+    let map = map_file(input.path)?.ok_or_else(|| Error::corrupt(&object, "the database file is empty"))?;
+    let data: &[u8] = &map;
+    let (page_size, spans, refs) = chunk_refs(repo, data, &object)?;
+    let level = repo.config().body.zstd_level;
+    let pack_target = repo.config().body.pack_target as usize;
+
+    // New chunks, in file order, each once.
+    let mut seen = std::collections::HashSet::new();
+    let mut new: Vec<usize> = Vec::new();
+    for (i, (id, _)) in refs.iter().enumerate() {
+        if !index.map.contains_key(id) && seen.insert(*id) {
+            new.push(i);
+        }
+    }
+
+    // Groups of neighbouring new chunks, compressed together; processed window by window.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut cur_raw = 0usize;
+    for &i in &new {
+        let len = spans.get(i).map(|s| s.1).unwrap_or(0);
+        let adjacent = cur.last().is_some_and(|&p| p + 1 == i);
+        if !cur.is_empty() && (!adjacent || cur.len() >= BLOB_CHUNKS || cur_raw + len > BLOB_MAX_RAW) {
+            groups.push(std::mem::take(&mut cur));
+            cur_raw = 0;
+        }
+        cur.push(i);
+        cur_raw += len;
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+
+    let mut stored = 0u64;
+    let mut entries = Vec::new();
+    let mut builder = PackBuilder::new(repo.crypto());
+    let mut gi = 0;
+    while gi < groups.len() {
+        let mut end = gi;
+        let mut raw = 0;
+        while end < groups.len() && raw < WINDOW {
+            raw += groups.get(end).map(|g| g.iter().map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+            end += 1;
+        }
+        let window = groups.get(gi..end).unwrap_or_default();
+        let compressed: Vec<pack::CompressedGroup> = window
+            .par_iter()
+            .map(|g| {
+                let chunks: Vec<(ChunkId, &[u8])> = g
+                    .iter()
+                    .map(|&i| {
+                        let (o, l) = spans.get(i).copied().unwrap_or((0, 0));
+                        (refs.get(i).map(|r| r.0).unwrap_or(ChunkId([0; 32])), data.get(o..o + l).unwrap_or_default())
+                    })
+                    .collect();
+                pack::compress_group(&chunks, level)
+            })
+            .collect::<Result<_>>()?;
+        for g in &compressed {
+            builder.add_group(repo.crypto(), g);
+            if builder.len() >= pack_target {
+                let full = std::mem::replace(&mut builder, PackBuilder::new(repo.crypto()));
+                stored += publish_pack(repo, full, &mut entries)?;
+            }
+        }
+        gi = end;
+    }
+    if !builder.is_empty() {
+        stored += publish_pack(repo, builder, &mut entries)?;
+    }
+    if !entries.is_empty() {
+        let name = pack::index_name();
+        let idx = pack::encode_index(repo.crypto(), &name, &entries)?;
+        stored += idx.len() as u64;
+        repo.backend().put(&name, &idx)?;
+        index.objects.push(name);
+        for (id, loc) in &entries {
+            index.map.insert(*id, *loc);
+        }
+    }
+
+    let id = SnapshotId::random();
+    let full_every = repo.config().body.full_manifest_every.max(1);
+    let list = match (parent, parent_refs) {
+        (Some(p), Some(prefs)) if p.depth() + 1 < full_every => {
+            let runs = manifest::delta_runs(prefs, &refs);
+            let delta_refs: usize = runs.iter().map(|r| r.1.len()).sum();
+            if delta_refs * 2 < refs.len() {
+                ChunkList::Delta { parent: p.id, depth: p.depth() + 1, runs }
+            } else {
+                ChunkList::Full(refs.clone())
+            }
+        }
+        _ => ChunkList::Full(refs.clone()),
+    };
+    let mut m = Manifest {
+        id,
+        time: crate::config::now(),
+        data_version: input.data_version,
+        journal_segment: input.journal_segment,
+        foreign_keys: input.foreign_keys,
+        db_size: data.len() as u64,
+        page_size,
+        chunk_count: refs.len() as u64,
+        stored_bytes: 0,
+        new_chunks: new.len() as u64,
+        list,
+        object_size: 0,
+    };
+    // The manifest's own size counts in what the snapshot added.
+    let probe = m.encode(repo.crypto())?;
+    m.stored_bytes = stored + probe.len() as u64;
+    let bytes = m.encode(repo.crypto())?;
+    m.object_size = bytes.len() as u64;
+    repo.backend().put(&manifest::manifest_name(&m.id), &bytes)?;
+    Ok(m)
+}
+
+fn publish_pack(repo: &Repository, b: PackBuilder, entries: &mut Vec<(ChunkId, pack::Location)>) -> Result<u64> {
+    let (id, data, es) = b.finish();
+    repo.backend().put(&pack::pack_name(&id), &data)?;
+    entries.extend(es);
+    Ok(data.len() as u64)
+}
+
+/// Write the chunks of a snapshot into a new file at `dest` (which must not exist), checking
+/// every chunk's address. Returns the bytes written.
+pub fn materialize(repo: &Repository, m: &Manifest, refs: &[ChunkRef], index: &ChunkIndex, dest: &Path) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| Error::io("create", dest.display().to_string(), e))?;
+    f.set_len(m.db_size).map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+    let mut offsets = Vec::with_capacity(refs.len());
+    let mut off = 0u64;
+    for r in refs {
+        offsets.push(off);
+        off += u64::from(r.1);
+    }
+    if off != m.db_size {
+        return Err(Error::corrupt(
+            manifest::manifest_name(&m.id),
+            format!("chunk lengths add up to {off}, the database size is {}", m.db_size),
+        ));
+    }
+    // Work in slices of chunks; within a slice, chunks of one blob are decoded once.
+    let items: Vec<(usize, &ChunkRef)> = refs.iter().enumerate().collect();
+    items.par_chunks(1024).try_for_each(|slice| -> Result<()> {
+        let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
+        for (i, (id, len)) in slice {
+            let loc = index.map.get(id).ok_or_else(|| {
+                Error::corrupt(manifest::manifest_name(&m.id), format!("chunk {id} is in no index: its pack is missing"))
+            })?;
+            if loc.len != *len {
+                return Err(Error::corrupt(manifest::manifest_name(&m.id), format!("chunk {id} length differs from the index")));
+            }
+            let key = (loc.pack, loc.blob_offset);
+            if cache.as_ref().map(|c| c.0) != Some(key) {
+                let blob = pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, BLOB_MAX_RAW)?;
+                cache = Some((key, blob));
+            }
+            let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
+            let bytes = pack::chunk_from_blob(repo, blob, id, loc)?;
+            let at = offsets.get(*i).copied().unwrap_or(0);
+            f.write_all_at(&bytes, at).map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+        }
+        Ok(())
+    })?;
+    f.sync_all().map_err(|e| Error::io("fsync", dest.display().to_string(), e))?;
+    Ok(m.db_size)
+}

@@ -1,0 +1,63 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use store::backend::Backend;
+use store::journal::JournalWriter;
+use store::ops::compact::{compact, CompactOptions, CompactReport};
+use store::{Batch, ConfigBody, Durability, MasterKey, Repository};
+
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(name)
+}
+
+pub fn load_trace(name: &str) -> Vec<Batch> {
+    let text = std::fs::read_to_string(testdata(name)).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Batch {
+                data_version: v["data_version"].as_u64().unwrap() as u32,
+                writes: v["writes"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect(),
+            }
+        })
+        .collect()
+}
+
+pub fn dump(p: &Path) -> String {
+    store::dump::dump(p).unwrap()
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: Repository,
+}
+
+impl Env {
+    pub fn new(encrypted: bool) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let url = store::BackupUrl::File(dir.path().join("repo"));
+        let key = MasterKey::generate();
+        let repo = Repository::init(&url, Some(&key), encrypted, ConfigBody::default()).unwrap();
+        Env { dir, repo }
+    }
+    pub fn with_backend(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Env {
+        let repo = Repository::init_backend(backend, None, false, ConfigBody::default()).unwrap();
+        Env { dir, repo }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn writer(&self) -> JournalWriter {
+        self.repo.writer("test writer", Durability::Fsync).unwrap()
+    }
+    pub fn compact(&self, w: &Mutex<JournalWriter>) -> CompactReport {
+        compact(&self.repo, w, &CompactOptions { cache_dir: self.path("cache"), holder: "test compaction".into() }).unwrap()
+    }
+}
+
+pub fn append_all(w: &mut JournalWriter, batches: &[Batch]) {
+    for b in batches {
+        w.append(b).unwrap();
+    }
+}

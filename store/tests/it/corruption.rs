@@ -1,0 +1,2 @@
+use crate::common::*;
+#[allow(dead_code)] fn _unused() { let _ = testdata; }

@@ -1,0 +1,8 @@
+//! Integration tests of the store, against the real lightningd traces in testdata/.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
+mod corruption;
+mod faults;
+mod fixtures;
+mod prune;
