@@ -3,6 +3,7 @@
 pub mod compact;
 pub mod prune;
 pub mod restore;
+pub mod seed;
 pub mod snapshots;
 pub mod stats;
 pub mod verify;

@@ -74,11 +74,19 @@ fn year_month(days: i64) -> (i64, u32) {
 }
 
 pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
+    let infos: Vec<SnapshotInfo> = manifest::list(repo)?.iter().map(|m| m.info()).collect();
+    let (keep, remove) = select(&infos, retention)?;
+    let min_seg = keep.iter().map(|k| k.snapshot.journal_segment).min().unwrap_or(0);
+    let remove_segments = reader::segments(repo)?.iter().map(|s| s.seq).filter(|&s| s < min_seg).collect();
+    Ok(PrunePlan { keep, remove, remove_segments })
+}
+
+/// The retention decision alone: which snapshots (oldest first) to keep, and why.
+pub fn select(snapshots: &[SnapshotInfo], retention: &Retention) -> Result<(Vec<Kept>, Vec<SnapshotInfo>)> {
     if retention.is_empty() {
         return Err(Error::Invalid("give a retention policy: at least one --keep-* option".into()));
     }
-    let mut all = manifest::list(repo)?;
-    all.reverse(); // newest first
+    let all: Vec<&SnapshotInfo> = snapshots.iter().rev().collect(); // newest first
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); all.len()];
     if let Some(r) = reasons.first_mut() {
         r.push("newest".into());
@@ -115,16 +123,14 @@ pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
     let mut remove = Vec::new();
     for (m, r) in all.iter().zip(reasons) {
         if r.is_empty() {
-            remove.push(m.info());
+            remove.push((*m).clone());
         } else {
-            keep.push(Kept { snapshot: m.info(), reasons: r });
+            keep.push(Kept { snapshot: (*m).clone(), reasons: r });
         }
     }
-    let min_seg = keep.iter().map(|k| k.snapshot.journal_segment).min().unwrap_or(0);
-    let remove_segments = reader::segments(repo)?.iter().map(|s| s.seq).filter(|&s| s < min_seg).collect();
     keep.reverse();
     remove.reverse();
-    Ok(PrunePlan { keep, remove, remove_segments })
+    Ok((keep, remove))
 }
 
 fn total_bytes(repo: &Repository) -> Result<u64> {
