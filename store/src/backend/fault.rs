@@ -92,8 +92,16 @@ impl FaultPlan {
         s.log.push(format!("{n} {what}"));
         match s.plan {
             Some((at, f)) if at == n => match f {
-                Fault::NoSpace => Verdict::Fail(Error::io("write", what, io::Error::from_raw_os_error(libc::ENOSPC))),
-                Fault::Eio => Verdict::Fail(Error::io("write", what, io::Error::from_raw_os_error(libc::EIO))),
+                Fault::NoSpace => Verdict::Fail(Error::io(
+                    "write",
+                    what,
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                )),
+                Fault::Eio => Verdict::Fail(Error::io(
+                    "write",
+                    what,
+                    io::Error::from_raw_os_error(libc::EIO),
+                )),
                 Fault::Crash => {
                     s.crashed = true;
                     Verdict::Fail(crashed(&what))
@@ -109,7 +117,11 @@ impl FaultPlan {
 }
 
 fn crashed(what: &str) -> Error {
-    Error::io("simulated crash before", what, io::Error::other("simulated crash"))
+    Error::io(
+        "simulated crash before",
+        what,
+        io::Error::other("simulated crash"),
+    )
 }
 
 pub struct FaultBackend {
@@ -164,7 +176,11 @@ impl Backend for FaultBackend {
     fn stream_open(&self, name: &str, durability: Durability) -> Result<Box<dyn Stream>> {
         gate!(self, format!("stream_open {name}"));
         let inner = self.inner.stream_open(name, durability)?;
-        Ok(Box::new(FaultStream { inner, plan: self.plan.clone(), name: name.to_string() }))
+        Ok(Box::new(FaultStream {
+            inner,
+            plan: self.plan.clone(),
+            name: format!("journal/{name}.log"),
+        }))
     }
     fn stream_read(&self, name: &str) -> Result<Vec<u8>> {
         self.plan.check_read(name)?;
@@ -195,7 +211,10 @@ impl Stream for FaultStream {
         self.inner.len()
     }
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        match self.plan.mutate(format!("append {} +{}", self.name, data.len())) {
+        match self
+            .plan
+            .mutate(format!("append {} +{}", self.name, data.len()))
+        {
             Verdict::Go => self.inner.append(data),
             Verdict::Fail(e) => Err(e),
             Verdict::Torn => {

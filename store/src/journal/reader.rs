@@ -30,13 +30,21 @@ pub fn segments(repo: &Repository) -> Result<Vec<SegmentRef>> {
     let mut out: Vec<SegmentRef> = Vec::new();
     for o in repo.backend().list("journal/")? {
         if let Some(seq) = parse_sealed_name(&o.name) {
-            out.push(SegmentRef { seq, sealed: true, size: o.size });
+            out.push(SegmentRef {
+                seq,
+                sealed: true,
+                size: o.size,
+            });
         }
     }
     for s in repo.backend().stream_list()? {
         if let Some(seq) = parse_stream_name(&s.name) {
             if !out.iter().any(|r| r.seq == seq) {
-                out.push(SegmentRef { seq, sealed: false, size: s.size });
+                out.push(SegmentRef {
+                    seq,
+                    sealed: false,
+                    size: s.size,
+                });
             }
         }
     }
@@ -63,28 +71,61 @@ pub fn redundant_streams(repo: &Repository) -> Result<Vec<u64>> {
 
 /// Read one segment's records. `recovery` applies to open streams: the newest stream may end in
 /// a torn (or still being written) record, which `TruncateTornTail` ignores without changing it.
-pub fn read_segment(repo: &Repository, seg: &SegmentRef, recovery: Recovery) -> Result<Vec<Record>> {
+pub fn read_segment(
+    repo: &Repository,
+    seg: &SegmentRef,
+    recovery: Recovery,
+) -> Result<Vec<Record>> {
+    Ok(read_segment_checked(repo, seg, recovery)?.0)
+}
+
+/// Like [`read_segment`], also saying whether a torn tail was ignored (and what it was).
+pub fn read_segment_checked(
+    repo: &Repository,
+    seg: &SegmentRef,
+    recovery: Recovery,
+) -> Result<(Vec<Record>, Option<String>)> {
     let name = seg.object_name();
     if seg.sealed {
         let data = repo.backend().get(&name)?;
-        return segment::decode_sealed(repo.crypto(), &name, &data);
+        return Ok((segment::decode_sealed(repo.crypto(), &name, &data)?, None));
     }
     let data = repo.backend().stream_read(&stream_name(seg.seq))?;
-    let parsed = segment::parse_stream(&data, repo.crypto(), repo.repo_id(), seg.seq, &name, recovery)?;
-    Ok(parsed.records)
+    let parsed = segment::parse_stream(
+        &data,
+        repo.crypto(),
+        repo.repo_id(),
+        seg.seq,
+        &name,
+        recovery,
+    )?;
+    Ok((parsed.records, parsed.torn.map(|t| format!("{name}: {t}"))))
 }
 
 /// Records of all segments with `seq >= from_seq`, oldest first. Only the newest segment may end
 /// in a torn tail (it is ignored); any damage elsewhere is an error.
-pub fn read_from(repo: &Repository, from_seq: u64) -> Result<Vec<(u64, Record)>> {
-    let segs: Vec<SegmentRef> = segments(repo)?.into_iter().filter(|s| s.seq >= from_seq).collect();
+/// Records with their segment numbers, and a note on a torn tail left out.
+pub type Tail = (Vec<(u64, Record)>, Option<String>);
+
+pub fn read_from(repo: &Repository, from_seq: u64) -> Result<Tail> {
+    let segs: Vec<SegmentRef> = segments(repo)?
+        .into_iter()
+        .filter(|s| s.seq >= from_seq)
+        .collect();
     let mut out = Vec::new();
+    let mut torn = None;
     let n = segs.len();
     for (i, seg) in segs.iter().enumerate() {
-        let rec = if i + 1 == n { Recovery::TruncateTornTail } else { Recovery::Strict };
-        for r in read_segment(repo, seg, rec)? {
+        let rec = if i + 1 == n {
+            Recovery::TruncateTornTail
+        } else {
+            Recovery::Strict
+        };
+        let (recs, t) = read_segment_checked(repo, seg, rec)?;
+        torn = torn.or(t);
+        for r in recs {
             out.push((seg.seq, r));
         }
     }
-    Ok(out)
+    Ok((out, torn))
 }

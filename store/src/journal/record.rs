@@ -82,11 +82,17 @@ impl Record {
         }
         d.end()?;
         let rec = Record {
-            batch: Batch { data_version, writes },
+            batch: Batch {
+                data_version,
+                writes,
+            },
             supersedes: flags & FLAG_SUPERSEDES != 0,
         };
         if (flags & FLAG_PRAGMA != 0) != rec.pragma_only() {
-            return Err(Error::corrupt(object, "PRAGMA flag does not match the statements"));
+            return Err(Error::corrupt(
+                object,
+                "PRAGMA flag does not match the statements",
+            ));
         }
         Ok(rec)
     }

@@ -65,7 +65,13 @@ fn record_aad(header: &[u8], offset: u64) -> Vec<u8> {
 }
 
 /// Encode one record as a frame to append at `offset`.
-pub fn encode_frame(crypto: &Crypto, header: &[u8], seq: u64, offset: u64, rec: &Record) -> Vec<u8> {
+pub fn encode_frame(
+    crypto: &Crypto,
+    header: &[u8],
+    seq: u64,
+    offset: u64,
+    rec: &Record,
+) -> Vec<u8> {
     let sealed = crypto.seal(&record_aad(header, offset), &rec.encode());
     let len = sealed.len() as u32;
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + sealed.len());
@@ -95,16 +101,27 @@ pub fn parse_stream(
     let expected = stream_header(crypto, repo, seq);
     if data.len() < STREAM_HEADER_LEN {
         // A crash while the header itself was being written: nothing was ever acknowledged here.
-        let torn = if data.is_empty() { None } else { Some(format!("{} bytes of a torn stream header", data.len())) };
+        let torn = if data.is_empty() {
+            None
+        } else {
+            Some(format!("{} bytes of a torn stream header", data.len()))
+        };
         if torn.is_some() && recovery == Recovery::Strict {
             return Err(Error::corrupt(object, "torn stream header"));
         }
-        return Ok(Parsed { records: Vec::new(), valid_len: 0, torn });
+        return Ok(Parsed {
+            records: Vec::new(),
+            valid_len: 0,
+            torn,
+        });
     }
     let header = data.get(..STREAM_HEADER_LEN).unwrap_or_default();
     Header::decode_expect(header, Kind::JournalStream, crypto, object)?;
     if header != expected.as_slice() {
-        return Err(Error::corrupt(object, "stream header names another repository or segment"));
+        return Err(Error::corrupt(
+            object,
+            "stream header names another repository or segment",
+        ));
     }
     let mut pos = STREAM_HEADER_LEN;
     let mut records = Vec::new();
@@ -115,21 +132,33 @@ pub fn parse_stream(
                 pos = next;
             }
             Err(why) => {
-                if let Some(later) = find_valid_frame_after(data, pos, crypto, header, seq, object) {
+                if let Some(later) = find_valid_frame_after(data, pos, crypto, header, seq, object)
+                {
                     return Err(Error::corrupt(
                         object,
                         format!("record at offset {pos} is damaged ({why}) but a valid record follows at offset {later}"),
                     ));
                 }
-                let torn = format!("torn tail of {} bytes at offset {pos} ({why})", data.len() - pos);
+                let torn = format!(
+                    "torn tail of {} bytes at offset {pos} ({why})",
+                    data.len() - pos
+                );
                 if recovery == Recovery::Strict {
                     return Err(Error::corrupt(object, torn));
                 }
-                return Ok(Parsed { records, valid_len: pos as u64, torn: Some(torn) });
+                return Ok(Parsed {
+                    records,
+                    valid_len: pos as u64,
+                    torn: Some(torn),
+                });
             }
         }
     }
-    Ok(Parsed { records, valid_len: pos as u64, torn: None })
+    Ok(Parsed {
+        records,
+        valid_len: pos as u64,
+        torn: None,
+    })
 }
 
 fn try_frame(
@@ -140,7 +169,9 @@ fn try_frame(
     seq: u64,
     object: &str,
 ) -> std::result::Result<(Record, usize), String> {
-    let fh = data.get(pos..pos + FRAME_HEADER_LEN).ok_or("frame header cut short")?;
+    let fh = data
+        .get(pos..pos + FRAME_HEADER_LEN)
+        .ok_or("frame header cut short")?;
     let (lenb, checkb) = fh.split_at(4);
     let len = u32::from_le_bytes(lenb.try_into().map_err(|_| "short")?);
     let check = u32::from_le_bytes(checkb.try_into().map_err(|_| "short")?);
@@ -170,13 +201,18 @@ fn find_valid_frame_after(
 }
 
 /// Encode records as a sealed segment object.
-pub fn encode_sealed(crypto: &Crypto, name: &str, records: &[Record], level: i32) -> Result<Vec<u8>> {
+pub fn encode_sealed(
+    crypto: &Crypto,
+    name: &str,
+    records: &[Record],
+    level: i32,
+) -> Result<Vec<u8>> {
     let mut e = Enc::new();
     for r in records {
         e.blob(&r.encode());
     }
-    let z = zstd::bulk::compress(&e.finish(), level)
-        .map_err(|err| Error::io("compress", name, err))?;
+    let z =
+        zstd::bulk::compress(&e.finish(), level).map_err(|err| Error::io("compress", name, err))?;
     Ok(envelope::seal_object(Kind::SealedSegment, crypto, name, &z))
 }
 

@@ -54,7 +54,11 @@ const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newe
 const AHEAD_HINT: &str = "The backup holds changes the node's database lacks: the node may run on an old or restored database. Stop lightningd and do not start it until you know which is newer; `backup-cli restore` gives the backup's state.";
 
 impl JournalWriter {
-    pub(crate) fn open(repo: &Repository, holder: &str, durability: Durability) -> Result<JournalWriter> {
+    pub(crate) fn open(
+        repo: &Repository,
+        holder: &str,
+        durability: Durability,
+    ) -> Result<JournalWriter> {
         let lock = repo.lock(WRITER_LOCK, holder)?;
         let segs = reader::segments(repo)?;
         let snap = crate::manifest::latest(repo)?;
@@ -81,7 +85,11 @@ impl JournalWriter {
                 }
                 (s.seq, stream)
             }
-            Some(s) => (s.seq + 1, repo.backend().stream_open(&stream_name(s.seq + 1), durability)?),
+            Some(s) => (
+                s.seq + 1,
+                repo.backend()
+                    .stream_open(&stream_name(s.seq + 1), durability)?,
+            ),
             None => (0, repo.backend().stream_open(&stream_name(0), durability)?),
         };
         let header = segment::stream_header(repo.crypto(), repo.repo_id(), seq);
@@ -155,7 +163,10 @@ impl JournalWriter {
     /// Check a batch against the journal without storing it.
     pub fn check(&self, batch: &Batch) -> Result<AppendOutcome> {
         if batch.writes.is_empty() {
-            return Err(Error::Invalid(format!("db_write for data_version {} has no statements", batch.data_version)));
+            return Err(Error::Invalid(format!(
+                "db_write for data_version {} has no statements",
+                batch.data_version
+            )));
         }
         let v = batch.data_version;
         if batch.is_pragma_only() {
@@ -166,7 +177,10 @@ impl JournalWriter {
             return if ok {
                 Ok(AppendOutcome::Pragma)
             } else {
-                Err(Error::VersionGap { expected: self.last_real.unwrap_or(0), got: v })
+                Err(Error::VersionGap {
+                    expected: self.last_real.unwrap_or(0),
+                    got: v,
+                })
             };
         }
         let l = self.last_real.unwrap_or(0);
@@ -174,7 +188,10 @@ impl JournalWriter {
             return if v == l.wrapping_add(1) {
                 Ok(AppendOutcome::Appended)
             } else {
-                Err(Error::VersionGap { expected: l.wrapping_add(1), got: v })
+                Err(Error::VersionGap {
+                    expected: l.wrapping_add(1),
+                    got: v,
+                })
             };
         }
         let node = v.wrapping_sub(1);
@@ -183,9 +200,17 @@ impl JournalWriter {
         } else if v == l && self.last_real_in_journal {
             Ok(AppendOutcome::Superseded { version: v })
         } else if v > l {
-            Err(Error::BackupBehind { backup: l, node, hint: BEHIND_HINT.into() })
+            Err(Error::BackupBehind {
+                backup: l,
+                node,
+                hint: BEHIND_HINT.into(),
+            })
         } else {
-            Err(Error::BackupAhead { backup: l, node, hint: AHEAD_HINT.into() })
+            Err(Error::BackupAhead {
+                backup: l,
+                node,
+                hint: AHEAD_HINT.into(),
+            })
         }
     }
 
@@ -196,7 +221,13 @@ impl JournalWriter {
             batch: batch.clone(),
             supersedes: matches!(outcome, AppendOutcome::Superseded { .. }),
         };
-        let frame = segment::encode_frame(self.repo.crypto(), &self.header, self.seq, self.stream.len(), &rec);
+        let frame = segment::encode_frame(
+            self.repo.crypto(),
+            &self.header,
+            self.seq,
+            self.stream.len(),
+            &rec,
+        );
         self.stream.append(&frame)?;
         self.bytes_since_snapshot += frame.len() as u64;
         if outcome != AppendOutcome::Pragma {
@@ -211,7 +242,10 @@ impl JournalWriter {
     /// Compaction calls this so that appends never wait for it.
     pub fn rotate(&mut self) -> Result<u64> {
         let next = self.seq + 1;
-        let mut stream = self.repo.backend().stream_open(&stream_name(next), self.durability)?;
+        let mut stream = self
+            .repo
+            .backend()
+            .stream_open(&stream_name(next), self.durability)?;
         let header = segment::stream_header(self.repo.crypto(), self.repo.repo_id(), next);
         if !stream.is_empty() {
             stream.truncate(0)?;

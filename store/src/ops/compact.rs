@@ -26,8 +26,8 @@ use crate::journal::{stream_name, JournalWriter, Record};
 use crate::manifest::{self, Manifest, SnapshotInfo};
 use crate::ops::stats::{self, Stats};
 use crate::pack::ChunkIndex;
-use crate::repo::{Repository, MAINTENANCE_LOCK};
 use crate::replay::{self, Replayer};
+use crate::repo::{Repository, MAINTENANCE_LOCK};
 use crate::snapshot::{self, SnapshotInput};
 
 pub struct CompactOptions {
@@ -57,11 +57,19 @@ struct BaseState {
 
 fn base_paths(repo: &Repository, dir: &Path) -> (PathBuf, PathBuf) {
     let id = repo.repo_id();
-    (dir.join(format!("{id}.base.sqlite3")), dir.join(format!("{id}.base.json")))
+    (
+        dir.join(format!("{id}.base.sqlite3")),
+        dir.join(format!("{id}.base.json")),
+    )
 }
 
 /// Make `base` hold exactly snapshot `m` (or an empty file when `m` is None).
-fn prepare_base(repo: &Repository, dir: &Path, m: Option<&Manifest>, index: &ChunkIndex) -> Result<PathBuf> {
+fn prepare_base(
+    repo: &Repository,
+    dir: &Path,
+    m: Option<&Manifest>,
+    index: &ChunkIndex,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display().to_string(), e))?;
     let (base, state) = base_paths(repo, dir);
     let Some(m) = m else {
@@ -70,12 +78,19 @@ fn prepare_base(repo: &Repository, dir: &Path, m: Option<&Manifest>, index: &Chu
         return Ok(base);
     };
     let refs = manifest::resolve(repo, m)?;
-    let claimed: Option<BaseState> = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    if claimed.as_ref().is_some_and(|c| c.snapshot == m.id.to_string()) {
+    let claimed: Option<BaseState> = std::fs::read(&state)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if claimed
+        .as_ref()
+        .is_some_and(|c| c.snapshot == m.id.to_string())
+    {
         // Check the base against the manifest before trusting it.
         if let Ok(Some(map)) = snapshot::map_file(&base) {
             if map.len() as u64 == m.db_size {
-                if let Ok((_, _, got)) = snapshot::chunk_refs(repo, &map, &base.display().to_string()) {
+                if let Ok((_, _, got)) =
+                    snapshot::chunk_refs(repo, &map, &base.display().to_string())
+                {
                     if got == refs {
                         return Ok(base);
                     }
@@ -99,8 +114,11 @@ fn remove_if_exists(p: &Path) -> Result<()> {
 
 fn write_state(path: &Path, m: &Manifest) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec(&BaseState { snapshot: m.id.to_string(), data_version: m.data_version })
-        .unwrap_or_default();
+    let body = serde_json::to_vec(&BaseState {
+        snapshot: m.id.to_string(),
+        data_version: m.data_version,
+    })
+    .unwrap_or_default();
     std::fs::write(&tmp, body)
         .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path))
@@ -116,7 +134,8 @@ pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
         }
         let recs = reader::read_segment(repo, &seg, Recovery::Strict)?;
         let name = crate::journal::sealed_name(seg.seq);
-        let bytes = segment::encode_sealed(repo.crypto(), &name, &recs, repo.config().body.zstd_level)?;
+        let bytes =
+            segment::encode_sealed(repo.crypto(), &name, &recs, repo.config().body.zstd_level)?;
         repo.backend().put(&name, &bytes)?;
         repo.backend().stream_delete(&stream_name(seg.seq))?;
         sealed += 1;
@@ -130,12 +149,18 @@ pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
     Ok(sealed)
 }
 
-pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactOptions) -> Result<CompactReport> {
+pub fn compact(
+    repo: &Repository,
+    writer: &Mutex<JournalWriter>,
+    opts: &CompactOptions,
+) -> Result<CompactReport> {
     let started = Instant::now();
     let _lock = repo.lock(MAINTENANCE_LOCK, &opts.holder)?;
     let before = stats::stats(repo)?;
     let closed = {
-        let mut w = writer.lock().map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
+        let mut w = writer
+            .lock()
+            .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
         w.rotate()?
     };
     let parent = manifest::latest(repo)?;
@@ -151,9 +176,16 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
         }
     }
     let pv = parent.as_ref().map(|m| m.data_version).unwrap_or(0);
-    let seq_and_version: Vec<(u64, u32)> = records.iter().map(|r| (r.0, r.1.batch.data_version)).collect();
+    let seq_and_version: Vec<(u64, u32)> = records
+        .iter()
+        .map(|r| (r.0, r.1.batch.data_version))
+        .collect();
     let recs = replay::effective(records.into_iter().map(|r| r.1).collect(), "journal")?;
-    let real: Vec<u32> = recs.iter().filter(|r| !r.pragma_only()).map(|r| r.batch.data_version).collect();
+    let real: Vec<u32> = recs
+        .iter()
+        .filter(|r| !r.pragma_only())
+        .map(|r| r.batch.data_version)
+        .collect();
     let target = match real.len() {
         0 | 1 => None,
         n => real.get(n - 2).copied().filter(|&v| v > pv),
@@ -175,8 +207,14 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
     let base = prepare_base(repo, &opts.cache_dir, parent.as_ref(), &index)?;
     let (_, state_path) = base_paths(repo, &opts.cache_dir);
     remove_if_exists(&state_path)?; // the base is about to change
-    let mut rp = Replayer::open(&base, parent.as_ref().map(|m| m.foreign_keys).unwrap_or(true))?;
-    for r in recs.iter().filter(|r| r.batch.data_version > pv && r.batch.data_version <= target) {
+    let mut rp = Replayer::open(
+        &base,
+        parent.as_ref().map(|m| m.foreign_keys).unwrap_or(true),
+    )?;
+    for r in recs
+        .iter()
+        .filter(|r| r.batch.data_version > pv && r.batch.data_version <= target)
+    {
         rp.apply(r)?;
     }
     let got = rp.data_version()?;
@@ -199,7 +237,12 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
     };
     let m = snapshot::write_snapshot(
         repo,
-        &SnapshotInput { path: &base, data_version: target, journal_segment, foreign_keys: fk },
+        &SnapshotInput {
+            path: &base,
+            data_version: target,
+            journal_segment,
+            foreign_keys: fk,
+        },
         parent.as_ref(),
         parent_refs.as_deref(),
         &mut index,
@@ -207,7 +250,9 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
     write_state(&state_path, &m)?;
     seal_closed_segments(repo, closed + 1)?;
     {
-        let mut w = writer.lock().map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
+        let mut w = writer
+            .lock()
+            .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
         let since: u64 = reader::segments(repo)?
             .iter()
             .filter(|s| s.seq >= journal_segment && s.seq != w.segment())
@@ -216,7 +261,11 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
         w.reset_bytes_since_snapshot(since);
     }
     let after = stats::stats(repo)?;
-    let dedup_ratio = if m.stored_bytes > 0 { m.db_size as f64 / m.stored_bytes as f64 } else { 0.0 };
+    let dedup_ratio = if m.stored_bytes > 0 {
+        m.db_size as f64 / m.stored_bytes as f64
+    } else {
+        0.0
+    };
     Ok(CompactReport {
         snapshot: Some(m.info()),
         before,
@@ -227,4 +276,3 @@ pub fn compact(repo: &Repository, writer: &Mutex<JournalWriter>, opts: &CompactO
         note: None,
     })
 }
-

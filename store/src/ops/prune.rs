@@ -31,7 +31,8 @@ pub struct Retention {
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
-        self.keep_last + self.keep_hourly + self.keep_daily + self.keep_weekly + self.keep_monthly == 0
+        self.keep_last + self.keep_hourly + self.keep_daily + self.keep_weekly + self.keep_monthly
+            == 0
     }
 }
 
@@ -76,15 +77,32 @@ fn year_month(days: i64) -> (i64, u32) {
 pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
     let infos: Vec<SnapshotInfo> = manifest::list(repo)?.iter().map(|m| m.info()).collect();
     let (keep, remove) = select(&infos, retention)?;
-    let min_seg = keep.iter().map(|k| k.snapshot.journal_segment).min().unwrap_or(0);
-    let remove_segments = reader::segments(repo)?.iter().map(|s| s.seq).filter(|&s| s < min_seg).collect();
-    Ok(PrunePlan { keep, remove, remove_segments })
+    let min_seg = keep
+        .iter()
+        .map(|k| k.snapshot.journal_segment)
+        .min()
+        .unwrap_or(0);
+    let remove_segments = reader::segments(repo)?
+        .iter()
+        .map(|s| s.seq)
+        .filter(|&s| s < min_seg)
+        .collect();
+    Ok(PrunePlan {
+        keep,
+        remove,
+        remove_segments,
+    })
 }
 
 /// The retention decision alone: which snapshots (oldest first) to keep, and why.
-pub fn select(snapshots: &[SnapshotInfo], retention: &Retention) -> Result<(Vec<Kept>, Vec<SnapshotInfo>)> {
+pub fn select(
+    snapshots: &[SnapshotInfo],
+    retention: &Retention,
+) -> Result<(Vec<Kept>, Vec<SnapshotInfo>)> {
     if retention.is_empty() {
-        return Err(Error::Invalid("give a retention policy: at least one --keep-* option".into()));
+        return Err(Error::Invalid(
+            "give a retention policy: at least one --keep-* option".into(),
+        ));
     }
     let all: Vec<&SnapshotInfo> = snapshots.iter().rev().collect(); // newest first
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); all.len()];
@@ -96,7 +114,9 @@ pub fn select(snapshots: &[SnapshotInfo], retention: &Retention) -> Result<(Vec<
         ("last", retention.keep_last, &|_t| 0),
         ("hourly", retention.keep_hourly, &|t| (t / 3600) as i64),
         ("daily", retention.keep_daily, &|t| (t / 86_400) as i64),
-        ("weekly", retention.keep_weekly, &|t| ((t / 86_400) as i64 + 3).div_euclid(7)),
+        ("weekly", retention.keep_weekly, &|t| {
+            ((t / 86_400) as i64 + 3).div_euclid(7)
+        }),
         ("monthly", retention.keep_monthly, &|t| {
             let (y, m) = year_month((t / 86_400) as i64);
             y * 12 + i64::from(m)
@@ -109,7 +129,11 @@ pub fn select(snapshots: &[SnapshotInfo], retention: &Retention) -> Result<(Vec<
             if kept >= n {
                 break;
             }
-            let b = if name == "last" { i as i64 } else { bucket(m.time) };
+            let b = if name == "last" {
+                i as i64
+            } else {
+                bucket(m.time)
+            };
             if last_bucket != Some(b) {
                 last_bucket = Some(b);
                 kept += 1;
@@ -125,7 +149,10 @@ pub fn select(snapshots: &[SnapshotInfo], retention: &Retention) -> Result<(Vec<
         if r.is_empty() {
             remove.push((*m).clone());
         } else {
-            keep.push(Kept { snapshot: (*m).clone(), reasons: r });
+            keep.push(Kept {
+                snapshot: (*m).clone(),
+                reasons: r,
+            });
         }
     }
     keep.reverse();
@@ -139,7 +166,10 @@ fn total_bytes(repo: &Repository) -> Result<u64> {
 
 pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneReport> {
     let _lock = repo.lock(MAINTENANCE_LOCK, holder)?;
-    let mut rep = PruneReport { bytes_before: total_bytes(repo)?, ..Default::default() };
+    let mut rep = PruneReport {
+        bytes_before: total_bytes(repo)?,
+        ..Default::default()
+    };
     let removed: HashSet<String> = plan.remove.iter().map(|s| s.id.clone()).collect();
     let kept: Vec<Manifest> = manifest::list(repo)?
         .into_iter()
@@ -153,7 +183,10 @@ pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneR
         if chain_touches(repo, m, &removed)? {
             let mut full = m.clone();
             full.list = ChunkList::Full(refs.clone());
-            repo.backend().put(&manifest::manifest_name(&m.id), &full.encode(repo.crypto())?)?;
+            repo.backend().put(
+                &manifest::manifest_name(&m.id),
+                &full.encode(repo.crypto())?,
+            )?;
             rep.rewritten_manifests += 1;
         }
         kept_refs.push(refs);
@@ -164,7 +197,11 @@ pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneR
         repo.backend().delete(&manifest::manifest_name(&id))?;
         rep.removed_snapshots += 1;
     }
-    gc(repo, &kept_refs.iter().flatten().map(|r| r.0).collect(), &mut rep)?;
+    gc(
+        repo,
+        &kept_refs.iter().flatten().map(|r| r.0).collect(),
+        &mut rep,
+    )?;
     // 6. Journal segments nobody needs.
     for &seq in &plan.remove_segments {
         repo.backend().delete(&crate::journal::sealed_name(seq))?;
@@ -209,27 +246,35 @@ fn gc(repo: &Repository, live: &HashSet<ChunkId>, rep: &mut PruneReport) -> Resu
         let mut moving: BTreeMap<(PackId, u64, u32), Vec<(ChunkId, Location)>> = BTreeMap::new();
         for (id, loc) in &index.map {
             if repack.contains(&loc.pack) && live.contains(id) {
-                moving.entry((loc.pack, loc.inner_offset as u64 + loc.blob_offset, 0)).or_default().push((*id, *loc));
+                moving
+                    .entry((loc.pack, loc.inner_offset as u64 + loc.blob_offset, 0))
+                    .or_default()
+                    .push((*id, *loc));
             }
         }
         let mut builder = PackBuilder::new(repo.crypto());
         let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         let mut cache: Option<((PackId, u64), Vec<u8>)> = None;
-        let flush_group = |group: &mut Vec<(ChunkId, Vec<u8>)>, builder: &mut PackBuilder| -> Result<()> {
-            if group.is_empty() {
-                return Ok(());
-            }
-            let refs: Vec<(ChunkId, &[u8])> = group.iter().map(|(i, b)| (*i, b.as_slice())).collect();
-            let g = pack::compress_group(&refs, repo.config().body.zstd_level)?;
-            builder.add_group(repo.crypto(), &g);
-            group.clear();
-            Ok(())
-        };
+        let flush_group =
+            |group: &mut Vec<(ChunkId, Vec<u8>)>, builder: &mut PackBuilder| -> Result<()> {
+                if group.is_empty() {
+                    return Ok(());
+                }
+                let refs: Vec<(ChunkId, &[u8])> =
+                    group.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+                let g = pack::compress_group(&refs, repo.config().body.zstd_level)?;
+                builder.add_group(repo.crypto(), &g);
+                group.clear();
+                Ok(())
+            };
         for chunks in moving.values() {
             for (id, loc) in chunks {
                 let key = (loc.pack, loc.blob_offset);
                 if cache.as_ref().map(|c| c.0) != Some(key) {
-                    cache = Some((key, pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, 0)?));
+                    cache = Some((
+                        key,
+                        pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, 0)?,
+                    ));
                 }
                 let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
                 group.push((*id, pack::chunk_from_blob(repo, blob, id, loc)?));

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::journal::reader;
 use crate::manifest::{self, Manifest};
 use crate::pack::ChunkIndex;
-use crate::repo::Repository;
 use crate::replay::{self, Replayer};
+use crate::repo::Repository;
 use crate::snapshot;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub struct RestoreReport {
     pub replayed_statements: u64,
     pub db_size: u64,
     pub integrity_check: String,
+    /// A damaged or torn last record of the journal that was left out: after a crash this is a
+    /// batch that was never acknowledged; otherwise the newest batch was damaged.
+    pub torn_tail: Option<String>,
 }
 
 /// Restore into `dest`, a file path that must not exist.
@@ -44,10 +47,16 @@ pub fn restore(repo: &Repository, dest: &Path, target: &RestoreTarget) -> Result
     if dest.exists() {
         return Err(Error::TargetExists(dest.display().to_string()));
     }
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut r = [0u8; 6];
     crate::crypto::fill_random(&mut r);
-    let fname = dest.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    let fname = dest
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
     let tmp = dir.join(format!(".{fname}.restore-{}.tmp", hex::encode(r)));
     let res = restore_into(repo, &tmp, target);
     match res {
@@ -88,10 +97,13 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
     let base_v = snap.as_ref().map(|m| m.data_version).unwrap_or(0);
 
     // Which journal records to apply.
+    let mut torn_tail = None;
     let records = if matches!(target, RestoreTarget::Snapshot(_)) {
         Vec::new()
     } else {
-        let raw: Vec<_> = reader::read_from(repo, from_seq)?.into_iter().map(|(_, r)| r).collect();
+        let (raw, torn) = reader::read_from(repo, from_seq)?;
+        torn_tail = torn;
+        let raw: Vec<_> = raw.into_iter().map(|(_, r)| r).collect();
         let eff = replay::effective(raw, "journal")?;
         // With no snapshot the journal must start at the first batch of the node.
         if snap.is_none() {
@@ -99,20 +111,33 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
                 if first.batch.data_version != 1 {
                     return Err(Error::VersionNotAvailable {
                         asked: first.batch.data_version,
-                        why: format!("the journal starts at data_version {} and no snapshot precedes it", first.batch.data_version),
+                        why: format!(
+                            "the journal starts at data_version {} and no snapshot precedes it",
+                            first.batch.data_version
+                        ),
                     });
                 }
             }
         }
-        eff.into_iter().filter(|r| r.batch.data_version > base_v).collect::<Vec<_>>()
+        eff.into_iter()
+            .filter(|r| r.batch.data_version > base_v)
+            .collect::<Vec<_>>()
     };
-    let newest = records.iter().filter(|r| !r.pragma_only()).map(|r| r.batch.data_version).max().unwrap_or(base_v);
+    let newest = records
+        .iter()
+        .filter(|r| !r.pragma_only())
+        .map(|r| r.batch.data_version)
+        .max()
+        .unwrap_or(base_v);
     let want = match target {
         RestoreTarget::Latest => newest,
         RestoreTarget::Snapshot(_) => base_v,
         RestoreTarget::Version(v) => {
             if snap.is_none() && *v > 0 && records.is_empty() {
-                return Err(Error::VersionNotAvailable { asked: *v, why: "the repository holds no snapshot at or below it".into() });
+                return Err(Error::VersionNotAvailable {
+                    asked: *v,
+                    why: "the repository holds no snapshot at or below it".into(),
+                });
             }
             if *v > newest {
                 return Err(Error::VersionNotAvailable {
@@ -140,7 +165,10 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
             if r.batch.data_version != cur.wrapping_add(1) {
                 return Err(Error::corrupt(
                     "journal",
-                    format!("batch for data_version {} follows {cur}: the journal has a gap", r.batch.data_version),
+                    format!(
+                        "batch for data_version {} follows {cur}: the journal has a gap",
+                        r.batch.data_version
+                    ),
                 ));
             }
             cur = r.batch.data_version;
@@ -159,7 +187,10 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
     }
     let ic = replay::integrity_check(tmp)?;
     if ic != "ok" {
-        return Err(Error::RestoreCheck { object: object.display().to_string(), what: format!("integrity_check: {ic}") });
+        return Err(Error::RestoreCheck {
+            object: object.display().to_string(),
+            what: format!("integrity_check: {ic}"),
+        });
     }
     let db_size = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
     Ok(RestoreReport {
@@ -171,5 +202,6 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
         replayed_statements: statements,
         db_size,
         integrity_check: ic,
+        torn_tail,
     })
 }

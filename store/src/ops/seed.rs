@@ -11,21 +11,25 @@ use crate::error::{Error, Result};
 use crate::journal::reader;
 use crate::manifest::{self, Manifest};
 use crate::pack::ChunkIndex;
-use crate::repo::{Repository, MAINTENANCE_LOCK};
 use crate::replay;
+use crate::repo::{Repository, MAINTENANCE_LOCK};
 use crate::snapshot::{self, SnapshotInput};
 
 /// Copy `src` (a live or stopped SQLite database) to `dest` through the backup API.
 pub fn copy_database(src: &Path, dest: &Path) -> Result<()> {
     let object = src.display().to_string();
-    let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| Error::sqlite(&object, e))?;
-    let mut to = Connection::open(dest).map_err(|e| Error::sqlite(dest.display().to_string(), e))?;
+    let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::sqlite(&object, e))?;
+    let mut to =
+        Connection::open(dest).map_err(|e| Error::sqlite(dest.display().to_string(), e))?;
     {
-        let b = rusqlite::backup::Backup::new(&from, &mut to).map_err(|e| Error::sqlite(&object, e))?;
+        let b =
+            rusqlite::backup::Backup::new(&from, &mut to).map_err(|e| Error::sqlite(&object, e))?;
         b.run_to_completion(1024, std::time::Duration::from_millis(0), None)
             .map_err(|e| Error::sqlite(&object, e))?;
     }
-    to.close().map_err(|(_, e)| Error::sqlite(dest.display().to_string(), e))?;
+    to.close()
+        .map_err(|(_, e)| Error::sqlite(dest.display().to_string(), e))?;
     std::fs::File::open(dest)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("fsync", dest.display().to_string(), e))
@@ -41,9 +45,15 @@ pub fn next_segment(repo: &Repository) -> Result<u64> {
 }
 
 /// Store the database at `src` as a snapshot. `scratch` is a directory for the temporary copy.
-pub fn snapshot_database(repo: &Repository, src: &Path, scratch: &Path, holder: &str) -> Result<Manifest> {
+pub fn snapshot_database(
+    repo: &Repository,
+    src: &Path,
+    scratch: &Path,
+    holder: &str,
+) -> Result<Manifest> {
     let _lock = repo.lock(MAINTENANCE_LOCK, holder)?;
-    std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch.display().to_string(), e))?;
+    std::fs::create_dir_all(scratch)
+        .map_err(|e| Error::io("create", scratch.display().to_string(), e))?;
     let mut r = [0u8; 6];
     crate::crypto::fill_random(&mut r);
     let tmp = scratch.join(format!("seed-{}.sqlite3", hex::encode(r)));
@@ -61,7 +71,12 @@ pub fn snapshot_database(repo: &Repository, src: &Path, scratch: &Path, holder: 
         let mut index = ChunkIndex::load(repo)?;
         snapshot::write_snapshot(
             repo,
-            &SnapshotInput { path: &tmp, data_version: v, journal_segment: next_segment(repo)?, foreign_keys: true },
+            &SnapshotInput {
+                path: &tmp,
+                data_version: v,
+                journal_segment: next_segment(repo)?,
+                foreign_keys: true,
+            },
             parent.as_ref(),
             parent_refs.as_deref(),
             &mut index,

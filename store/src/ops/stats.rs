@@ -32,7 +32,10 @@ pub struct Stats {
 
 pub fn stats(repo: &Repository) -> Result<Stats> {
     let b = repo.backend();
-    let mut s = Stats { encryption: repo.crypto().encryption().name().to_string(), ..Default::default() };
+    let mut s = Stats {
+        encryption: repo.crypto().encryption().name().to_string(),
+        ..Default::default()
+    };
     let packs = b.list("packs/")?;
     s.pack_count = packs.len() as u64;
     s.pack_bytes = packs.iter().map(|o| o.size).sum();
@@ -44,7 +47,11 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     s.snapshot_count = manifests.len() as u64;
     s.logical_bytes = manifests.iter().map(|m| m.db_size).sum();
     let snap_bytes: u64 = s.pack_bytes + manifests.iter().map(|m| m.object_size).sum::<u64>();
-    s.dedup_ratio = if snap_bytes > 0 { s.logical_bytes as f64 / snap_bytes as f64 } else { 0.0 };
+    s.dedup_ratio = if snap_bytes > 0 {
+        s.logical_bytes as f64 / snap_bytes as f64
+    } else {
+        0.0
+    };
     let segs = reader::segments(repo)?;
     s.journal_segments = segs.len() as u64;
     s.journal_bytes = segs.iter().map(|g| g.size).sum();
@@ -61,7 +68,12 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         };
         let recs = reader::read_segment(repo, g, rec)?;
         s.journal_records += recs.len() as u64;
-        if let Some(v) = recs.iter().filter(|r| !r.pragma_only()).map(|r| r.batch.data_version).max() {
+        if let Some(v) = recs
+            .iter()
+            .filter(|r| !r.pragma_only())
+            .map(|r| r.batch.data_version)
+            .max()
+        {
             last_version = Some(last_version.map_or(v, |l| l.max(v)));
         }
     }

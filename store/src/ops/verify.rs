@@ -11,8 +11,8 @@ use crate::journal::reader;
 use crate::journal::segment::Recovery;
 use crate::manifest::{self, Manifest};
 use crate::pack::{self, Location};
-use crate::repo::Repository;
 use crate::replay;
+use crate::repo::Repository;
 
 pub struct VerifyOptions {
     pub read_data: bool,
@@ -42,7 +42,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     // Manifests, each on its own so one bad object does not hide the others.
     let mut manifests: Vec<Manifest> = Vec::new();
     for o in b.list("snapshots/")? {
-        match b.get(&o.name).and_then(|d| Manifest::decode(repo.crypto(), &o.name, &d)) {
+        match b
+            .get(&o.name)
+            .and_then(|d| Manifest::decode(repo.crypto(), &o.name, &d))
+        {
             Ok(m) => manifests.push(m),
             Err(e) => rep.problems.push(e.to_string()),
         }
@@ -51,20 +54,33 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     rep.snapshots = manifests.len() as u64;
 
     // Indexes and packs.
-    let packs: HashMap<String, u64> = b.list("packs/")?.into_iter().map(|o| (o.name, o.size)).collect();
+    let packs: HashMap<String, u64> = b
+        .list("packs/")?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
     rep.packs = packs.len() as u64;
     let mut index: HashMap<crate::ids::ChunkId, Location> = HashMap::new();
     for o in b.list("index/")? {
         rep.index_objects += 1;
-        match b.get(&o.name).and_then(|d| pack::decode_index(repo.crypto(), &o.name, &d)) {
+        match b
+            .get(&o.name)
+            .and_then(|d| pack::decode_index(repo.crypto(), &o.name, &d))
+        {
             Ok(entries) => {
                 for (id, loc) in entries {
                     let pn = pack::pack_name(&loc.pack);
                     match packs.get(&pn) {
-                        None => rep.problems.push(format!("{}: names {pn}, which is missing", o.name)),
-                        Some(&size) if loc.blob_offset + u64::from(loc.blob_len) > size => rep
+                        None => rep
                             .problems
-                            .push(format!("{pn} is truncated: {} bytes, a blob ends at {}", size, loc.blob_offset + u64::from(loc.blob_len))),
+                            .push(format!("{}: names {pn}, which is missing", o.name)),
+                        Some(&size) if loc.blob_offset + u64::from(loc.blob_len) > size => {
+                            rep.problems.push(format!(
+                                "{pn} is truncated: {} bytes, a blob ends at {}",
+                                size,
+                                loc.blob_offset + u64::from(loc.blob_len)
+                            ))
+                        }
                         _ => {}
                     }
                     index.entry(id).or_insert(loc);
@@ -81,11 +97,18 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
             Ok(refs) => {
                 let total: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
                 if total != m.db_size {
-                    rep.problems.push(format!("{}: chunks add up to {total} bytes, not {}", manifest::manifest_name(&m.id), m.db_size));
+                    rep.problems.push(format!(
+                        "{}: chunks add up to {total} bytes, not {}",
+                        manifest::manifest_name(&m.id),
+                        m.db_size
+                    ));
                 }
                 for (id, _) in refs {
                     if !index.contains_key(&id) {
-                        rep.problems.push(format!("{}: chunk {id} is in no index", manifest::manifest_name(&m.id)));
+                        rep.problems.push(format!(
+                            "{}: chunk {id} is in no index",
+                            manifest::manifest_name(&m.id)
+                        ));
                     }
                     referenced.insert(id);
                 }
@@ -102,9 +125,18 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut records = Vec::new();
     let n = segs.len();
     for (i, s) in segs.iter().enumerate() {
-        let recovery = if i + 1 == n { Recovery::TruncateTornTail } else { Recovery::Strict };
-        match reader::read_segment(repo, s, recovery) {
-            Ok(recs) => {
+        let recovery = if i + 1 == n {
+            Recovery::TruncateTornTail
+        } else {
+            Recovery::Strict
+        };
+        match reader::read_segment_checked(repo, s, recovery) {
+            Ok((recs, torn)) => {
+                if let Some(t) = torn {
+                    rep.problems.push(format!(
+                        "{t}: the newest record is torn (a crash while writing it: it was never acknowledged) or damaged; the plugin cuts it when it next starts"
+                    ));
+                }
                 rep.journal_records += recs.len() as u64;
                 if s.seq >= from {
                     records.extend(recs);
@@ -136,12 +168,37 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
 
     if opts.read_data {
         // Every blob of every indexed chunk: seal and address.
-        let mut by_blob: HashMap<(crate::ids::PackId, u64), Vec<(crate::ids::ChunkId, Location)>> = HashMap::new();
+        let mut by_blob: HashMap<(crate::ids::PackId, u64), Vec<(crate::ids::ChunkId, Location)>> =
+            HashMap::new();
         for (id, loc) in &index {
-            by_blob.entry((loc.pack, loc.blob_offset)).or_default().push((*id, *loc));
+            by_blob
+                .entry((loc.pack, loc.blob_offset))
+                .or_default()
+                .push((*id, *loc));
+        }
+        let prefix_len = crate::pack::PACK_PREFIX_LEN as u64;
+        for name in packs.keys() {
+            let Some(id) = name
+                .strip_prefix("packs/")
+                .and_then(|h| crate::ids::PackId::parse(h).ok())
+            else {
+                rep.problems.push(format!("{name}: not a pack name"));
+                continue;
+            };
+            let mut want = crate::envelope::Header::new(crate::envelope::Kind::Pack, repo.crypto())
+                .encode()
+                .to_vec();
+            want.extend_from_slice(&id.0);
+            match b.get_range(name, 0, prefix_len) {
+                Ok(got) if got == want => {}
+                Ok(_) => rep.problems.push(format!("{name}: header is damaged")),
+                Err(e) => rep.problems.push(e.to_string()),
+            }
         }
         for ((pk, off), chunks) in &by_blob {
-            let Some(first) = chunks.first() else { continue };
+            let Some(first) = chunks.first() else {
+                continue;
+            };
             match pack::read_blob(repo, pk, *off, first.1.blob_len, 0) {
                 Ok(blob) => {
                     for (id, loc) in chunks {
@@ -159,10 +216,18 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
                 .map_err(|e| Error::io("create", opts.scratch_dir.display().to_string(), e))?;
             let mut r = [0u8; 6];
             crate::crypto::fill_random(&mut r);
-            let dest = opts.scratch_dir.join(format!("verify-{}.sqlite3", hex::encode(r)));
-            match crate::ops::restore::restore(repo, &dest, &crate::ops::restore::RestoreTarget::Latest) {
+            let dest = opts
+                .scratch_dir
+                .join(format!("verify-{}.sqlite3", hex::encode(r)));
+            match crate::ops::restore::restore(
+                repo,
+                &dest,
+                &crate::ops::restore::RestoreTarget::Latest,
+            ) {
                 Ok(r) => rep.restored_version = Some(r.data_version),
-                Err(e) => rep.problems.push(format!("restore of the newest state failed: {e}")),
+                Err(e) => rep
+                    .problems
+                    .push(format!("restore of the newest state failed: {e}")),
             }
             let _ = std::fs::remove_file(&dest);
         }

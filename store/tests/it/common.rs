@@ -1,13 +1,14 @@
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use store::backend::Backend;
 use store::journal::JournalWriter;
 use store::ops::compact::{compact, CompactOptions, CompactReport};
 use store::{Batch, ConfigBody, Durability, MasterKey, Repository};
 
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name)
 }
 
 pub fn load_trace(name: &str) -> Vec<Batch> {
@@ -18,7 +19,12 @@ pub fn load_trace(name: &str) -> Vec<Batch> {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             Batch {
                 data_version: v["data_version"].as_u64().unwrap() as u32,
-                writes: v["writes"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect(),
+                writes: v["writes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.as_str().unwrap().to_string())
+                    .collect(),
             }
         })
         .collect()
@@ -41,10 +47,6 @@ impl Env {
         let repo = Repository::init(&url, Some(&key), encrypted, ConfigBody::default()).unwrap();
         Env { dir, repo }
     }
-    pub fn with_backend(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Env {
-        let repo = Repository::init_backend(backend, None, false, ConfigBody::default()).unwrap();
-        Env { dir, repo }
-    }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -52,7 +54,15 @@ impl Env {
         self.repo.writer("test writer", Durability::Fsync).unwrap()
     }
     pub fn compact(&self, w: &Mutex<JournalWriter>) -> CompactReport {
-        compact(&self.repo, w, &CompactOptions { cache_dir: self.path("cache"), holder: "test compaction".into() }).unwrap()
+        compact(
+            &self.repo,
+            w,
+            &CompactOptions {
+                cache_dir: self.path("cache"),
+                holder: "test compaction".into(),
+            },
+        )
+        .unwrap()
     }
 }
 
