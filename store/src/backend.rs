@@ -92,7 +92,6 @@ pub trait Stream: Send {
 
 pub trait LockGuard: Send {}
 
-
 /// Open the backend a URL names. `link_key` is the repository key, which remote destinations use
 /// to authenticate (it never leaves this process: only subkeys derived from it are used).
 pub fn open(
@@ -104,10 +103,18 @@ pub fn open(
     let _ = link_key;
     match url {
         BackupUrl::File(path) => {
-            let b = if create { dir::DirBackend::create(path)? } else { dir::DirBackend::open(path)? };
+            let b = if create {
+                dir::DirBackend::create(path)?
+            } else {
+                dir::DirBackend::open(path)?
+            };
             Ok(std::sync::Arc::new(b))
         }
-        BackupUrl::Socket { .. } => Err(crate::Error::Invalid(format!("{url}: socket destinations are not built yet"))),
-        BackupUrl::S3 { .. } => Err(crate::Error::Invalid(format!("{url}: s3 destinations are not built yet"))),
+        BackupUrl::Socket { .. } => Err(crate::Error::Invalid(format!(
+            "{url}: socket destinations are not built yet"
+        ))),
+        BackupUrl::S3 { .. } => Err(crate::Error::Invalid(format!(
+            "{url}: s3 destinations are not built yet"
+        ))),
     }
 }

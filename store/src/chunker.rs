@@ -19,7 +19,10 @@ pub struct PageChunker {
 impl Chunker for PageChunker {
     fn spans(&self, data: &[u8]) -> Vec<(usize, usize)> {
         let cs = self.chunk_size.max(1);
-        (0..data.len()).step_by(cs).map(|o| (o, cs.min(data.len() - o))).collect()
+        (0..data.len())
+            .step_by(cs)
+            .map(|o| (o, cs.min(data.len() - o)))
+            .collect()
     }
 }
 
@@ -39,11 +42,15 @@ impl Chunker for CdcChunker {
 
 /// The page size of an SQLite database file, from its header.
 pub fn sqlite_page_size(header: &[u8], object: &str) -> Result<u32> {
-    let magic = header.get(..16).ok_or_else(|| Error::corrupt(object, "too short for an SQLite header"))?;
+    let magic = header
+        .get(..16)
+        .ok_or_else(|| Error::corrupt(object, "too short for an SQLite header"))?;
     if magic != b"SQLite format 3\0" {
         return Err(Error::corrupt(object, "not an SQLite 3 database"));
     }
-    let b = header.get(16..18).ok_or_else(|| Error::corrupt(object, "too short"))?;
+    let b = header
+        .get(16..18)
+        .ok_or_else(|| Error::corrupt(object, "too short"))?;
     let raw = u16::from_be_bytes(b.try_into().unwrap_or([0, 0]));
     let ps = if raw == 1 { 65536 } else { u32::from(raw) };
     if !(512..=65536).contains(&ps) || !ps.is_power_of_two() {
@@ -54,8 +61,14 @@ pub fn sqlite_page_size(header: &[u8], object: &str) -> Result<u32> {
 
 pub fn for_params(params: &ChunkerParams, page_size: u32) -> Box<dyn Chunker> {
     match params {
-        ChunkerParams::Pages { pages } => Box::new(PageChunker { chunk_size: (*pages).max(1) as usize * page_size as usize }),
-        ChunkerParams::FastCdc { min, avg, max } => Box::new(CdcChunker { min: *min, avg: *avg, max: *max }),
+        ChunkerParams::Pages { pages } => Box::new(PageChunker {
+            chunk_size: (*pages).max(1) as usize * page_size as usize,
+        }),
+        ChunkerParams::FastCdc { min, avg, max } => Box::new(CdcChunker {
+            min: *min,
+            avg: *avg,
+            max: *max,
+        }),
     }
 }
 
@@ -65,10 +78,16 @@ mod test {
 
     #[test]
     fn spans_cover_the_input() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for c in [
             Box::new(PageChunker { chunk_size: 4096 }) as Box<dyn Chunker>,
-            Box::new(CdcChunker { min: 2048, avg: 8192, max: 32768 }),
+            Box::new(CdcChunker {
+                min: 2048,
+                avg: 8192,
+                max: 32768,
+            }),
         ] {
             let spans = c.spans(&data);
             let mut pos = 0;

@@ -105,7 +105,10 @@ impl<'a> Dec<'a> {
         let n = self.u64()?;
         let max = (self.remaining() / min_item_size.max(1)) as u64;
         if n > max {
-            return Err(self.err(format!("count {n} exceeds what {} bytes can hold", self.remaining())));
+            return Err(self.err(format!(
+                "count {n} exceeds what {} bytes can hold",
+                self.remaining()
+            )));
         }
         Ok(n as usize)
     }

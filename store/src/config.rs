@@ -98,9 +98,17 @@ impl Config {
         envelope::check_key(&header, crypto)?;
         let public = data.get(..HEADER_LEN + 16).unwrap_or_default();
         let aad = envelope::object_aad(public, CONFIG_NAME);
-        let body = crypto.open(CONFIG_NAME, &aad, data.get(HEADER_LEN + 16..).unwrap_or_default())?;
+        let body = crypto.open(
+            CONFIG_NAME,
+            &aad,
+            data.get(HEADER_LEN + 16..).unwrap_or_default(),
+        )?;
         let body: ConfigBody = serde_json::from_slice(&body)
             .map_err(|e| Error::corrupt(CONFIG_NAME, format!("bad body: {e}")))?;
-        Ok(Config { repo_id, header, body })
+        Ok(Config {
+            repo_id,
+            header,
+            body,
+        })
     }
 }

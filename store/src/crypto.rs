@@ -101,9 +101,15 @@ impl MasterKey {
         }
     }
     pub fn from_phrase(phrase: &str) -> Result<Self> {
-        let norm = phrase.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let norm = phrase
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         let m = bip39::Mnemonic::parse_normalized(&norm).map_err(|e| {
-            Error::Invalid(format!("that key phrase is not valid ({e}): it must be the 24 words shown at init"))
+            Error::Invalid(format!(
+                "that key phrase is not valid ({e}): it must be the 24 words shown at init"
+            ))
         })?;
         let ent = m.to_entropy();
         let arr: [u8; KEY_LEN] = ent.as_slice().try_into().map_err(|_| {
@@ -121,7 +127,9 @@ impl MasterKey {
     pub fn from_file_text(text: &str, path: &str) -> Result<Self> {
         let t = text.trim();
         let hexpart = t.strip_prefix("cln-backup-key:").ok_or_else(|| {
-            Error::Invalid(format!("{path} is not a cln-backup key file (it must start with 'cln-backup-key:')"))
+            Error::Invalid(format!(
+                "{path} is not a cln-backup key file (it must start with 'cln-backup-key:')"
+            ))
         })?;
         let mut k = [0u8; KEY_LEN];
         hex::decode_to_slice(hexpart, &mut k).map_err(|_| {
@@ -201,7 +209,13 @@ impl Crypto {
                 let mut nonce = [0u8; NONCE_LEN];
                 fill_random(&mut nonce);
                 let ct = aead
-                    .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+                    .encrypt(
+                        XNonce::from_slice(&nonce),
+                        Payload {
+                            msg: plaintext,
+                            aad,
+                        },
+                    )
                     .unwrap_or_default(); // encryption of an in-memory buffer cannot fail
                 let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
                 out.extend_from_slice(&nonce);
@@ -250,7 +264,12 @@ fn checksum(aad: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
     h.update(aad);
     h.update(body);
     let mut out = [0u8; TAG_LEN];
-    out.copy_from_slice(h.finalize().as_bytes().get(..TAG_LEN).unwrap_or(&[0u8; TAG_LEN]));
+    out.copy_from_slice(
+        h.finalize()
+            .as_bytes()
+            .get(..TAG_LEN)
+            .unwrap_or(&[0u8; TAG_LEN]),
+    );
     out
 }
 
@@ -260,7 +279,10 @@ mod test {
 
     #[test]
     fn seal_round_trip_and_tamper() {
-        for c in [Crypto::plaintext(), Crypto::encrypted(&MasterKey::generate())] {
+        for c in [
+            Crypto::plaintext(),
+            Crypto::encrypted(&MasterKey::generate()),
+        ] {
             let s = c.seal(b"aad", b"hello world");
             assert_eq!(c.open("o", b"aad", &s).unwrap(), b"hello world");
             assert!(c.open("o", b"other", &s).unwrap_err().is_corruption());

@@ -16,7 +16,9 @@ pub fn dump(path: &Path) -> Result<String> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(e)?;
     let mut out = String::new();
     let mut stmt = conn
-        .prepare("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name")
+        .prepare(
+            "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name",
+        )
         .map_err(e)?;
     let objs: Vec<(String, String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -30,10 +32,15 @@ pub fn dump(path: &Path) -> Result<String> {
         if ty != "table" || name.starts_with("sqlite_") {
             continue;
         }
-        let q = format!("SELECT rowid, * FROM \"{}\" ORDER BY rowid", name.replace('"', "\"\""));
+        let q = format!(
+            "SELECT rowid, * FROM \"{}\" ORDER BY rowid",
+            name.replace('"', "\"\"")
+        );
         let mut st = match conn.prepare(&q) {
             Ok(s) => s,
-            Err(_) => conn.prepare(&format!("SELECT * FROM \"{}\"", name.replace('"', "\"\""))).map_err(e)?,
+            Err(_) => conn
+                .prepare(&format!("SELECT * FROM \"{}\"", name.replace('"', "\"\"")))
+                .map_err(e)?,
         };
         let n = st.column_count();
         let mut rows = st.query([]).map_err(e)?;

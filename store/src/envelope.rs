@@ -80,7 +80,10 @@ impl Header {
     pub fn decode_expect(data: &[u8], kind: Kind, crypto: &Crypto, object: &str) -> Result<Header> {
         let h = Self::decode(data, object)?;
         if h.kind != kind {
-            return Err(Error::corrupt(object, format!("is a {:?} object, expected {kind:?}", h.kind)));
+            return Err(Error::corrupt(
+                object,
+                format!("is a {:?} object, expected {kind:?}", h.kind),
+            ));
         }
         check_key(&h, crypto)?;
         Ok(h)

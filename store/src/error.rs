@@ -33,7 +33,9 @@ pub enum Error {
         expected: String,
         got: String,
     },
-    #[error("{object} failed authentication: it was altered, truncated, or sealed with another key")]
+    #[error(
+        "{object} failed authentication: it was altered, truncated, or sealed with another key"
+    )]
     AuthenticationFailed { object: String },
     #[error("wrong key for this repository: it is encrypted with key {expected}, the key given is {got}")]
     WrongKey { expected: String, got: String },
@@ -55,9 +57,17 @@ pub enum Error {
         supported: u32,
     },
     #[error("Backup is out of date: the backup ends at data_version {backup} but lightningd is at {node}. {hint}")]
-    BackupBehind { backup: u32, node: u32, hint: String },
+    BackupBehind {
+        backup: u32,
+        node: u32,
+        hint: String,
+    },
     #[error("The backup is ahead of lightningd, we lost some state: the backup holds data_version {backup} but lightningd is at {node}. {hint}")]
-    BackupAhead { backup: u32, node: u32, hint: String },
+    BackupAhead {
+        backup: u32,
+        node: u32,
+        hint: String,
+    },
     #[error("batch for data_version {got} does not follow the journal (expected {expected}); refusing to store it")]
     VersionGap { expected: u32, got: u32 },
     #[error("no snapshot {0} in this repository (see `backup-cli snapshots`)")]
@@ -84,11 +94,15 @@ pub enum Error {
 
 fn io_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " (the disk is full: free space there, then retry)",
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            " (the disk is full: free space there, then retry)"
+        }
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
             " (permission denied or read-only: check the owner and mount of the backup directory)"
         }
-        Some(libc::EIO) => " (I/O error from the device or network mount: check the disk and the mount)",
+        Some(libc::EIO) => {
+            " (I/O error from the device or network mount: check the disk and the mount)"
+        }
         _ => "",
     }
 }
@@ -125,7 +139,9 @@ impl Error {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            Error::Corrupt { .. } | Error::ChecksumMismatch { .. } | Error::AuthenticationFailed { .. }
+            Error::Corrupt { .. }
+                | Error::ChecksumMismatch { .. }
+                | Error::AuthenticationFailed { .. }
         )
     }
 }

@@ -50,8 +50,20 @@ macro_rules! hex_id {
     };
 }
 
-hex_id!(ChunkId, 32, "Address of a chunk: blake3 of its plaintext, keyed in encrypted repositories.");
-hex_id!(SnapshotId, 8, "Random id of a snapshot; its manifest is `snapshots/<id>`.");
+hex_id!(
+    ChunkId,
+    32,
+    "Address of a chunk: blake3 of its plaintext, keyed in encrypted repositories."
+);
+hex_id!(
+    SnapshotId,
+    8,
+    "Random id of a snapshot; its manifest is `snapshots/<id>`."
+);
 hex_id!(PackId, 16, "Random id of a pack file `packs/<id>`.");
 hex_id!(RepoId, 16, "Random id of a repository, fixed at init.");
-hex_id!(KeyId, 8, "Public fingerprint of a repository key (derived, reveals nothing of the key).");
+hex_id!(
+    KeyId,
+    8,
+    "Public fingerprint of a repository key (derived, reveals nothing of the key)."
+);

@@ -31,7 +31,11 @@ pub type ChunkRef = (ChunkId, u32);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkList {
     Full(Vec<ChunkRef>),
-    Delta { parent: SnapshotId, depth: u32, runs: Vec<(u64, Vec<ChunkRef>)> },
+    Delta {
+        parent: SnapshotId,
+        depth: u32,
+        runs: Vec<(u64, Vec<ChunkRef>)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,8 +104,15 @@ impl Manifest {
     pub fn encode(&self, crypto: &Crypto) -> Result<Vec<u8>> {
         let name = manifest_name(&self.id);
         let mut e = Enc::new();
-        e.u8(1).bytes(&self.id.0).u64(self.time).u32(self.data_version).u64(self.journal_segment);
-        e.u8(u8::from(self.foreign_keys)).u64(self.db_size).u32(self.page_size).u64(self.chunk_count);
+        e.u8(1)
+            .bytes(&self.id.0)
+            .u64(self.time)
+            .u32(self.data_version)
+            .u64(self.journal_segment);
+        e.u8(u8::from(self.foreign_keys))
+            .u64(self.db_size)
+            .u32(self.page_size)
+            .u64(self.chunk_count);
         e.u64(self.stored_bytes).u64(self.new_chunks);
         match &self.list {
             ChunkList::Full(refs) => {
@@ -110,7 +121,11 @@ impl Manifest {
                     e.bytes(&id.0).u32(*len);
                 }
             }
-            ChunkList::Delta { parent, depth, runs } => {
+            ChunkList::Delta {
+                parent,
+                depth,
+                runs,
+            } => {
                 e.u8(1).bytes(&parent.0).u32(*depth).u64(runs.len() as u64);
                 for (start, refs) in runs {
                     e.u64(*start).u32(refs.len() as u32);
@@ -120,21 +135,31 @@ impl Manifest {
                 }
             }
         }
-        let z = zstd::bulk::compress(&e.finish(), 3).map_err(|err| Error::io("compress", &name, err))?;
+        let z = zstd::bulk::compress(&e.finish(), 3)
+            .map_err(|err| Error::io("compress", &name, err))?;
         Ok(envelope::seal_object(Kind::Manifest, crypto, &name, &z))
     }
 
     pub fn decode(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Manifest> {
         let z = envelope::open_object(Kind::Manifest, crypto, name, data)?;
-        let raw = zstd::stream::decode_all(z.as_slice()).map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+        let raw = zstd::stream::decode_all(z.as_slice())
+            .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
         let mut d = Dec::new(&raw, name);
         let v = d.u8()?;
         if v != 1 {
-            return Err(Error::Unsupported { object: name.into(), what: "manifest version", found: v.into(), supported: 1 });
+            return Err(Error::Unsupported {
+                object: name.into(),
+                what: "manifest version",
+                found: v.into(),
+                supported: 1,
+            });
         }
         let id = SnapshotId(d.array()?);
         if manifest_name(&id) != name {
-            return Err(Error::corrupt(name, format!("holds snapshot {id}, not the one its name says")));
+            return Err(Error::corrupt(
+                name,
+                format!("holds snapshot {id}, not the one its name says"),
+            ));
         }
         let time = d.u64()?;
         let data_version = d.u32()?;
@@ -156,7 +181,10 @@ impl Manifest {
             Ok(v)
         };
         let list = match d.u8()? {
-            0 => ChunkList::Full(read_refs(&mut d, usize::try_from(chunk_count).unwrap_or(usize::MAX))?),
+            0 => ChunkList::Full(read_refs(
+                &mut d,
+                usize::try_from(chunk_count).unwrap_or(usize::MAX),
+            )?),
             1 => {
                 let parent = SnapshotId(d.array()?);
                 let depth = d.u32()?;
@@ -167,7 +195,11 @@ impl Manifest {
                     let n = d.u32()? as usize;
                     runs.push((start, read_refs(&mut d, n)?));
                 }
-                ChunkList::Delta { parent, depth, runs }
+                ChunkList::Delta {
+                    parent,
+                    depth,
+                    runs,
+                }
             }
             k => return Err(d.err(format!("unknown chunk list kind {k}"))),
         };
@@ -200,7 +232,12 @@ pub fn read(repo: &Repository, id: &SnapshotId) -> Result<Manifest> {
 
 /// Every manifest, oldest first (by data_version, then time).
 pub fn list(repo: &Repository) -> Result<Vec<Manifest>> {
-    let names: Vec<String> = repo.backend().list("snapshots/")?.into_iter().map(|o| o.name).collect();
+    let names: Vec<String> = repo
+        .backend()
+        .list("snapshots/")?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
     let mut out: Vec<Manifest> = names
         .par_iter()
         .map(|n| {
@@ -219,11 +256,19 @@ pub fn latest(repo: &Repository) -> Result<Option<Manifest>> {
 /// Find a snapshot by id or unique id prefix.
 pub fn find(repo: &Repository, id_or_prefix: &str) -> Result<Manifest> {
     let all = list(repo)?;
-    let hits: Vec<Manifest> = all.into_iter().filter(|m| m.id.to_string().starts_with(id_or_prefix)).collect();
+    let hits: Vec<Manifest> = all
+        .into_iter()
+        .filter(|m| m.id.to_string().starts_with(id_or_prefix))
+        .collect();
     match hits.len() {
-        1 => Ok(hits.into_iter().next().ok_or_else(|| Error::NoSuchSnapshot(id_or_prefix.into()))?),
+        1 => Ok(hits
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoSuchSnapshot(id_or_prefix.into()))?),
         0 => Err(Error::NoSuchSnapshot(id_or_prefix.into())),
-        _ => Err(Error::Invalid(format!("snapshot id prefix '{id_or_prefix}' is ambiguous"))),
+        _ => Err(Error::Invalid(format!(
+            "snapshot id prefix '{id_or_prefix}' is ambiguous"
+        ))),
     }
 }
 
@@ -231,7 +276,11 @@ pub fn find(repo: &Repository, id_or_prefix: &str) -> Result<Manifest> {
 pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
     match &m.list {
         ChunkList::Full(refs) => Ok(refs.clone()),
-        ChunkList::Delta { parent, depth, runs } => {
+        ChunkList::Delta {
+            parent,
+            depth,
+            runs,
+        } => {
             if *depth > 1024 {
                 return Err(Error::corrupt(manifest_name(&m.id), "delta chain too deep"));
             }
@@ -243,12 +292,20 @@ pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
                 other => other,
             })?;
             let mut refs = resolve(repo, &p)?;
-            refs.resize(usize::try_from(m.chunk_count).unwrap_or(usize::MAX), (ChunkId([0; 32]), 0));
+            refs.resize(
+                usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
+                (ChunkId([0; 32]), 0),
+            );
             for (start, run) in runs {
                 for (i, r) in run.iter().enumerate() {
-                    let pos = usize::try_from(*start).unwrap_or(usize::MAX).saturating_add(i);
+                    let pos = usize::try_from(*start)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(i);
                     let slot = refs.get_mut(pos).ok_or_else(|| {
-                        Error::corrupt(manifest_name(&m.id), format!("delta position {pos} beyond {} chunks", m.chunk_count))
+                        Error::corrupt(
+                            manifest_name(&m.id),
+                            format!("delta position {pos} beyond {} chunks", m.chunk_count),
+                        )
                     })?;
                     *slot = *r;
                 }

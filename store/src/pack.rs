@@ -58,7 +58,12 @@ impl PackBuilder {
         let id = PackId::random();
         let mut data = Header::new(Kind::Pack, crypto).encode().to_vec();
         data.extend_from_slice(&id.0);
-        PackBuilder { id, prefix: data.clone(), data, entries: Vec::new() }
+        PackBuilder {
+            id,
+            prefix: data.clone(),
+            data,
+            entries: Vec::new(),
+        }
     }
     pub fn len(&self) -> usize {
         self.data.len()
@@ -74,7 +79,13 @@ impl PackBuilder {
         for (id, inner, len) in &group.chunks {
             self.entries.push((
                 *id,
-                Location { pack: self.id, blob_offset: off, blob_len, inner_offset: *inner, len: *len },
+                Location {
+                    pack: self.id,
+                    blob_offset: off,
+                    blob_len,
+                    inner_offset: *inner,
+                    len: *len,
+                },
             ));
         }
         self.data.extend_from_slice(&sealed);
@@ -98,8 +109,13 @@ pub fn compress_group(chunks: &[(ChunkId, &[u8])], level: i32) -> Result<Compres
         meta.push((*id, raw.len() as u32, bytes.len() as u32));
         raw.extend_from_slice(bytes);
     }
-    let zdata = zstd::bulk::compress(&raw, level).map_err(|e| Error::io("compress", "chunk group", e))?;
-    Ok(CompressedGroup { zdata, chunks: meta, raw_len: raw.len() })
+    let zdata =
+        zstd::bulk::compress(&raw, level).map_err(|e| Error::io("compress", "chunk group", e))?;
+    Ok(CompressedGroup {
+        zdata,
+        chunks: meta,
+        raw_len: raw.len(),
+    })
 }
 
 fn blob_aad(prefix: &[u8], offset: u64) -> Vec<u8> {
@@ -109,7 +125,13 @@ fn blob_aad(prefix: &[u8], offset: u64) -> Vec<u8> {
 }
 
 /// Read and open one blob; returns its decompressed bytes.
-pub fn read_blob(repo: &Repository, pack: &PackId, offset: u64, len: u32, raw_hint: usize) -> Result<Vec<u8>> {
+pub fn read_blob(
+    repo: &Repository,
+    pack: &PackId,
+    offset: u64,
+    len: u32,
+    raw_hint: usize,
+) -> Result<Vec<u8>> {
     let name = pack_name(pack);
     // The pack prefix is determined by the key and the pack id: rebuild it rather than read it.
     // A stored prefix that differs makes the seal fail, naming the pack.
@@ -117,17 +139,27 @@ pub fn read_blob(repo: &Repository, pack: &PackId, offset: u64, len: u32, raw_hi
     prefix.extend_from_slice(&pack.0);
     let sealed = repo.backend().get_range(&name, offset, u64::from(len))?;
     let object = format!("{name} (blob at offset {offset})");
-    let z = repo.crypto().open(&object, &blob_aad(&prefix, offset), &sealed)?;
+    let z = repo
+        .crypto()
+        .open(&object, &blob_aad(&prefix, offset), &sealed)?;
     let _ = raw_hint;
     zstd::stream::decode_all(z.as_slice()).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))
 }
 
 /// Extract a chunk from its decompressed blob and check its address.
-pub fn chunk_from_blob(repo: &Repository, blob: &[u8], id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+pub fn chunk_from_blob(
+    repo: &Repository,
+    blob: &[u8],
+    id: &ChunkId,
+    loc: &Location,
+) -> Result<Vec<u8>> {
     let start = loc.inner_offset as usize;
-    let bytes = blob
-        .get(start..start + loc.len as usize)
-        .ok_or_else(|| Error::corrupt(pack_name(&loc.pack), format!("chunk {id} lies outside its blob")))?;
+    let bytes = blob.get(start..start + loc.len as usize).ok_or_else(|| {
+        Error::corrupt(
+            pack_name(&loc.pack),
+            format!("chunk {id} lies outside its blob"),
+        )
+    })?;
     let got = repo.crypto().chunk_id(bytes);
     if got != *id {
         return Err(Error::ChecksumMismatch {
@@ -149,7 +181,12 @@ pub struct ChunkIndex {
 
 impl ChunkIndex {
     pub fn load(repo: &Repository) -> Result<ChunkIndex> {
-        let names: Vec<String> = repo.backend().list("index/")?.into_iter().map(|o| o.name).collect();
+        let names: Vec<String> = repo
+            .backend()
+            .list("index/")?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
         let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
             .par_iter()
             .map(|n| {
@@ -163,11 +200,18 @@ impl ChunkIndex {
                 map.entry(id).or_insert(loc);
             }
         }
-        Ok(ChunkIndex { map, objects: names })
+        Ok(ChunkIndex {
+            map,
+            objects: names,
+        })
     }
 }
 
-pub fn encode_index(crypto: &Crypto, name: &str, entries: &[(ChunkId, Location)]) -> Result<Vec<u8>> {
+pub fn encode_index(
+    crypto: &Crypto,
+    name: &str,
+    entries: &[(ChunkId, Location)],
+) -> Result<Vec<u8>> {
     let mut packs: Vec<PackId> = Vec::new();
     let mut pack_no: HashMap<PackId, u32> = HashMap::new();
     for (_, l) in entries {
@@ -196,7 +240,8 @@ pub fn encode_index(crypto: &Crypto, name: &str, entries: &[(ChunkId, Location)]
 
 pub fn decode_index(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<(ChunkId, Location)>> {
     let z = envelope::open_object(Kind::Index, crypto, name, data)?;
-    let raw = zstd::stream::decode_all(z.as_slice()).map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+    let raw = zstd::stream::decode_all(z.as_slice())
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
     let mut d = Dec::new(&raw, name);
     let np = d.count(16)?;
     let mut packs = Vec::with_capacity(np);
@@ -208,8 +253,16 @@ pub fn decode_index(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<(Chu
     for _ in 0..ne {
         let id = ChunkId(d.array()?);
         let pno = d.u32()? as usize;
-        let pack = *packs.get(pno).ok_or_else(|| Error::corrupt(name, format!("entry names pack #{pno} of {np}")))?;
-        let loc = Location { pack, blob_offset: d.u64()?, blob_len: d.u32()?, inner_offset: d.u32()?, len: d.u32()? };
+        let pack = *packs
+            .get(pno)
+            .ok_or_else(|| Error::corrupt(name, format!("entry names pack #{pno} of {np}")))?;
+        let loc = Location {
+            pack,
+            blob_offset: d.u64()?,
+            blob_len: d.u32()?,
+            inner_offset: d.u32()?,
+            len: d.u32()?,
+        };
         out.push((id, loc));
     }
     d.end()?;

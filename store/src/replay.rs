@@ -22,18 +22,20 @@ pub fn effective(records: Vec<Record>, object: &str) -> Result<Vec<Record>> {
     for r in records {
         if r.supersedes {
             match last_real {
-                Some(i) if out.get(i).is_some_and(|p| p.batch.data_version == r.batch.data_version) => {
+                Some(i)
+                    if out
+                        .get(i)
+                        .is_some_and(|p| p.batch.data_version == r.batch.data_version) =>
+                {
                     out.remove(i);
                 }
-                _ => {
-                    return Err(Error::corrupt(
-                        object,
-                        format!(
-                            "record for data_version {} replaces a batch that is not in the journal",
-                            r.batch.data_version
-                        ),
-                    ))
-                }
+                _ => return Err(Error::corrupt(
+                    object,
+                    format!(
+                        "record for data_version {} replaces a batch that is not in the journal",
+                        r.batch.data_version
+                    ),
+                )),
             }
         }
         let real = !r.pragma_only();
@@ -59,11 +61,24 @@ impl Replayer {
     pub fn open(path: &Path, foreign_keys: bool) -> Result<Replayer> {
         let object = path.display().to_string();
         let conn = Connection::open(path).map_err(|e| Error::sqlite(&object, e))?;
-        conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")
-            .map_err(|e| Error::sqlite(&object, e))?;
-        conn.execute_batch(if foreign_keys { "PRAGMA foreign_keys = ON;" } else { "PRAGMA foreign_keys = OFF;" })
-            .map_err(|e| Error::sqlite(&object, e))?;
-        Ok(Replayer { conn, in_tx: false, foreign_keys, batches: 0, statements: 0, object })
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;",
+        )
+        .map_err(|e| Error::sqlite(&object, e))?;
+        conn.execute_batch(if foreign_keys {
+            "PRAGMA foreign_keys = ON;"
+        } else {
+            "PRAGMA foreign_keys = OFF;"
+        })
+        .map_err(|e| Error::sqlite(&object, e))?;
+        Ok(Replayer {
+            conn,
+            in_tx: false,
+            foreign_keys,
+            batches: 0,
+            statements: 0,
+            object,
+        })
     }
 
     pub fn foreign_keys(&self) -> bool {
@@ -72,7 +87,11 @@ impl Replayer {
 
     fn exec(&self, sql: &str, version: u32) -> Result<()> {
         self.conn.execute_batch(sql).map_err(|e| Error::Sqlite {
-            object: format!("{} (replaying data_version {version}: {})", self.object, abbreviate(sql)),
+            object: format!(
+                "{} (replaying data_version {version}: {})",
+                self.object,
+                abbreviate(sql)
+            ),
             source: e,
         })
     }
@@ -103,7 +122,9 @@ impl Replayer {
 
     fn commit(&mut self) -> Result<()> {
         if self.in_tx {
-            self.conn.execute_batch("COMMIT").map_err(|e| Error::sqlite(&self.object, e))?;
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| Error::sqlite(&self.object, e))?;
             self.in_tx = false;
         }
         Ok(())
@@ -118,7 +139,9 @@ impl Replayer {
     pub fn finish(mut self, path: &Path) -> Result<bool> {
         self.commit()?;
         let fk = self.foreign_keys;
-        self.conn.close().map_err(|(_, e)| Error::sqlite(&self.object, e))?;
+        self.conn
+            .close()
+            .map_err(|(_, e)| Error::sqlite(&self.object, e))?;
         std::fs::File::open(path)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("fsync", path.display().to_string(), e))?;
@@ -128,13 +151,21 @@ impl Replayer {
 
 pub fn data_version(conn: &Connection, object: &str) -> Result<u32> {
     let has_vars: bool = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='vars'", [], |r| r.get::<_, i64>(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='vars'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
         .map_err(|e| Error::sqlite(object, e))?
         > 0;
     if !has_vars {
         return Ok(0);
     }
-    match conn.query_row("SELECT intval FROM vars WHERE name = 'data_version'", [], |r| r.get::<_, i64>(0)) {
+    match conn.query_row(
+        "SELECT intval FROM vars WHERE name = 'data_version'",
+        [],
+        |r| r.get::<_, i64>(0),
+    ) {
         Ok(v) => Ok(v as u32),
         Err(rusqlite::Error::QueryReturnedNoRows) => Ok(0),
         Err(e) => Err(Error::sqlite(object, e)),
@@ -143,7 +174,11 @@ pub fn data_version(conn: &Connection, object: &str) -> Result<u32> {
 
 /// `Some(on)` if the statement sets `PRAGMA foreign_keys`.
 pub fn foreign_keys_setting(sql: &str) -> Option<bool> {
-    let s: String = sql.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let s: String = sql
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     let rest = s.strip_prefix("pragmaforeign_keys=")?;
     let val = rest.trim_end_matches(';');
     match val {
@@ -167,7 +202,9 @@ pub fn integrity_check(path: &Path) -> Result<String> {
     let object = path.display().to_string();
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| Error::sqlite(&object, e))?;
-    let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(|e| Error::sqlite(&object, e))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| Error::sqlite(&object, e))?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .map_err(|e| Error::sqlite(&object, e))?

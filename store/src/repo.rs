@@ -39,7 +39,12 @@ impl std::fmt::Debug for Repository {
 impl Repository {
     /// Create a repository at `url`. With `encrypt`, objects are sealed with `key` (required);
     /// without, they are plaintext with checksums. `key`, when given, also authenticates remote links.
-    pub fn init(url: &BackupUrl, key: Option<&MasterKey>, encrypt: bool, body: ConfigBody) -> Result<Repository> {
+    pub fn init(
+        url: &BackupUrl,
+        key: Option<&MasterKey>,
+        encrypt: bool,
+        body: ConfigBody,
+    ) -> Result<Repository> {
         let backend = backend::open(url, key, true)?;
         Self::init_backend(backend, if encrypt { key } else { None }, encrypt, body)
     }
@@ -63,13 +68,21 @@ impl Repository {
         if !backend.put_if_absent(CONFIG_NAME, &config.encode(&crypto))? {
             return Err(Error::RepositoryExists { url: backend.url() });
         }
-        Ok(Repository { inner: Arc::new(Inner { backend, crypto, config }) })
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                backend,
+                crypto,
+                config,
+            }),
+        })
     }
 
     pub fn open(url: &BackupUrl, key: Option<MasterKey>) -> Result<Repository> {
         let backend = match backend::open(url, key.as_ref(), false) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoRepository { url: url.to_string() })
+                return Err(Error::NoRepository {
+                    url: url.to_string(),
+                })
             }
             other => other?,
         };
@@ -88,7 +101,13 @@ impl Repository {
             (_, None) => return Err(Error::KeyRequired),
         };
         let config = Config::decode(&data, &crypto)?;
-        Ok(Repository { inner: Arc::new(Inner { backend, crypto, config }) })
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                backend,
+                crypto,
+                config,
+            }),
+        })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -125,5 +144,9 @@ pub fn holder(what: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown host".into());
-    format!("{what} (pid {} on {host}, since unix time {})", std::process::id(), crate::config::now())
+    format!(
+        "{what} (pid {} on {host}, since unix time {})",
+        std::process::id(),
+        crate::config::now()
+    )
 }

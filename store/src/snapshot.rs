@@ -34,14 +34,18 @@ pub struct SnapshotInput<'a> {
 /// Map a database file read-only.
 pub fn map_file(path: &Path) -> Result<Option<memmap2::Mmap>> {
     let f = File::open(path).map_err(|e| Error::io("open", path.display().to_string(), e))?;
-    let len = f.metadata().map_err(|e| Error::io("stat", path.display().to_string(), e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat", path.display().to_string(), e))?
+        .len();
     if len == 0 {
         return Ok(None);
     }
     // SAFETY: the file is private to this process (a compaction base or a temporary copy) and is
     // not modified while mapped.
     #[allow(unsafe_code)]
-    let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", path.display().to_string(), e))?;
+    let m = unsafe { memmap2::Mmap::map(&f) }
+        .map_err(|e| Error::io("map", path.display().to_string(), e))?;
     Ok(Some(m))
 }
 
@@ -56,7 +60,12 @@ pub fn chunk_refs(repo: &Repository, data: &[u8], object: &str) -> Result<Chunke
     let crypto = repo.crypto();
     let refs: Vec<ChunkRef> = spans
         .par_iter()
-        .map(|&(o, l)| (crypto.chunk_id(data.get(o..o + l).unwrap_or_default()), l as u32))
+        .map(|&(o, l)| {
+            (
+                crypto.chunk_id(data.get(o..o + l).unwrap_or_default()),
+                l as u32,
+            )
+        })
         .collect();
     Ok((page_size, spans, refs))
 }
@@ -69,7 +78,8 @@ pub fn write_snapshot(
     index: &mut ChunkIndex,
 ) -> Result<Manifest> {
     let object = input.path.display().to_string();
-    let map = map_file(input.path)?.ok_or_else(|| Error::corrupt(&object, "the database file is empty"))?;
+    let map = map_file(input.path)?
+        .ok_or_else(|| Error::corrupt(&object, "the database file is empty"))?;
     let data: &[u8] = &map;
     let (page_size, spans, refs) = chunk_refs(repo, data, &object)?;
     let level = repo.config().body.zstd_level;
@@ -91,7 +101,9 @@ pub fn write_snapshot(
     for &i in &new {
         let len = spans.get(i).map(|s| s.1).unwrap_or(0);
         let adjacent = cur.last().is_some_and(|&p| p + 1 == i);
-        if !cur.is_empty() && (!adjacent || cur.len() >= BLOB_CHUNKS || cur_raw + len > BLOB_MAX_RAW) {
+        if !cur.is_empty()
+            && (!adjacent || cur.len() >= BLOB_CHUNKS || cur_raw + len > BLOB_MAX_RAW)
+        {
             groups.push(std::mem::take(&mut cur));
             cur_raw = 0;
         }
@@ -110,7 +122,14 @@ pub fn write_snapshot(
         let mut end = gi;
         let mut raw = 0;
         while end < groups.len() && raw < WINDOW {
-            raw += groups.get(end).map(|g| g.iter().map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+            raw += groups
+                .get(end)
+                .map(|g| {
+                    g.iter()
+                        .map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0))
+                        .sum::<usize>()
+                })
+                .unwrap_or(0);
             end += 1;
         }
         let window = groups.get(gi..end).unwrap_or_default();
@@ -121,7 +140,10 @@ pub fn write_snapshot(
                     .iter()
                     .map(|&i| {
                         let (o, l) = spans.get(i).copied().unwrap_or((0, 0));
-                        (refs.get(i).map(|r| r.0).unwrap_or(ChunkId([0; 32])), data.get(o..o + l).unwrap_or_default())
+                        (
+                            refs.get(i).map(|r| r.0).unwrap_or(ChunkId([0; 32])),
+                            data.get(o..o + l).unwrap_or_default(),
+                        )
                     })
                     .collect();
                 pack::compress_group(&chunks, level)
@@ -157,7 +179,11 @@ pub fn write_snapshot(
             let runs = manifest::delta_runs(prefs, &refs);
             let delta_refs: usize = runs.iter().map(|r| r.1.len()).sum();
             if delta_refs * 2 < refs.len() {
-                ChunkList::Delta { parent: p.id, depth: p.depth() + 1, runs }
+                ChunkList::Delta {
+                    parent: p.id,
+                    depth: p.depth() + 1,
+                    runs,
+                }
             } else {
                 ChunkList::Full(refs.clone())
             }
@@ -183,11 +209,16 @@ pub fn write_snapshot(
     m.stored_bytes = stored + probe.len() as u64;
     let bytes = m.encode(repo.crypto())?;
     m.object_size = bytes.len() as u64;
-    repo.backend().put(&manifest::manifest_name(&m.id), &bytes)?;
+    repo.backend()
+        .put(&manifest::manifest_name(&m.id), &bytes)?;
     Ok(m)
 }
 
-fn publish_pack(repo: &Repository, b: PackBuilder, entries: &mut Vec<(ChunkId, pack::Location)>) -> Result<u64> {
+fn publish_pack(
+    repo: &Repository,
+    b: PackBuilder,
+    entries: &mut Vec<(ChunkId, pack::Location)>,
+) -> Result<u64> {
     let (id, data, es) = b.finish();
     repo.backend().put(&pack::pack_name(&id), &data)?;
     entries.extend(es);
@@ -196,14 +227,21 @@ fn publish_pack(repo: &Repository, b: PackBuilder, entries: &mut Vec<(ChunkId, p
 
 /// Write the chunks of a snapshot into a new file at `dest` (which must not exist), checking
 /// every chunk's address. Returns the bytes written.
-pub fn materialize(repo: &Repository, m: &Manifest, refs: &[ChunkRef], index: &ChunkIndex, dest: &Path) -> Result<u64> {
+pub fn materialize(
+    repo: &Repository,
+    m: &Manifest,
+    refs: &[ChunkRef],
+    index: &ChunkIndex,
+    dest: &Path,
+) -> Result<u64> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
         .map_err(|e| Error::io("create", dest.display().to_string(), e))?;
-    f.set_len(m.db_size).map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+    f.set_len(m.db_size)
+        .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
     let mut offsets = Vec::with_capacity(refs.len());
     let mut off = 0u64;
     for r in refs {
@@ -213,7 +251,10 @@ pub fn materialize(repo: &Repository, m: &Manifest, refs: &[ChunkRef], index: &C
     if off != m.db_size {
         return Err(Error::corrupt(
             manifest::manifest_name(&m.id),
-            format!("chunk lengths add up to {off}, the database size is {}", m.db_size),
+            format!(
+                "chunk lengths add up to {off}, the database size is {}",
+                m.db_size
+            ),
         ));
     }
     // Work in slices of chunks; within a slice, chunks of one blob are decoded once.
@@ -222,23 +263,32 @@ pub fn materialize(repo: &Repository, m: &Manifest, refs: &[ChunkRef], index: &C
         let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
         for (i, (id, len)) in slice {
             let loc = index.map.get(id).ok_or_else(|| {
-                Error::corrupt(manifest::manifest_name(&m.id), format!("chunk {id} is in no index: its pack is missing"))
+                Error::corrupt(
+                    manifest::manifest_name(&m.id),
+                    format!("chunk {id} is in no index: its pack is missing"),
+                )
             })?;
             if loc.len != *len {
-                return Err(Error::corrupt(manifest::manifest_name(&m.id), format!("chunk {id} length differs from the index")));
+                return Err(Error::corrupt(
+                    manifest::manifest_name(&m.id),
+                    format!("chunk {id} length differs from the index"),
+                ));
             }
             let key = (loc.pack, loc.blob_offset);
             if cache.as_ref().map(|c| c.0) != Some(key) {
-                let blob = pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, BLOB_MAX_RAW)?;
+                let blob =
+                    pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, BLOB_MAX_RAW)?;
                 cache = Some((key, blob));
             }
             let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
             let bytes = pack::chunk_from_blob(repo, blob, id, loc)?;
             let at = offsets.get(*i).copied().unwrap_or(0);
-            f.write_all_at(&bytes, at).map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+            f.write_all_at(&bytes, at)
+                .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
         }
         Ok(())
     })?;
-    f.sync_all().map_err(|e| Error::io("fsync", dest.display().to_string(), e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("fsync", dest.display().to_string(), e))?;
     Ok(m.db_size)
 }

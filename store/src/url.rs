@@ -31,7 +31,9 @@ impl BackupUrl {
         let bad = |why: &str| Error::BadUrl(format!("bad backup URL '{url}': {why}"));
         if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(bad("a file URL needs an absolute path, e.g. file:///var/lib/cln-backup"));
+                return Err(bad(
+                    "a file URL needs an absolute path, e.g. file:///var/lib/cln-backup",
+                ));
             }
             if rest.contains('?') {
                 return Err(bad("file URLs take no query"));
@@ -43,26 +45,34 @@ impl BackupUrl {
                 Some((a, q)) => (a, Some(q)),
                 None => (rest, None),
             };
-            let (host, port) = split_host_port(addr)
-                .ok_or_else(|| bad("expected socket:HOST:PORT, socket:[IPv6]:PORT or socket:NAME.onion:PORT"))?;
+            let (host, port) = split_host_port(addr).ok_or_else(|| {
+                bad("expected socket:HOST:PORT, socket:[IPv6]:PORT or socket:NAME.onion:PORT")
+            })?;
             let mut proxy = None;
             if let Some(q) = query {
                 for kv in q.split('&') {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| bad("query must be key=value"))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| bad("query must be key=value"))?;
                     match k {
                         "proxy" => {
                             let p = v.strip_prefix("socks5:").ok_or_else(|| {
                                 bad("proxy must be socks5:HOST:PORT, e.g. proxy=socks5:127.0.0.1:9050")
                             })?;
-                            let hp = split_host_port(p).ok_or_else(|| bad("proxy must be socks5:HOST:PORT"))?;
+                            let hp = split_host_port(p)
+                                .ok_or_else(|| bad("proxy must be socks5:HOST:PORT"))?;
                             proxy = Some(hp);
                         }
-                        other => return Err(bad(&format!("unknown query key '{other}' (known: proxy)"))),
+                        other => {
+                            return Err(bad(&format!("unknown query key '{other}' (known: proxy)")))
+                        }
                     }
                 }
             }
             if host.ends_with(".onion") && proxy.is_none() {
-                return Err(bad("an .onion address needs a Tor proxy: add ?proxy=socks5:127.0.0.1:9050"));
+                return Err(bad(
+                    "an .onion address needs a Tor proxy: add ?proxy=socks5:127.0.0.1:9050",
+                ));
             }
             return Ok(BackupUrl::Socket { host, port, proxy });
         }
@@ -81,7 +91,9 @@ impl BackupUrl {
             let mut params = Vec::new();
             if let Some(q) = query {
                 for kv in q.split('&').filter(|s| !s.is_empty()) {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| bad("query must be key=value"))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| bad("query must be key=value"))?;
                     params.push((k.to_string(), v.to_string()));
                 }
             }
@@ -91,7 +103,9 @@ impl BackupUrl {
                 params,
             });
         }
-        Err(bad("unknown scheme; use file:///absolute/path, socket:HOST:PORT or s3://BUCKET/PREFIX"))
+        Err(bad(
+            "unknown scheme; use file:///absolute/path, socket:HOST:PORT or s3://BUCKET/PREFIX",
+        ))
     }
 }
 
@@ -132,7 +146,11 @@ impl fmt::Display for BackupUrl {
                 }
                 Ok(())
             }
-            BackupUrl::S3 { bucket, prefix, params } => {
+            BackupUrl::S3 {
+                bucket,
+                prefix,
+                params,
+            } => {
                 write!(f, "s3://{bucket}/{prefix}")?;
                 for (i, (k, v)) in params.iter().enumerate() {
                     write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
@@ -156,14 +174,25 @@ mod test {
         assert!(BackupUrl::parse("file://relative/x").is_err());
         assert_eq!(
             BackupUrl::parse("socket:[::1]:1234").unwrap(),
-            BackupUrl::Socket { host: "::1".into(), port: 1234, proxy: None }
+            BackupUrl::Socket {
+                host: "::1".into(),
+                port: 1234,
+                proxy: None
+            }
         );
         let tor = BackupUrl::parse("socket:abc.onion:80?proxy=socks5:127.0.0.1:9050").unwrap();
         assert_eq!(
             tor,
-            BackupUrl::Socket { host: "abc.onion".into(), port: 80, proxy: Some(("127.0.0.1".into(), 9050)) }
+            BackupUrl::Socket {
+                host: "abc.onion".into(),
+                port: 80,
+                proxy: Some(("127.0.0.1".into(), 9050))
+            }
         );
-        assert_eq!(tor.to_string(), "socket:abc.onion:80?proxy=socks5:127.0.0.1:9050");
+        assert_eq!(
+            tor.to_string(),
+            "socket:abc.onion:80?proxy=socks5:127.0.0.1:9050"
+        );
         assert!(BackupUrl::parse("socket:host:80?timeout=3").is_err());
         assert!(BackupUrl::parse("socket:abc.onion:80").is_err());
         assert!(BackupUrl::parse("socket:host").is_err());

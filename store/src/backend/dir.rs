@@ -23,11 +23,17 @@ pub struct DirBackend {
 impl DirBackend {
     /// Open an existing directory (it must exist; `create` makes it).
     pub fn open(root: &Path) -> Result<Self> {
-        let meta = fs::metadata(root).map_err(|e| Error::io("open", root.display().to_string(), e))?;
+        let meta =
+            fs::metadata(root).map_err(|e| Error::io("open", root.display().to_string(), e))?;
         if !meta.is_dir() {
-            return Err(Error::Invalid(format!("{} is not a directory", root.display())));
+            return Err(Error::Invalid(format!(
+                "{} is not a directory",
+                root.display()
+            )));
         }
-        Ok(DirBackend { root: root.to_path_buf() })
+        Ok(DirBackend {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Create the directory layout (idempotent).
@@ -41,7 +47,9 @@ impl DirBackend {
         if let Some(parent) = root.parent() {
             sync_dir(parent)?;
         }
-        Ok(DirBackend { root: root.to_path_buf() })
+        Ok(DirBackend {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -84,8 +92,12 @@ impl DirBackend {
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.starts_with('/')
-        || name.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+        || name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
     {
         return Err(Error::Invalid(format!("invalid object name '{name}'")));
     }
@@ -143,7 +155,10 @@ impl Backend for DirBackend {
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
-                Error::corrupt(name, format!("shorter than expected: cannot read {len} bytes at offset {offset}"))
+                Error::corrupt(
+                    name,
+                    format!("shorter than expected: cannot read {len} bytes at offset {offset}"),
+                )
             } else {
                 Error::io("read", name, e)
             }
@@ -157,7 +172,11 @@ impl Backend for DirBackend {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),
             None => ("", prefix),
         };
-        let dir = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -170,15 +189,24 @@ impl Backend for DirBackend {
             if !fname.starts_with(file_prefix) || fname.ends_with(".tmp") {
                 continue;
             }
-            let meta = ent.metadata().map_err(|e| Error::io("list", fname.clone(), e))?;
+            let meta = ent
+                .metadata()
+                .map_err(|e| Error::io("list", fname.clone(), e))?;
             if !meta.is_file() {
                 continue;
             }
-            let name = if dir_part.is_empty() { fname } else { format!("{dir_part}/{fname}") };
+            let name = if dir_part.is_empty() {
+                fname
+            } else {
+                format!("{dir_part}/{fname}")
+            };
             if dir_part == "journal" && name.ends_with(".log") {
                 continue; // streams are listed by stream_list
             }
-            out.push(ObjectInfo { name, size: meta.len() });
+            out.push(ObjectInfo {
+                name,
+                size: meta.len(),
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -236,8 +264,14 @@ impl Backend for DirBackend {
             let ent = ent.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
             let fname = ent.file_name().to_string_lossy().into_owned();
             if let Some(stem) = fname.strip_suffix(".log") {
-                let size = ent.metadata().map_err(|e| Error::io("list", fname.clone(), e))?.len();
-                out.push(ObjectInfo { name: stem.to_string(), size });
+                let size = ent
+                    .metadata()
+                    .map_err(|e| Error::io("list", fname.clone(), e))?
+                    .len();
+                out.push(ObjectInfo {
+                    name: stem.to_string(),
+                    size,
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -268,12 +302,22 @@ impl Backend for DirBackend {
             Err(fs::TryLockError::WouldBlock) => {
                 let mut who = String::new();
                 let _ = f.read_to_string(&mut who);
-                let who = if who.trim().is_empty() { "another process".to_string() } else { who.trim().to_string() };
-                return Err(Error::Locked { object: format!("{} ({})", obj, self.url()), holder: who });
+                let who = if who.trim().is_empty() {
+                    "another process".to_string()
+                } else {
+                    who.trim().to_string()
+                };
+                return Err(Error::Locked {
+                    object: format!("{} ({})", obj, self.url()),
+                    holder: who,
+                });
             }
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", obj, e)),
         }
-        let res = f.set_len(0).and_then(|_| f.write_all_at(holder.as_bytes(), 0)).and_then(|_| f.flush());
+        let res = f
+            .set_len(0)
+            .and_then(|_| f.write_all_at(holder.as_bytes(), 0))
+            .and_then(|_| f.flush());
         res.map_err(|e| Error::io("write", obj, e))?;
         Ok(Box::new(DirLock { _file: f }))
     }
@@ -306,7 +350,12 @@ impl Stream for DirStream {
         }
         if let Err(e) = self.file.write_all_at(data, self.len) {
             // Cut whatever part was written, so no partial record stays in the middle.
-            if self.file.set_len(self.len).and_then(|_| self.file.sync_data()).is_err() {
+            if self
+                .file
+                .set_len(self.len)
+                .and_then(|_| self.file.sync_data())
+                .is_err()
+            {
                 self.poisoned = Some(format!("write failed: {e}"));
             }
             return Err(Error::io("append", self.name.clone(), e));
