@@ -1,0 +1,51 @@
+//! Shared helpers of the measurement programs in `src/bin/`.
+
+use std::path::{Path, PathBuf};
+
+use store::Batch;
+
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(name)
+}
+
+/// Parse a trace (one db_write params object per line), zstd-compressed or not.
+pub fn load_trace(path: &Path) -> anyhow::Result<Vec<Batch>> {
+    let raw = std::fs::read(path)?;
+    let text = if path.extension().is_some_and(|e| e == "zst") { zstd::decode_all(raw.as_slice())? } else { raw };
+    let text = String::from_utf8(text)?;
+    let mut out = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        out.push(Batch {
+            data_version: v["data_version"].as_u64().unwrap_or(0) as u32,
+            writes: v["writes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|w| w.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                n += dir_size(&path);
+            } else if let Ok(m) = e.metadata() {
+                n += m.len();
+            }
+        }
+    }
+    n
+}
+
+/// Bytes of the repository's objects by directory (config, snapshots, index, packs, journal).
+pub fn repo_bytes(root: &Path) -> (u64, u64, u64) {
+    let packs = dir_size(&root.join("packs")) + dir_size(&root.join("index"));
+    let manifests = dir_size(&root.join("snapshots"));
+    let journal = dir_size(&root.join("journal"));
+    (packs, manifests, journal)
+}
