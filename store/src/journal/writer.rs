@@ -248,7 +248,10 @@ impl JournalWriter {
             .stream_open(&stream_name(next), self.durability)?;
         let header = segment::stream_header(self.repo.crypto(), self.repo.repo_id(), next);
         if !stream.is_empty() {
-            stream.truncate(0)?;
+            return Err(Error::Invalid(format!(
+                "journal segment {} already holds data; refusing to overwrite it",
+                stream_name(next)
+            )));
         }
         stream.append(&header)?;
         let closed = self.seq;
