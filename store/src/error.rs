@@ -45,7 +45,7 @@ pub enum Error {
     BadUrl(String),
     #[error("{object} is locked by {holder}; stop that process first (two writers would corrupt the backup)")]
     Locked { object: String, holder: String },
-    #[error("no repository at {url}: run `backup-cli init {url}` first")]
+    #[error("no backup repository at {url} (is the path right and its disk mounted?); to create one: `backup-cli init {url}`")]
     NoRepository { url: String },
     #[error("a repository already exists at {url}")]
     RepositoryExists { url: String },
