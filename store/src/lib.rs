@@ -16,6 +16,7 @@ pub mod error;
 pub mod ids;
 pub mod journal;
 pub mod manifest;
+pub mod model;
 pub mod ops;
 pub mod pack;
 pub mod replay;

@@ -29,13 +29,15 @@ pub fn effective(records: Vec<Record>, object: &str) -> Result<Vec<Record>> {
                 {
                     out.remove(i);
                 }
-                _ => return Err(Error::corrupt(
-                    object,
-                    format!(
+                _ => {
+                    return Err(Error::corrupt(
+                        object,
+                        format!(
                         "record for data_version {} replaces a batch that is not in the journal",
                         r.batch.data_version
                     ),
-                )),
+                    ))
+                }
             }
         }
         let real = !r.pragma_only();

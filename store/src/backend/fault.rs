@@ -29,6 +29,7 @@ struct State {
     ops: u64,
     plan: Option<(u64, Fault)>,
     crashed: bool,
+    fired: u64,
     log: Vec<String>,
 }
 
@@ -57,6 +58,15 @@ impl FaultPlan {
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The fault still to come, if any.
+    pub fn pending(&self) -> Option<(u64, Fault)> {
+        let s = self.lock();
+        s.plan.filter(|(at, _)| *at > s.ops)
+    }
+    /// How many faults have been injected so far.
+    pub fn fired(&self) -> u64 {
+        self.lock().fired
     }
     /// Mutating operations seen so far.
     pub fn ops(&self) -> u64 {
@@ -91,26 +101,29 @@ impl FaultPlan {
         let n = s.ops;
         s.log.push(format!("{n} {what}"));
         match s.plan {
-            Some((at, f)) if at == n => match f {
-                Fault::NoSpace => Verdict::Fail(Error::io(
-                    "write",
-                    what,
-                    io::Error::from_raw_os_error(libc::ENOSPC),
-                )),
-                Fault::Eio => Verdict::Fail(Error::io(
-                    "write",
-                    what,
-                    io::Error::from_raw_os_error(libc::EIO),
-                )),
-                Fault::Crash => {
-                    s.crashed = true;
-                    Verdict::Fail(crashed(&what))
+            Some((at, f)) if at == n => {
+                s.fired += 1;
+                match f {
+                    Fault::NoSpace => Verdict::Fail(Error::io(
+                        "write",
+                        what,
+                        io::Error::from_raw_os_error(libc::ENOSPC),
+                    )),
+                    Fault::Eio => Verdict::Fail(Error::io(
+                        "write",
+                        what,
+                        io::Error::from_raw_os_error(libc::EIO),
+                    )),
+                    Fault::Crash => {
+                        s.crashed = true;
+                        Verdict::Fail(crashed(&what))
+                    }
+                    Fault::CrashTorn => {
+                        s.crashed = true;
+                        Verdict::Torn
+                    }
                 }
-                Fault::CrashTorn => {
-                    s.crashed = true;
-                    Verdict::Torn
-                }
-            },
+            }
             _ => Verdict::Go,
         }
     }

@@ -21,6 +21,9 @@ use crate::backend::{Durability, LockGuard, Stream};
 use crate::error::{Error, Result};
 use crate::repo::{Repository, WRITER_LOCK};
 
+/// A started segment: its stream and its header.
+type NewSegment = (Box<dyn Stream>, Vec<u8>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// A batch that follows the previous one.
@@ -48,6 +51,8 @@ pub struct JournalWriter {
     session_started: bool,
     bytes_since_snapshot: u64,
     recovery_note: Option<String>,
+    /// Set when the writer can no longer append safely (a rotation left a newer segment behind).
+    poisoned: Option<String>,
 }
 
 const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newer state. Stop lightningd and re-initialise the backup from the node's database: `backup-cli init --force --lightning-dir <dir> <url>` (this keeps nothing of the old backup: move it aside first).";
@@ -136,6 +141,7 @@ impl JournalWriter {
             session_started: false,
             bytes_since_snapshot,
             recovery_note,
+            poisoned: None,
         })
     }
 
@@ -216,6 +222,11 @@ impl JournalWriter {
 
     /// Store a batch durably. Returns only when the record is durable per the durability mode.
     pub fn append(&mut self, batch: &Batch) -> Result<AppendOutcome> {
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Invalid(format!(
+                "the journal writer stopped after an earlier failure ({why}); restart to recover"
+            )));
+        }
         let outcome = self.check(batch)?;
         let rec = Record {
             batch: batch.clone(),
@@ -240,24 +251,59 @@ impl JournalWriter {
 
     /// Close the current segment and start the next one; returns the closed segment's number.
     /// Compaction calls this so that appends never wait for it.
+    ///
+    /// If the new segment cannot be started, it is removed and appends go on in the current one;
+    /// if it cannot be removed either, the writer refuses further appends (a restart continues in
+    /// the newest segment, so nothing may be appended to an older one).
     pub fn rotate(&mut self) -> Result<u64> {
         let next = self.seq + 1;
+        match self.start_segment(next) {
+            Ok((stream, header)) => {
+                let closed = self.seq;
+                self.stream = stream;
+                self.seq = next;
+                self.header = header;
+                Ok(closed)
+            }
+            Err((e, false)) => Err(e),
+            Err((e, true)) => {
+                if let Err(e2) = self.repo.backend().stream_delete(&stream_name(next)) {
+                    self.poisoned = Some(format!(
+                        "segment {} could not be started ({e}) nor removed ({e2})",
+                        stream_name(next)
+                    ));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Start segment `next`. The error says whether a new, possibly half-made segment exists.
+    fn start_segment(&self, next: u64) -> std::result::Result<NewSegment, (Error, bool)> {
+        let name = stream_name(next);
+        if let Some(s) = self
+            .repo
+            .backend()
+            .stream_list()
+            .map_err(|e| (e, false))?
+            .iter()
+            .find(|s| s.name == name)
+        {
+            return Err((
+                Error::Invalid(format!(
+                    "journal segment {name} already exists ({} bytes); refusing to reuse it",
+                    s.size
+                )),
+                false,
+            ));
+        }
         let mut stream = self
             .repo
             .backend()
-            .stream_open(&stream_name(next), self.durability)?;
+            .stream_open(&name, self.durability)
+            .map_err(|e| (e, true))?;
         let header = segment::stream_header(self.repo.crypto(), self.repo.repo_id(), next);
-        if !stream.is_empty() {
-            return Err(Error::Invalid(format!(
-                "journal segment {} already holds data; refusing to overwrite it",
-                stream_name(next)
-            )));
-        }
-        stream.append(&header)?;
-        let closed = self.seq;
-        self.stream = stream;
-        self.seq = next;
-        self.header = header;
-        Ok(closed)
+        stream.append(&header).map_err(|e| (e, true))?;
+        Ok((stream, header))
     }
 }

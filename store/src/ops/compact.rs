@@ -180,7 +180,14 @@ pub fn compact(
         .iter()
         .map(|r| (r.0, r.1.batch.data_version))
         .collect();
-    let recs = replay::effective(records.into_iter().map(|r| r.1).collect(), "journal")?;
+    let recs = replay::effective(
+        records
+            .into_iter()
+            .map(|r| r.1)
+            .filter(|r| r.batch.data_version > pv)
+            .collect(),
+        "journal",
+    )?;
     let real: Vec<u32> = recs
         .iter()
         .filter(|r| !r.pragma_only())

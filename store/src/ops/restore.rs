@@ -103,25 +103,39 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
     } else {
         let (raw, torn) = reader::read_from(repo, from_seq)?;
         torn_tail = torn;
-        let raw: Vec<_> = raw.into_iter().map(|(_, r)| r).collect();
-        let eff = replay::effective(raw, "journal")?;
-        // With no snapshot the journal must start at the first batch of the node.
+        // Records at or below the snapshot's version are in it (and so are the batches they
+        // supersede): drop them before resolving supersedes.
+        let raw: Vec<_> = raw
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.batch.data_version > base_v)
+            .collect();
+        // With no snapshot the journal must start at the node's first batch, in segment 0
+        // (a journal whose first segments were pruned cannot rebuild what came before).
+        let pruned = reader::segments(repo)?.first().is_some_and(|s| s.seq > 0);
         if snap.is_none() {
-            if let Some(first) = eff.iter().find(|r| !r.pragma_only()) {
-                if first.batch.data_version != 1 {
+            if let Some(first) = raw.iter().find(|r| !r.pragma_only()) {
+                if first.batch.data_version != 1 || pruned {
+                    let oldest = manifest::list(repo)?.first().map(|m| m.data_version);
                     return Err(Error::VersionNotAvailable {
-                        asked: first.batch.data_version,
-                        why: format!(
-                            "the journal starts at data_version {} and no snapshot precedes it",
-                            first.batch.data_version
-                        ),
+                        asked: match target {
+                            RestoreTarget::Version(v) => *v,
+                            _ => 0,
+                        },
+                        why: match oldest {
+                            Some(o) => format!(
+                                "older states were pruned: the oldest restorable data_version is {o}"
+                            ),
+                            None => format!(
+                                "the journal starts at data_version {} and no snapshot precedes it",
+                                first.batch.data_version
+                            ),
+                        },
                     });
                 }
             }
         }
-        eff.into_iter()
-            .filter(|r| r.batch.data_version > base_v)
-            .collect::<Vec<_>>()
+        replay::effective(raw, "journal")?
     };
     let newest = records
         .iter()

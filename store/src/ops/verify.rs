@@ -122,6 +122,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let segs = reader::segments(repo)?;
     rep.journal_segments = segs.len() as u64;
     let from = manifests.first().map(|m| m.journal_segment).unwrap_or(0);
+    let from_version = manifests.first().map(|m| m.data_version).unwrap_or(0);
     let mut records = Vec::new();
     let n = segs.len();
     for (i, s) in segs.iter().enumerate() {
@@ -139,7 +140,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
                 }
                 rep.journal_records += recs.len() as u64;
                 if s.seq >= from {
-                    records.extend(recs);
+                    records.extend(
+                        recs.into_iter()
+                            .filter(|r| r.batch.data_version > from_version),
+                    );
                 }
             }
             Err(e) => rep.problems.push(e.to_string()),

@@ -5,4 +5,5 @@ mod common;
 mod corruption;
 mod faults;
 mod fixtures;
+mod model;
 mod prune;
