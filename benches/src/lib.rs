@@ -5,13 +5,19 @@ use std::path::{Path, PathBuf};
 use store::Batch;
 
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name)
 }
 
 /// Parse a trace (one db_write params object per line), zstd-compressed or not.
 pub fn load_trace(path: &Path) -> anyhow::Result<Vec<Batch>> {
     let raw = std::fs::read(path)?;
-    let text = if path.extension().is_some_and(|e| e == "zst") { zstd::decode_all(raw.as_slice())? } else { raw };
+    let text = if path.extension().is_some_and(|e| e == "zst") {
+        zstd::decode_all(raw.as_slice())?
+    } else {
+        raw
+    };
     let text = String::from_utf8(text)?;
     let mut out = Vec::new();
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -20,7 +26,11 @@ pub fn load_trace(path: &Path) -> anyhow::Result<Vec<Batch>> {
             data_version: v["data_version"].as_u64().unwrap_or(0) as u32,
             writes: v["writes"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|w| w.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|w| w.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default(),
         });
     }
@@ -48,4 +58,50 @@ pub fn repo_bytes(root: &Path) -> (u64, u64, u64) {
     let manifests = dir_size(&root.join("snapshots"));
     let journal = dir_size(&root.join("journal"));
     (packs, manifests, journal)
+}
+
+pub mod gen;
+pub mod measure;
+
+/// Where generated inputs are cached between runs (under the shared target dir, never committed).
+pub fn bench_data() -> PathBuf {
+    let p = std::env::var_os("BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
+    let _ = std::fs::create_dir_all(&p);
+    p
+}
+
+/// The value after `key` on the command line.
+pub fn arg(key: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == key)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+pub fn flag(key: &str) -> bool {
+    std::env::args().any(|a| a == key)
+}
+
+/// Parse `pages:N` or `cdc:AVG` (min = avg/4, max = avg*4).
+pub fn parse_chunker(s: &str) -> anyhow::Result<store::config::ChunkerParams> {
+    use store::config::ChunkerParams;
+    Ok(match s.split_once(':') {
+        Some(("pages", n)) => ChunkerParams::Pages { pages: n.parse()? },
+        Some(("cdc", n)) => {
+            let avg: u32 = n.parse()?;
+            ChunkerParams::FastCdc {
+                min: avg / 4,
+                avg,
+                max: avg * 4,
+            }
+        }
+        _ => anyhow::bail!("chunker: pages:N or cdc:AVG, not {s}"),
+    })
+}
+
+pub fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
 }

@@ -1,0 +1,256 @@
+//! Snapshot throughput on a generated CLN-shaped database of at least 1 GiB: a first snapshot,
+//! then an incremental one after ~1% of the pages changed; beside raw blake3 and zstd-3 on the
+//! same bytes, and beside restic backing up the same file twice.
+//!
+//! `cargo run --release -p cln-backup-benches --bin snapshot -- [--size-mib 1024]
+//!  [--chunker pages:1|cdc:16384] [--encrypt] [--raw] [--restic]`
+//!
+//! Prints markdown table rows (see run-report.sh). All reads are from a warm page cache.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cln_backup_benches::measure::{self, timed, AnonPeak};
+use cln_backup_benches::{arg, bench_data, flag, gen, mb, parse_chunker};
+use rayon::prelude::*;
+use store::config::ConfigBody;
+use store::pack::ChunkIndex;
+use store::snapshot::{write_snapshot, SnapshotInput};
+use store::{manifest, BackupUrl, MasterKey, Repository};
+
+fn main() -> anyhow::Result<()> {
+    let size_mib: u64 = arg("--size-mib")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1024);
+    let g = gen::database(size_mib << 20)?;
+    let total_pages = g.size / g.page_size;
+    println!(
+        "<!-- db {} bytes, page size {}, {} pages, {} changed ({:.2}%) -->",
+        g.size,
+        g.page_size,
+        total_pages,
+        g.pages_changed,
+        100.0 * g.pages_changed as f64 / total_pages as f64
+    );
+    if flag("--raw") {
+        raw(&g.base)?;
+    }
+    if flag("--restic") {
+        restic(&g)?;
+    }
+    if let Some(c) = arg("--chunker") {
+        ours(&g, &c, flag("--encrypt"))?;
+    }
+    Ok(())
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn workdir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let w = bench_data().join("work").join(name);
+    if w.exists() {
+        std::fs::remove_dir_all(&w)?;
+    }
+    std::fs::create_dir_all(&w)?;
+    Ok(w)
+}
+
+/// Raw hashing and compression of the database's pages: the physical limit of a snapshot pass.
+fn raw(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)?;
+    #[allow(unsafe_code)]
+    // SAFETY: a private file of this benchmark, not modified while mapped.
+    let map = unsafe { memmap2::Mmap::map(&f)? };
+    let data: &[u8] = &map;
+    measure::warm(path)?;
+    let ps = 4096;
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let all = rayon::ThreadPoolBuilder::new().build()?;
+    let n = all.current_num_threads();
+    let key = [7u8; 32];
+    let mut rows = Vec::new();
+    for (label, pool) in [
+        ("1 core", &one),
+        (if n == 2 { "2 cores" } else { "all cores" }, &all),
+    ] {
+        let t = Instant::now();
+        let h: u64 = pool.install(|| {
+            data.par_chunks(ps)
+                .map(|p| blake3::keyed_hash(&key, p).as_bytes()[0] as u64)
+                .sum()
+        });
+        let d_hash = t.elapsed();
+        std::hint::black_box(h);
+        let t = Instant::now();
+        let z: usize = pool.install(|| {
+            data.par_chunks(ps)
+                .map(|p| zstd::bulk::compress(p, 3).map(|c| c.len()).unwrap_or(0))
+                .sum()
+        });
+        let d_zstd = t.elapsed();
+        let t = Instant::now();
+        let z16: usize = pool.install(|| {
+            data.par_chunks(ps * 16)
+                .map(|p| zstd::bulk::compress(p, 3).map(|c| c.len()).unwrap_or(0))
+                .sum()
+        });
+        let d_zstd16 = t.elapsed();
+        rows.push(format!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) |",
+            mbps(data.len() as u64, d_hash),
+            mbps(data.len() as u64, d_zstd),
+            mbps(data.len() as u64, d_zstd16),
+            mb(z as u64),
+            z as f64 / data.len() as f64,
+            mb(z16 as u64),
+            z16 as f64 / data.len() as f64,
+        ));
+    }
+    println!("| cores | blake3 (keyed) per 4 KiB page, MB/s | zstd-3 per 4 KiB page, MB/s | zstd-3 per 64 KiB, MB/s | zstd-3 4 KiB output MB (ratio) | zstd-3 64 KiB output MB (ratio) |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn restic(g: &gen::Generated) -> anyhow::Result<()> {
+    let w = workdir("restic")?;
+    let repo = w.join("repo");
+    let file = w.join("lightningd.sqlite3");
+    let env = |c: &mut Command| {
+        c.env("RESTIC_PASSWORD", "bench")
+            .env("RESTIC_CACHE_DIR", w.join("cache"))
+            .arg("--repo")
+            .arg(&repo);
+    };
+    let mut c = Command::new("restic");
+    env(&mut c);
+    timed(c.arg("init"))?;
+    let empty = cln_backup_benches::dir_size(&repo);
+    measure::copy_synced(&g.base, &file)?;
+    measure::warm(&file)?;
+    let mut c = Command::new("restic");
+    env(&mut c);
+    let t1 = timed(c.arg("backup").arg(&file))?;
+    let s1 = cln_backup_benches::dir_size(&repo);
+    measure::copy_synced(&g.changed, &file)?;
+    measure::warm(&file)?;
+    let mut c = Command::new("restic");
+    env(&mut c);
+    let t2 = timed(c.arg("backup").arg(&file))?;
+    let s2 = cln_backup_benches::dir_size(&repo);
+    println!(
+        "| restic {} | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {:.1} MB | {:.1} MB | - | - | - | - |",
+        restic_version(),
+        t1.as_secs_f64(),
+        mbps(g.size, t1),
+        t2.as_secs_f64(),
+        mbps(g.size, t2),
+        mb(s1 - empty),
+        mb(s2 - s1),
+    );
+    println!(
+        "<!-- restic: {} {} {} {} -->",
+        t1.as_secs_f64(),
+        t2.as_secs_f64(),
+        s1 - empty,
+        s2 - s1
+    );
+    let _ = std::fs::remove_dir_all(&w);
+    Ok(())
+}
+
+fn restic_version() -> String {
+    Command::new("restic")
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(1).map(String::from))
+        .unwrap_or_default()
+}
+
+fn ours(g: &gen::Generated, chunker: &str, encrypt: bool) -> anyhow::Result<()> {
+    let name = format!(
+        "ours-{}{}",
+        chunker.replace(':', "-"),
+        if encrypt { "-enc" } else { "" }
+    );
+    let w = workdir(&name)?;
+    let root = w.join("repo");
+    let file = w.join("lightningd.sqlite3");
+    let key = MasterKey::generate();
+    let body = ConfigBody {
+        chunker: parse_chunker(chunker)?,
+        ..ConfigBody::default()
+    };
+    let repo = Repository::init(&BackupUrl::File(root.clone()), Some(&key), encrypt, body)?;
+    measure::copy_synced(&g.base, &file)?;
+    measure::warm(&file)?;
+
+    let anon = AnonPeak::start();
+    let t = Instant::now();
+    let mut index = ChunkIndex::load(&repo)?;
+    let input = SnapshotInput {
+        path: &file,
+        data_version: 1,
+        journal_segment: 0,
+        foreign_keys: true,
+    };
+    let m1 = write_snapshot(&repo, &input, None, None, &mut index)?;
+    let t1 = t.elapsed();
+    drop(index);
+    let s1 = cln_backup_benches::dir_size(&root);
+
+    measure::copy_synced(&g.changed, &file)?;
+    measure::warm(&file)?;
+    let t = Instant::now();
+    // As compaction does: load the index and the parent's chunk list from the repository.
+    let mut index = ChunkIndex::load(&repo)?;
+    let parent = manifest::latest(&repo)?;
+    let prefs = match &parent {
+        Some(p) => Some(manifest::resolve(&repo, p)?),
+        None => None,
+    };
+    let input = SnapshotInput {
+        path: &file,
+        data_version: 2,
+        journal_segment: 0,
+        foreign_keys: true,
+    };
+    let m2 = write_snapshot(&repo, &input, parent.as_ref(), prefs.as_deref(), &mut index)?;
+    let t2 = t.elapsed();
+    let peak_anon = anon.stop();
+    let s2 = cln_backup_benches::dir_size(&root);
+    println!(
+        "| cln-backup {chunker}{} | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {:.1} MB | {:.2} MB | {} / {} | {} B / {} B | {:.0} MB | {:.0} MB |",
+        if encrypt { " encrypted" } else { "" },
+        t1.as_secs_f64(),
+        mbps(g.size, t1),
+        t2.as_secs_f64(),
+        mbps(g.size, t2),
+        mb(s1),
+        mb(s2 - s1),
+        m1.chunk_count,
+        m2.new_chunks,
+        m1.object_size,
+        m2.object_size,
+        mb(peak_anon),
+        mb(measure::peak_rss()),
+    );
+    println!(
+        "<!-- ours {chunker} enc={encrypt}: {} {} {} {} new_bytes_reported={} -->",
+        t1.as_secs_f64(),
+        t2.as_secs_f64(),
+        s1,
+        s2 - s1,
+        m2.stored_bytes
+    );
+    let _ = std::fs::remove_dir_all(&w);
+    Ok(())
+}
