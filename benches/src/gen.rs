@@ -230,3 +230,13 @@ fn build_changed(base: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::rename(&tmp, out)?;
     Ok(())
 }
+
+/// `vars.data_version` of a database file.
+pub fn data_version(path: &Path) -> anyhow::Result<u32> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(store::replay::data_version(
+        &conn,
+        &path.display().to_string(),
+    )?)
+}

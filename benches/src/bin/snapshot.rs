@@ -198,7 +198,7 @@ fn ours(g: &gen::Generated, chunker: &str, encrypt: bool) -> anyhow::Result<()> 
     let mut index = ChunkIndex::load(&repo)?;
     let input = SnapshotInput {
         path: &file,
-        data_version: 1,
+        data_version: gen::data_version(&g.base)?,
         journal_segment: 0,
         foreign_keys: true,
     };
@@ -219,7 +219,7 @@ fn ours(g: &gen::Generated, chunker: &str, encrypt: bool) -> anyhow::Result<()> 
     };
     let input = SnapshotInput {
         path: &file,
-        data_version: 2,
+        data_version: gen::data_version(&g.changed)?,
         journal_segment: 0,
         foreign_keys: true,
     };
