@@ -17,6 +17,7 @@
 
 pub mod dir;
 pub mod fault;
+pub mod remote;
 
 use crate::error::Result;
 
@@ -110,9 +111,21 @@ pub fn open(
             };
             Ok(std::sync::Arc::new(b))
         }
-        BackupUrl::Socket { .. } => Err(crate::Error::Invalid(format!(
-            "{url}: socket destinations are not built yet"
-        ))),
+        BackupUrl::Socket { host, port, proxy } => {
+            // The server creates its repository directory; `create` has nothing to do here.
+            let key = link_key.ok_or_else(|| {
+                crate::Error::Invalid(format!(
+                    "{url}: a socket destination needs the repository key to authenticate to the server"
+                ))
+            })?;
+            Ok(std::sync::Arc::new(remote::RemoteBackend::connect(
+                host,
+                *port,
+                proxy.clone(),
+                key,
+                remote::RemoteOptions::default(),
+            )?))
+        }
         BackupUrl::S3 { .. } => Err(crate::Error::Invalid(format!(
             "{url}: s3 destinations are not built yet"
         ))),

@@ -1,0 +1,230 @@
+//! The encrypted link: a Noise `NNpsk0_25519_ChaChaPoly_BLAKE2s` handshake keyed with the auth
+//! key, then application frames carried in Noise transport messages.
+//!
+//! On the wire every Noise message is `u16 LE length | message` (1..=65535 bytes); a length of
+//! 0 sent by the server instead of its handshake reply means "refused". A frame is `u32 LE
+//! length | body`, split into Noise messages of at most 65519 plaintext bytes; a frame always
+//! starts a new message and never shares one with the next frame. Transport errors are
+//! `io::Error`s: the caller drops the connection.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use snow::{Builder, HandshakeState, TransportState};
+
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Bound into the handshake hash: a peer speaking another protocol fails the handshake.
+pub const PROLOGUE: &[u8] = b"cln-backup remote";
+pub const MAX_NOISE_MSG: usize = 65535;
+const TAG_LEN: usize = 16;
+/// Plaintext carried by one transport message.
+pub const MAX_PIECE: usize = MAX_NOISE_MSG - TAG_LEN;
+
+fn bad(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn noise_err(e: snow::Error) -> io::Error {
+    bad(format!("noise: {e}"))
+}
+
+pub fn write_msg(sock: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| bad("noise message too long"))?;
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(msg);
+    sock.write_all(&out)
+}
+
+/// Read one message into `buf` (resized); returns its length (0 = refusal marker).
+pub fn read_msg(sock: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut len = [0u8; 2];
+    sock.read_exact(&mut len)?;
+    let n = usize::from(u16::from_le_bytes(len));
+    buf.resize(n, 0);
+    sock.read_exact(buf)?;
+    Ok(n)
+}
+
+fn builder(psk: &[u8; 32]) -> Result<Builder<'_>, snow::Error> {
+    let params = NOISE_PARAMS.parse()?;
+    Builder::new(params).prologue(PROLOGUE)?.psk(0, psk)
+}
+
+/// How a client handshake ended short of a link.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// The server sent the refusal marker: it holds no auth key matching ours.
+    Refused,
+    Io(io::Error),
+}
+
+impl From<io::Error> for HandshakeFailure {
+    fn from(e: io::Error) -> Self {
+        HandshakeFailure::Io(e)
+    }
+}
+
+/// Client side: send `hello` in the first message, return the link and the server's hello.
+pub fn client_handshake(
+    mut sock: TcpStream,
+    psk: &[u8; 32],
+    hello: &[u8],
+) -> Result<(Channel, Vec<u8>), HandshakeFailure> {
+    let mut hs = builder(psk)
+        .and_then(|b| b.build_initiator())
+        .map_err(noise_err)?;
+    let mut out = vec![0u8; MAX_NOISE_MSG];
+    let n = hs.write_message(hello, &mut out).map_err(noise_err)?;
+    write_msg(&mut sock, out.get(..n).unwrap_or_default())?;
+    let mut msg = Vec::new();
+    if read_msg(&mut sock, &mut msg)? == 0 {
+        return Err(HandshakeFailure::Refused);
+    }
+    let mut payload = vec![0u8; MAX_NOISE_MSG];
+    let n = hs.read_message(&msg, &mut payload).map_err(|e| {
+        bad(format!(
+            "the server's handshake reply failed authentication ({e})"
+        ))
+    })?;
+    payload.truncate(n);
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok((Channel::new(sock, noise), payload))
+}
+
+/// Server side, first half: read the client's first message and find the auth key it was made
+/// with. On no match, sends the refusal marker. Returns the state, the client's hello and the
+/// index of the matching key.
+pub fn server_accept(
+    sock: &mut TcpStream,
+    keys: &[[u8; 32]],
+) -> io::Result<(HandshakeState, Vec<u8>, usize)> {
+    let mut msg = Vec::new();
+    read_msg(sock, &mut msg)?;
+    let mut payload = vec![0u8; MAX_NOISE_MSG];
+    for (i, k) in keys.iter().enumerate() {
+        let mut hs = builder(k)
+            .and_then(|b| b.build_responder())
+            .map_err(noise_err)?;
+        if let Ok(n) = hs.read_message(&msg, &mut payload) {
+            payload.truncate(n);
+            return Ok((hs, payload, i));
+        }
+    }
+    let _ = write_msg(sock, &[]);
+    Err(bad(
+        "handshake failed: the peer holds none of the configured auth keys (or is not a cln-backup client)",
+    ))
+}
+
+/// Server side, second half: send our hello and enter transport mode.
+pub fn server_finish(
+    mut sock: TcpStream,
+    mut hs: HandshakeState,
+    hello: &[u8],
+) -> io::Result<Channel> {
+    let mut out = vec![0u8; MAX_NOISE_MSG];
+    let n = hs.write_message(hello, &mut out).map_err(noise_err)?;
+    write_msg(&mut sock, out.get(..n).unwrap_or_default())?;
+    let noise = hs.into_transport_mode().map_err(noise_err)?;
+    Ok(Channel::new(sock, noise))
+}
+
+/// An established link: whole frames in, whole frames out.
+pub struct Channel {
+    sock: TcpStream,
+    noise: TransportState,
+    msg: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl Channel {
+    fn new(sock: TcpStream, noise: TransportState) -> Channel {
+        Channel {
+            sock,
+            noise,
+            msg: Vec::new(),
+            plain: vec![0u8; MAX_NOISE_MSG],
+        }
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Send one frame.
+    pub fn send(&mut self, body: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(body.len()).map_err(|_| bad("frame too long"))?;
+        let mut first = Vec::with_capacity(MAX_PIECE.min(body.len() + 4));
+        first.extend_from_slice(&len.to_le_bytes());
+        let split = body.len().min(MAX_PIECE - 4);
+        let (head, mut rest) = body.split_at(split);
+        first.extend_from_slice(head);
+        let mut out = Vec::with_capacity((body.len() + 4).min(1 << 20) + 64);
+        let mut cipher = vec![0u8; MAX_NOISE_MSG];
+        let mut piece: &[u8] = &first;
+        loop {
+            let n = self
+                .noise
+                .write_message(piece, &mut cipher)
+                .map_err(noise_err)?;
+            let n16 = u16::try_from(n).map_err(|_| bad("noise message too long"))?;
+            out.extend_from_slice(&n16.to_le_bytes());
+            out.extend_from_slice(cipher.get(..n).unwrap_or_default());
+            if out.len() >= 1 << 20 {
+                self.sock.write_all(&out)?;
+                out.clear();
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let k = rest.len().min(MAX_PIECE);
+            let (p, r) = rest.split_at(k);
+            piece = p;
+            rest = r;
+        }
+        self.sock.write_all(&out)?;
+        self.sock.flush()
+    }
+
+    fn read_piece(&mut self) -> io::Result<&[u8]> {
+        read_msg(&mut self.sock, &mut self.msg)?;
+        let n = self
+            .noise
+            .read_message(&self.msg, &mut self.plain)
+            .map_err(|e| bad(format!("a message failed authentication ({e})")))?;
+        Ok(self.plain.get(..n).unwrap_or_default())
+    }
+
+    /// Receive one frame of at most `max` bytes; a larger length is refused before anything is
+    /// allocated for it.
+    pub fn recv(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let first = self.read_piece()?;
+        let (len, head) = match (first.get(..4), first.get(4..)) {
+            (Some(l), Some(h)) => {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(l);
+                (u32::from_le_bytes(a) as usize, h)
+            }
+            _ => return Err(bad("frame header shorter than 4 bytes")),
+        };
+        if len > max {
+            return Err(bad(format!(
+                "frame of {len} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        if head.len() > len {
+            return Err(bad("frame longer than its header says"));
+        }
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(head);
+        while body.len() < len {
+            let piece = self.read_piece()?;
+            if body.len() + piece.len() > len || piece.is_empty() {
+                return Err(bad("frame longer than its header says"));
+            }
+            body.extend_from_slice(piece);
+        }
+        Ok(body)
+    }
+}
