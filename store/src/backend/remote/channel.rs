@@ -187,6 +187,17 @@ impl Channel {
         self.sock.flush()
     }
 
+    /// Send one raw transport message (tests forge frames with it).
+    #[cfg(test)]
+    pub(crate) fn send_piece(&mut self, plain: &[u8]) -> io::Result<()> {
+        let mut cipher = vec![0u8; MAX_NOISE_MSG];
+        let n = self
+            .noise
+            .write_message(plain, &mut cipher)
+            .map_err(noise_err)?;
+        write_msg(&mut self.sock, cipher.get(..n).unwrap_or_default())
+    }
+
     fn read_piece(&mut self) -> io::Result<&[u8]> {
         read_msg(&mut self.sock, &mut self.msg)?;
         let n = self
