@@ -1,0 +1,337 @@
+//! `backup-cli init`: create a repository, its key, backup.lock, and the first snapshot.
+//!
+//! Safety order: refuse while lightningd runs, refuse a backup.lock that points elsewhere and an
+//! existing repository (unless --force, which moves a local one aside, never deletes it); write
+//! the key durably before the repository exists (a repository whose key was lost is useless);
+//! write backup.lock last, after the repository and its first snapshot exist.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+use store::manifest::SnapshotInfo;
+use store::{BackupUrl, ConfigBody, MasterKey, Repository};
+
+use crate::exit::{refused, usage};
+use crate::keys::{self, KEY_FILE_NAME};
+use crate::node::{self, DB_FILE_NAME};
+use crate::{out, Global};
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Repository URL: file:///abs/path, socket:HOST:PORT, s3://BUCKET/PREFIX
+    pub url: String,
+    /// Replace an existing repository (a local one is moved aside, never deleted) or a
+    /// backup.lock that points elsewhere.
+    #[arg(long)]
+    pub force: bool,
+    /// Store the backup in plaintext (checksummed, not encrypted).
+    #[arg(long)]
+    pub no_encryption: bool,
+}
+
+#[derive(Serialize)]
+struct InitOutput {
+    url: String,
+    encrypted: bool,
+    key_id: Option<String>,
+    key_file: Option<String>,
+    key_created: bool,
+    /// Only when the key was created by this command: the 24 words to write down.
+    key_phrase: Option<String>,
+    lock_file: Option<String>,
+    previous_backend_url: Option<String>,
+    moved_aside: Option<String>,
+    snapshot: Option<SnapshotInfo>,
+    plugin_config: String,
+}
+
+/// Is there a repository (or something else) at `url`? For a local directory, a non-empty
+/// directory that is not a repository counts too: init would mix its files into it.
+fn existing(url: &BackupUrl) -> Result<Option<String>> {
+    match Repository::open(url, None) {
+        Err(store::Error::NoRepository { .. }) => {}
+        Ok(_) | Err(store::Error::KeyRequired) | Err(store::Error::WrongKey { .. }) => {
+            return Ok(Some(format!("a repository already exists at {url}")))
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("checking {url} before init"))),
+    }
+    if let BackupUrl::File(p) = url {
+        if let Ok(mut rd) = std::fs::read_dir(p) {
+            if rd.next().is_some() {
+                return Ok(Some(format!(
+                    "{} exists and is not empty, but holds no repository",
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn plugin_path() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("cln-backup")))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/path/to/cln-backup".into())
+}
+
+fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .with_context(|| format!("creating the key file {}", path.display()))?;
+    f.write_all(key.to_file_text().as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing the key file {}", path.display()))?;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", d.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
+    let url = keys::parse_url(&a.url)?;
+    let url_text = url.to_string();
+    let dir = g.lightning_dir.as_deref();
+
+    // 1. The node directory: exists, is the network dir, no running node, backup.lock.
+    let mut previous = None;
+    if let Some(d) = dir {
+        if !d.is_dir() {
+            return Err(usage(format!(
+                "--lightning-dir {} is not a directory",
+                d.display()
+            )));
+        }
+        if let Some(sub) = node::network_subdir(d) {
+            return Err(usage(format!(
+                "{} holds no {DB_FILE_NAME}, but {} does: give the network directory, --lightning-dir {}",
+                d.display(),
+                sub.display(),
+                sub.display()
+            )));
+        }
+        if let Some(r) = node::running_node(d) {
+            return Err(refused(format!(
+                "lightningd is running (pid {}, {}): stop it first (`lightning-cli stop`); \
+                 init must see the database at rest",
+                r.pid,
+                r.pid_file.display()
+            )));
+        }
+        if let Some(l) = node::read_lock(d)? {
+            if l.backend_url != url_text && l.backend_url != a.url {
+                if !a.force {
+                    return Err(refused(format!(
+                        "{} points to {}: this node is already backed up there; \
+                         use --force to switch to {url_text}",
+                        d.join(node::LOCK_FILE_NAME).display(),
+                        l.backend_url
+                    )));
+                }
+                previous = Some(l.backend_url);
+            }
+        }
+    }
+
+    // 2. The destination must be empty (or moved aside with --force).
+    let mut moved_aside = None;
+    if let Some(what) = existing(&url)? {
+        if !a.force {
+            return Err(refused(format!(
+                "{what}; the plugin continues an existing repository as it is. \
+                 To start over, use --force (a local repository is moved aside, not deleted)"
+            )));
+        }
+        match &url {
+            BackupUrl::File(p) => moved_aside = Some(node::move_aside(p)?),
+            _ => {
+                return Err(refused(format!(
+                    "{what}; --force cannot move a remote repository aside: remove it there first"
+                )))
+            }
+        }
+    }
+
+    // 3. The key: reuse one that exists (never overwrite a key), else create it.
+    let encrypt = !a.no_encryption;
+    let mut key_file: Option<PathBuf> = None;
+    let mut key_created = false;
+    let mut created_path: Option<PathBuf> = None;
+    let key = if !encrypt {
+        None
+    } else {
+        let path = keys::explicit_file(g)
+            .or_else(|| dir.map(|d| d.join(KEY_FILE_NAME)))
+            .ok_or_else(|| {
+                usage(
+                    "an encrypted repository needs a place for its key: give --lightning-dir DIR \
+                     (writes DIR/backup.key) or --key-file PATH, or choose --no-encryption",
+                )
+            })?;
+        let k = if path.exists() {
+            keys::read_key_file(&path).context(
+                "init reuses an existing key file rather than overwrite it; move it aside to create a new key",
+            )?
+        } else {
+            let k = if g.key_phrase {
+                keys::read_phrase()?
+            } else {
+                key_created = true;
+                MasterKey::generate()
+            };
+            write_new_key(&path, &k)?;
+            created_path = Some(path.clone());
+            k
+        };
+        key_file = Some(path);
+        Some(k)
+    };
+
+    // 4. The repository.
+    let repo = match Repository::init(&url, key.as_ref(), encrypt, ConfigBody::default()) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = &created_path {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(anyhow::Error::from(e).context(format!("creating the repository {url}")));
+        }
+    };
+
+    // 5. The first snapshot, from the node's database.
+    let mut snapshot = None;
+    if let Some(d) = dir {
+        let db = d.join(DB_FILE_NAME);
+        if db.exists() {
+            let _p = out::Progress::start(g.json, "storing the first snapshot");
+            let scratch = tempfile::Builder::new()
+                .prefix(".cln-backup-init")
+                .tempdir_in(d)
+                .with_context(|| format!("creating a scratch directory in {}", d.display()))?;
+            let m = store::ops::seed::snapshot_database(
+                &repo,
+                &db,
+                scratch.path(),
+                &store::repo::holder("backup-cli init"),
+            )
+            .with_context(|| format!("storing {} as the first snapshot", db.display()))?;
+            snapshot = Some(m.info());
+        }
+    }
+
+    // 6. backup.lock, last: the plugin starts only once everything above exists.
+    let lock_file = match dir {
+        Some(d) => Some(node::write_lock(d, &url_text)?),
+        None => None,
+    };
+
+    let plugin_config = format!("important-plugin={}", plugin_path());
+    let o = InitOutput {
+        url: url_text.clone(),
+        encrypted: encrypt,
+        key_id: key.as_ref().map(|k| k.id().to_string()),
+        key_file: key_file.as_ref().map(|p| p.display().to_string()),
+        key_created,
+        key_phrase: if key_created {
+            key.as_ref().map(|k| k.to_phrase())
+        } else {
+            None
+        },
+        lock_file: lock_file.as_ref().map(|p| p.display().to_string()),
+        previous_backend_url: previous,
+        moved_aside: moved_aside.as_ref().map(|p| p.display().to_string()),
+        snapshot,
+        plugin_config,
+    };
+    if g.json {
+        return out::json(&o);
+    }
+    print_human(&o, dir);
+    Ok(())
+}
+
+fn print_human(o: &InitOutput, dir: Option<&Path>) {
+    println!("Created the repository {}.", o.url);
+    if let Some(m) = &o.moved_aside {
+        println!("The repository that was there is now {m} (nothing was deleted).");
+    }
+    match (&o.key_file, o.key_created) {
+        (Some(f), true) => println!("Created the key {f} (mode 0400)."),
+        (Some(f), false) => println!("Using the existing key {f}."),
+        (None, _) => println!("Not encrypted (--no-encryption): anyone who reads the repository reads the node's secrets."),
+    }
+    if let Some(p) = &o.key_phrase {
+        println!();
+        println!(
+            "  !!! WRITE DOWN THIS KEY PHRASE. It is shown only now. Without it (or {}),",
+            KEY_FILE_NAME
+        );
+        println!(
+            "  !!! the backup CANNOT be restored. Keep it apart from the node, like hsm_secret."
+        );
+        println!();
+        let words: Vec<&str> = p.split(' ').collect();
+        for (i, row) in words.chunks(6).enumerate() {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(j, w)| format!("{:>2}. {w:<9}", i * 6 + j + 1))
+                .collect();
+            println!("  {}", cells.join(" ").trim_end());
+        }
+        println!();
+        println!("  (`backup-cli key export` shows it again while the key file exists.)");
+    }
+    if let Some(s) = &o.snapshot {
+        println!(
+            "Stored lightningd.sqlite3 as the first snapshot {} (data_version {}, {}, {} stored).",
+            s.id,
+            s.data_version,
+            out::bytes(s.db_size),
+            out::bytes(s.stored_bytes)
+        );
+    }
+    if let Some(l) = &o.lock_file {
+        match &o.previous_backend_url {
+            Some(p) => println!("Wrote {l} (it pointed to {p} before)."),
+            None => println!("Wrote {l}."),
+        }
+    }
+    println!();
+    println!("Next:");
+    match dir {
+        Some(d) => {
+            println!(
+                "  1. Add this line to lightningd's config (or pass it as --important-plugin):"
+            );
+            println!("       {}", o.plugin_config);
+            println!(
+                "  2. Start lightningd. The plugin reads {} in {} and logs",
+                node::LOCK_FILE_NAME,
+                d.display()
+            );
+            println!("     \"Versions match up\" on the first write: every change is then durable before it commits.");
+            println!("  3. Check it: backup-cli info {}", o.url);
+            println!(
+                "     Restore:  backup-cli restore {} /path/to/new/lightningd.sqlite3",
+                o.url
+            );
+        }
+        None => {
+            println!("  Run init with --lightning-dir DIR (the node's network directory) to write");
+            println!("  backup.lock there, or write DIR/backup.lock yourself: {{\"backend_url\": \"{}\"}}", o.url);
+            println!("  Then add to lightningd's config: {}", o.plugin_config);
+        }
+    }
+}
