@@ -60,6 +60,7 @@ pub fn repo_bytes(root: &Path) -> (u64, u64, u64) {
     (packs, manifests, journal)
 }
 
+pub mod driver;
 pub mod gen;
 pub mod measure;
 

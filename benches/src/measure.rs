@@ -139,3 +139,16 @@ impl Rng {
         v
     }
 }
+
+/// Reset this process's peak resident set (VmHWM), so each measured run reports its own.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A target verdict line; run-report.sh gathers these into the report's targets table.
+pub fn target(what: &str, ratio: f64, limit: f64) -> String {
+    format!(
+        "TARGET| {what} | {ratio:.3}x | {} |",
+        if ratio <= limit { "met" } else { "**not met**" }
+    )
+}

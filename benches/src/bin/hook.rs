@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cln_backup_benches::measure::summary;
+use cln_backup_benches::measure::{summary, target};
 use cln_backup_benches::{arg, bench_data, flag, load_trace, testdata};
 use store::config::ConfigBody;
 use store::journal::{Batch, JournalWriter, Record};
@@ -39,23 +39,71 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     println!("| path | batches | p50 µs | p99 µs | max µs | p50 vs bare append+fdatasync |");
     println!("|---|---|---|---|---|---|");
-    let mut bare_p50 = None;
+    let dir = tempfile::tempdir_in(bench_data())?;
+    let flat: Vec<Batch> = sessions.concat();
+    let bare = bare_append(dir.path(), &flat, false)?;
+    let p50 = summary(&bare).0;
+    row(
+        "bare append (`write` at end of file + `fdatasync`), same bytes, same filesystem",
+        &bare,
+        p50,
+    );
+    row(
+        "bare overwrite in a preallocated file + `fdatasync` (floor)",
+        &bare_append(dir.path(), &flat, true)?,
+        p50,
+    );
+    let mut verdicts = Vec::new();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/append_plugin.py");
+    let python = vec!["python3".to_string(), script.display().to_string()];
+    let mut py_p50 = None;
+    if flag("--python") {
+        let (all, _) = plugin_sessions(&python, &sessions, None, None)?;
+        row(
+            "Python plugin (benches/python/append_plugin.py: append + fsync), round trip",
+            &all,
+            p50,
+        );
+        py_p50 = Some(summary(&all).0);
+    }
+    if let Some(path) = arg("--plugin") {
+        let cmd = vec![path];
+        for encrypt in [false, true] {
+            let enc = if encrypt { ", encrypted" } else { "" };
+            let (all, _) = plugin_sessions(&cmd, &sessions, Some(encrypt), None)?;
+            row(
+                &format!("cln-backup plugin, round trip, idle{enc}"),
+                &all,
+                p50,
+            );
+            let (_, during) =
+                plugin_sessions(&cmd, &sessions, Some(encrypt), Some("backup-compact"))?;
+            row(&format!("cln-backup plugin, round trip, hooks overlapping a `backup-compact` (called back to back){enc}"), &during, p50);
+            let (idle50, idle99, _) = summary(&all);
+            if let Some(py) = py_p50 {
+                verdicts.push(target(
+                    &format!("plugin hook p50 <= the Python plugin's p50{enc}"),
+                    idle50 / py,
+                    1.0,
+                ));
+            }
+            verdicts.push(target(
+                &format!("plugin hook p50 <= 1.3x bare append+fdatasync{enc}"),
+                idle50 / p50,
+                1.3,
+            ));
+            verdicts.push(target(
+                &format!("plugin hook p99 during compaction <= 2x idle p99{enc}"),
+                summary(&during).1 / idle99,
+                2.0,
+            ));
+        }
+        if flag("--python") {
+            let (all, _) = plugin_sessions(&python, &sessions, None, None)?;
+            row("Python plugin again (drift check)", &all, p50);
+        }
+    }
     if flag("--inprocess") {
-        let dir = tempfile::tempdir_in(bench_data())?;
-        let flat: Vec<Batch> = sessions.concat();
-        let bare = bare_append(dir.path(), &flat, false)?;
-        let p50 = summary(&bare).0;
-        bare_p50 = Some(p50);
-        row(
-            "bare append (`write` at end of file + `fdatasync`), same bytes, same filesystem",
-            &bare,
-            p50,
-        );
-        row(
-            "bare overwrite in a preallocated file + `fdatasync` (floor)",
-            &bare_append(dir.path(), &flat, true)?,
-            p50,
-        );
         for encrypt in [false, true] {
             let enc = if encrypt { ", encrypted" } else { "" };
             let (all, _) = journal(&sessions, encrypt, false)?;
@@ -64,7 +112,20 @@ fn main() -> anyhow::Result<()> {
                 &all,
                 p50,
             );
+            let (idle50, idle99, _) = summary(&all);
+            verdicts.push(target(
+                &format!("in-process append p50 <= 1.3x bare append+fdatasync{enc}"),
+                idle50 / p50,
+                1.3,
+            ));
             let (all, during) = journal(&sessions, encrypt, true)?;
+            verdicts.push(target(
+                &format!(
+                    "in-process append p99 during compaction <= 2x idle p99 (fixture traces){enc}"
+                ),
+                summary(&during).1 / idle99,
+                2.0,
+            ));
             row(&format!("`JournalWriter::append` in-process, compaction looping beside it{enc}: all appends"), &all, p50);
             row(&format!("`JournalWriter::append` in-process, compaction looping beside it{enc}: appends overlapping a compaction"), &during, p50);
         }
@@ -79,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                     p50,
                 );
                 let (_, during) = scale_tail(n, encrypt, true)?;
+                verdicts.push(target(&format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}"), summary(&during).1 / summary(&idle).1, 2.0));
                 row(
                     &format!("same, appends overlapping a compaction of the 27 MB database{enc}"),
                     &during,
@@ -87,8 +149,70 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let _ = bare_p50;
+    row(
+        "bare append + `fdatasync` again, after the runs above (drift check)",
+        &bare_append(dir.path(), &flat, false)?,
+        p50,
+    );
+    for v in verdicts {
+        println!("{v}");
+    }
     Ok(())
+}
+
+/// The trace's three sessions through a plugin process (s1 as a fresh node, s2 and s3 as
+/// restarts). `repo`: Some(encrypt) to create a cln-backup repository and its backup.lock first.
+fn plugin_sessions(
+    cmd: &[String],
+    sessions: &[Vec<Batch>],
+    repo: Option<bool>,
+    compact_rpc: Option<&str>,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let dir = tempfile::tempdir_in(bench_data())?;
+    let net = dir.path().join("regtest");
+    std::fs::create_dir_all(&net)?;
+    if let Some(encrypt) = repo {
+        let key = MasterKey::generate();
+        let root = dir.path().join("backup");
+        Repository::init(
+            &BackupUrl::File(root.clone()),
+            Some(&key),
+            encrypt,
+            ConfigBody::default(),
+        )?;
+        let url = format!("file://{}", root.display());
+        std::fs::write(
+            net.join("backup.lock"),
+            serde_json::to_vec(&serde_json::json!({ "backend_url": url }))?,
+        )?;
+        if encrypt {
+            std::fs::write(net.join("backup.key"), key.to_file_text())?;
+        }
+    }
+    let mut hooks = Vec::new();
+    let mut compactions = Vec::new();
+    for (i, s) in sessions.iter().enumerate() {
+        let t = cln_backup_benches::driver::session(
+            cmd,
+            &net,
+            s,
+            i == 0,
+            serde_json::json!({}),
+            compact_rpc,
+        )?;
+        hooks.extend(t.hooks);
+        compactions.extend(t.compactions);
+    }
+    if compact_rpc.is_some() {
+        println!(
+            "<!-- {} compactions ran beside {} hooks -->",
+            compactions.len(),
+            hooks.len()
+        );
+    }
+    let iv: Intervals = Arc::new(Mutex::new(compactions));
+    let during = overlapping(&hooks, &iv);
+    Ok((hooks.into_iter().map(|h| h.1).collect(), during))
 }
 
 fn row(what: &str, v: &[Duration], bare_p50: f64) {

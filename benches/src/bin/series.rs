@@ -4,7 +4,9 @@
 //! restic backing up the database file at the same points.
 //!
 //! `cargo run --release -p cln-backup-benches --bin series -- [--every 1000]
-//!  [--chunker pages:1|pages:4|cdc:16384] [--encrypt] [--restic] [--trace PATH]`
+//!  [--chunker pages:1|pages:4|cdc:16384] [--encrypt] [--restic | --restic-bytes N] [--trace PATH]`
+//!
+//! `--encrypt` runs each chunker plaintext and encrypted.
 //!
 //! Prints markdown table rows (see run-report.sh).
 
@@ -30,7 +32,6 @@ fn main() -> anyhow::Result<()> {
     let encrypt = flag("--encrypt");
     let chunkers: Vec<String> = match arg("--chunker") {
         Some(c) => vec![c],
-        None if flag("--restic") => vec![],
         None => vec!["pages:1".into(), "pages:4".into(), "cdc:16384".into()],
     };
     let trace = arg("--trace")
@@ -46,16 +47,32 @@ fn main() -> anyhow::Result<()> {
         println!("| store | snapshots | final db | packs + indexes | manifests | journal | total | vs restic's | time | new bytes per snapshot, share of the db (median, max of 2..) |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
     }
-    if flag("--restic") {
-        restic(&batches, every)?;
-    }
+    let restic_total = if flag("--restic") {
+        Some(restic(&batches, every)? as f64)
+    } else {
+        arg("--restic-bytes")
+            .map(|s| s.parse::<f64>())
+            .transpose()?
+    };
     for c in chunkers {
-        ours(&batches, every, &c, encrypt)?;
+        for encrypt in if encrypt {
+            vec![false, true]
+        } else {
+            vec![false]
+        } {
+            ours(&batches, every, &c, encrypt, restic_total)?;
+        }
     }
     Ok(())
 }
 
-fn ours(batches: &[Batch], every: usize, c: &str, encrypt: bool) -> anyhow::Result<()> {
+fn ours(
+    batches: &[Batch],
+    every: usize,
+    c: &str,
+    encrypt: bool,
+    restic: Option<f64>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(bench_data())?;
     let root = dir.path().join("repo");
     let key = MasterKey::generate();
@@ -98,9 +115,6 @@ fn ours(batches: &[Batch], every: usize, c: &str, encrypt: bool) -> anyhow::Resu
     shares.sort_by(|a, b| a.total_cmp(b));
     let median = shares.get(shares.len() / 2).copied().unwrap_or(0.0);
     let max = shares.last().copied().unwrap_or(0.0);
-    let restic = std::env::var("RESTIC_SERIES_BYTES")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok());
     println!(
         "| cln-backup {c}{} | {snaps} | {:.1} MB ({chunks} chunks) | {:.1} MB | {:.2} MB | {:.1} MB | **{:.1} MB** | {} | {:.1} s | {:.1}%, {:.1}% |",
         if encrypt { " encrypted" } else { "" },
@@ -115,12 +129,25 @@ fn ours(batches: &[Batch], every: usize, c: &str, encrypt: bool) -> anyhow::Resu
         100.0 * max,
     );
     println!("<!-- series {c} enc={encrypt}: total {total} -->");
+    if let Some(r) = restic {
+        println!(
+            "{}",
+            cln_backup_benches::measure::target(
+                &format!(
+                    "30-snapshot series, journal included, <= 0.25x restic's bytes ({c}{})",
+                    if encrypt { ", encrypted" } else { "" }
+                ),
+                total as f64 / r,
+                0.25
+            )
+        );
+    }
     Ok(())
 }
 
 /// restic (repository v2, compressed, as `restic init` makes it) backing up the database file
 /// at the same points of the trace.
-fn restic(batches: &[Batch], every: usize) -> anyhow::Result<()> {
+fn restic(batches: &[Batch], every: usize) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir_in(bench_data())?;
     let repo = dir.path().join("restic");
     let db = dir.path().join("lightningd.sqlite3");
@@ -163,6 +190,5 @@ fn restic(batches: &[Batch], every: usize) -> anyhow::Result<()> {
         mb(total)
     );
     println!("<!-- restic series total {total} -->");
-    println!("RESTIC_SERIES_BYTES={total}");
-    Ok(())
+    Ok(total)
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cln_backup_benches::measure::{self, timed, AnonPeak};
+use cln_backup_benches::measure::{self, target, timed, AnonPeak};
 use cln_backup_benches::{arg, bench_data, flag, gen, mb, parse_chunker};
 use rayon::prelude::*;
 use store::config::ConfigBody;
@@ -37,11 +37,46 @@ fn main() -> anyhow::Result<()> {
     if flag("--raw") {
         raw(&g.base)?;
     }
-    if flag("--restic") {
-        restic(&g)?;
+    // restic first, then each variant: `--variants pages:1,pages:1+enc,cdc:16384`.
+    if flag("--restic") || arg("--variants").is_some() {
+        println!("| tool | first snapshot | incremental (1% pages changed) | stored by first | added by incremental | chunks / new chunks in incremental | manifest bytes first / incremental | peak anonymous memory | peak RSS (counts the mapped file) |");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
-    if let Some(c) = arg("--chunker") {
-        ours(&g, &c, flag("--encrypt"))?;
+    let r = if flag("--restic") {
+        Some(restic(&g)?)
+    } else {
+        None
+    };
+    let variants = arg("--variants").unwrap_or_default();
+    let mut verdicts = Vec::new();
+    for v in variants.split(',').filter(|v| !v.is_empty()) {
+        let (c, encrypt) = match v.strip_suffix("+enc") {
+            Some(c) => (c, true),
+            None => (v, false),
+        };
+        let o = ours(&g, c, encrypt)?;
+        if let (Some(r), true) = (&r, c == "pages:1") {
+            let enc = if encrypt { ", encrypted" } else { "" };
+            let mb = mb(g.size);
+            verdicts.push(target(
+                &format!("first snapshot of the {mb:.0} MB database <= 0.3x restic's time{enc}"),
+                o.0.as_secs_f64() / r.0.as_secs_f64(),
+                0.3,
+            ));
+            verdicts.push(target(
+                &format!("incremental snapshot (1% of pages changed) <= 0.1x restic's time{enc}"),
+                o.1.as_secs_f64() / r.1.as_secs_f64(),
+                0.1,
+            ));
+            verdicts.push(target(
+                &format!("incremental snapshot stores <= 0.05x restic's added bytes{enc}"),
+                o.2 as f64 / r.2 as f64,
+                0.05,
+            ));
+        }
+    }
+    for v in verdicts {
+        println!("{v}");
     }
     Ok(())
 }
@@ -118,7 +153,8 @@ fn raw(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn restic(g: &gen::Generated) -> anyhow::Result<()> {
+/// (first backup time, second backup time, bytes the second added)
+fn restic(g: &gen::Generated) -> anyhow::Result<(Duration, Duration, u64)> {
     let w = workdir("restic")?;
     let repo = w.join("repo");
     let file = w.join("lightningd.sqlite3");
@@ -162,7 +198,7 @@ fn restic(g: &gen::Generated) -> anyhow::Result<()> {
         s2 - s1
     );
     let _ = std::fs::remove_dir_all(&w);
-    Ok(())
+    Ok((t1, t2, s2 - s1))
 }
 
 fn restic_version() -> String {
@@ -175,7 +211,13 @@ fn restic_version() -> String {
         .unwrap_or_default()
 }
 
-fn ours(g: &gen::Generated, chunker: &str, encrypt: bool) -> anyhow::Result<()> {
+/// (first snapshot time, incremental snapshot time, bytes the incremental added)
+fn ours(
+    g: &gen::Generated,
+    chunker: &str,
+    encrypt: bool,
+) -> anyhow::Result<(Duration, Duration, u64)> {
+    measure::reset_peak_rss();
     let name = format!(
         "ours-{}{}",
         chunker.replace(':', "-"),
@@ -252,5 +294,5 @@ fn ours(g: &gen::Generated, chunker: &str, encrypt: bool) -> anyhow::Result<()> 
         m2.stored_bytes
     );
     let _ = std::fs::remove_dir_all(&w);
-    Ok(())
+    Ok((t1, t2, s2 - s1))
 }
