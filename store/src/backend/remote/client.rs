@@ -253,11 +253,14 @@ impl Inner {
         let started = Instant::now();
         let mut wait = self.opts.first_wait;
         let mut waits = 0u32;
+        // Connections dialled (a pooled connection found dead is not counted).
         let mut attempts = 0u32;
         loop {
             let pooled = lock(&self.idle).pop();
             let from_pool = pooled.is_some();
-            attempts += 1;
+            if !from_pool {
+                attempts += 1;
+            }
             let res = match pooled {
                 Some(c) => Ok(c),
                 None => self.dial(),

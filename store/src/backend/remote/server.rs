@@ -229,6 +229,14 @@ impl ServerHandle {
         &self.addrs
     }
 
+    /// Close every live connection now (clients see the link drop, as on a crash) without
+    /// waiting for their threads; the server keeps accepting.
+    pub fn close_connections(&self) {
+        for (s, _) in lock(&self.shared.conns).values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Stop accepting, close every connection (releasing their locks), wait for the threads.
     pub fn stop(mut self) {
         self.shutdown();
@@ -630,6 +638,10 @@ fn append(
         let stored = sh.backend.stream_read(name)?;
         let from = usize::try_from(offset).unwrap_or(usize::MAX);
         if stored.get(from..) == Some(data) {
+            log(
+                6,
+                &format!("journal/{name}.log: the append at {offset} was already stored (re-sent after a lost acknowledgement)"),
+            );
             return Ok(answer(true, len));
         }
     }
