@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod journal;
+pub mod legacy;
 pub mod manifest;
 pub mod model;
 pub mod ops;
