@@ -479,7 +479,10 @@ fn retries_run_out_with_a_message_naming_the_server() {
 
 /// A minimal SOCKS5 relay (no auth, CONNECT) that sends every request to `target`, the way Tor
 /// resolves an .onion name itself; it records the address type and name it was asked for.
-fn socks_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<(u8, String)>>>) {
+/// (address type, address) of each CONNECT the relay received.
+type Seen = Arc<Mutex<Vec<(u8, String)>>>;
+
+fn socks_relay(target: SocketAddr) -> (SocketAddr, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
