@@ -17,7 +17,9 @@
 
 pub mod dir;
 pub mod fault;
+pub mod multi;
 pub mod remote;
+pub mod s3;
 
 use crate::error::Result;
 
@@ -126,8 +128,13 @@ pub fn open(
                 remote::RemoteOptions::default(),
             )?))
         }
-        BackupUrl::S3 { .. } => Err(crate::Error::Invalid(format!(
-            "{url}: s3 destinations are not built yet"
-        ))),
+        // The bucket must exist: `create` has nothing to do here.
+        BackupUrl::S3 {
+            bucket,
+            prefix,
+            params,
+        } => Ok(std::sync::Arc::new(s3::S3Backend::open(
+            bucket, prefix, params,
+        )?)),
     }
 }
