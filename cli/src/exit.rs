@@ -62,7 +62,8 @@ pub fn report(e: &anyhow::Error, json: bool) -> i32 {
     // anyhow's alternate form joins the context chain with ": " on one line.
     let line = format!("{e:#}").replace('\n', " ");
     eprintln!("backup-cli: error: {line}");
-    if json {
+    // verify --json has printed its report (with the problems) already.
+    if json && code != PROBLEMS {
         println!(
             "{}",
             serde_json::json!({ "error": line, "exit_code": code })

@@ -49,8 +49,8 @@ struct InitOutput {
 
 /// Is there a repository (or something else) at `url`? For a local directory, a non-empty
 /// directory that is not a repository counts too: init would mix its files into it.
-fn existing(url: &BackupUrl) -> Result<Option<String>> {
-    match Repository::open(url, None) {
+fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
+    match Repository::open(url, key.cloned()) {
         Err(store::Error::NoRepository { .. }) => {}
         Ok(_) | Err(store::Error::KeyRequired) | Err(store::Error::WrongKey { .. }) => {
             return Ok(Some(format!("a repository already exists at {url}")))
@@ -144,30 +144,11 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
         }
     }
 
-    // 2. The destination must be empty (or moved aside with --force).
-    let mut moved_aside = None;
-    if let Some(what) = existing(&url)? {
-        if !a.force {
-            return Err(refused(format!(
-                "{what}; the plugin continues an existing repository as it is. \
-                 To start over, use --force (a local repository is moved aside, not deleted)"
-            )));
-        }
-        match &url {
-            BackupUrl::File(p) => moved_aside = Some(node::move_aside(p)?),
-            _ => {
-                return Err(refused(format!(
-                    "{what}; --force cannot move a remote repository aside: remove it there first"
-                )))
-            }
-        }
-    }
-
-    // 3. The key: reuse one that exists (never overwrite a key), else create it.
+    // 2. The key: reuse one that exists (never overwrite a key), else make one (written below).
     let encrypt = !a.no_encryption;
     let mut key_file: Option<PathBuf> = None;
     let mut key_created = false;
-    let mut created_path: Option<PathBuf> = None;
+    let mut to_write = false;
     let key = if !encrypt {
         None
     } else {
@@ -184,18 +165,43 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
                 "init reuses an existing key file rather than overwrite it; move it aside to create a new key",
             )?
         } else {
-            let k = if g.key_phrase {
+            to_write = true;
+            if g.key_phrase {
                 keys::read_phrase()?
             } else {
                 key_created = true;
                 MasterKey::generate()
-            };
-            write_new_key(&path, &k)?;
-            created_path = Some(path.clone());
-            k
+            }
         };
         key_file = Some(path);
         Some(k)
+    };
+
+    // 3. The destination must be empty (or moved aside with --force).
+    let mut moved_aside = None;
+    if let Some(what) = existing(&url, key.as_ref())? {
+        if !a.force {
+            return Err(refused(format!(
+                "{what}; the plugin continues an existing repository as it is. \
+                 To start over, use --force (a local repository is moved aside, not deleted)"
+            )));
+        }
+        match &url {
+            BackupUrl::File(p) => moved_aside = Some(node::move_aside(p)?),
+            _ => {
+                return Err(refused(format!(
+                    "{what}; --force cannot move a remote repository aside: remove it there first"
+                )))
+            }
+        }
+    }
+
+    let created_path = match (&key, &key_file) {
+        (Some(k), Some(p)) if to_write => {
+            write_new_key(p, k)?;
+            Some(p.clone())
+        }
+        _ => None,
     };
 
     // 4. The repository.

@@ -1,0 +1,9 @@
+//! Integration tests of `backup-cli`: every command run as the built binary, on real files,
+//! with databases compared against lightningd's real ones (testdata/db-s*.sqlite3).
+
+mod common;
+mod init;
+mod keys;
+mod maintenance;
+mod restore;
+mod server;
