@@ -76,7 +76,7 @@ start() {
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
   setsid "${state}/venv/bin/weed" -logdir="${data}/log" mini \
     -dir="${data}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -bucket="${bucket}" -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -bucket="${bucket}" -s3.autoCreateBucket=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
     -s3.port="${port}" -s3.port.grpc="${grpc_s3}" \
     -master.port="${master}" -master.port.grpc="${grpc_master}" \
     -volume.port="${volume}" -volume.port.grpc="${grpc_volume}" \

@@ -402,6 +402,7 @@ impl Weed {
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
                 "-bucket=cln-backup-test",
+                "-s3.autoCreateBucket=false",
                 "-webdav=false",
                 "-admin.ui=false",
                 "-s3.port.iceberg=0",
