@@ -89,6 +89,10 @@ fn round_trip(listen: &str) {
         Error::NotFound { .. }
     ));
     assert!(c.get_range("packs/ab", 5, 10).unwrap_err().is_corruption());
+    assert!(matches!(
+        c.get_range("packs/zz", 0, 0).unwrap_err(),
+        Error::NotFound { .. }
+    ));
     assert_eq!(
         names(&c.list("packs/").unwrap()),
         [("packs/aa", 6), ("packs/ab", 7)]

@@ -332,7 +332,8 @@ impl Backend for RemoteBackend {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| Error::Invalid(format!("{name}: range overflows")))?;
-        while at < end {
+        // At least one request, so a missing object is NotFound even for an empty range.
+        loop {
             let n = (end - at).min(MAX_DATA as u64);
             let b = self.inner.call(&Request::GetRange {
                 name,
@@ -349,8 +350,10 @@ impl Backend for RemoteBackend {
             }
             out.extend_from_slice(&piece);
             at += n;
+            if at >= end {
+                return Ok(out);
+            }
         }
-        Ok(out)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
