@@ -79,7 +79,7 @@ fn plugin_path() -> String {
         .unwrap_or_else(|| "/path/to/cln-backup".into())
 }
 
-fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
+pub fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -97,6 +97,73 @@ fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
             .with_context(|| format!("syncing {}", d.display()))?;
     }
     Ok(())
+}
+
+/// The key of a repository about to be created.
+pub struct NewKey {
+    pub key: Option<MasterKey>,
+    pub path: Option<PathBuf>,
+    /// Generated now (so its phrase must be shown).
+    pub created: bool,
+    /// The file does not exist yet: [`NewKey::write`] creates it.
+    to_write: bool,
+}
+
+impl NewKey {
+    /// Write the key file if it is new (mode 0400, synced); returns its path if it wrote one.
+    pub fn write(&self) -> Result<Option<PathBuf>> {
+        match (&self.key, &self.path) {
+            (Some(k), Some(p)) if self.to_write => {
+                write_new_key(p, k)?;
+                Ok(Some(p.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Find or make the key for a new repository: an existing key file (--key-file,
+/// $CLN_BACKUP_KEY_FILE, DIR/backup.key) is reused, never overwritten; else the key is the
+/// --key-phrase's or a new random one, to be written there.
+pub fn new_key(g: &Global, encrypt: bool, dir: Option<&Path>) -> Result<NewKey> {
+    if !encrypt {
+        return Ok(NewKey {
+            key: None,
+            path: None,
+            created: false,
+            to_write: false,
+        });
+    }
+    let path = keys::explicit_file(g)
+        .or_else(|| dir.map(|d| d.join(KEY_FILE_NAME)))
+        .ok_or_else(|| {
+            usage(
+                "an encrypted repository needs a place for its key: give --lightning-dir DIR \
+                 (writes DIR/backup.key) or --key-file PATH, or choose --no-encryption",
+            )
+        })?;
+    if path.exists() {
+        let k = keys::read_key_file(&path).context(
+            "an existing key file is reused, never overwritten; move it aside to create a new key",
+        )?;
+        return Ok(NewKey {
+            key: Some(k),
+            path: Some(path),
+            created: false,
+            to_write: false,
+        });
+    }
+    let (k, created) = if g.key_phrase {
+        (keys::read_phrase()?, false)
+    } else {
+        (MasterKey::generate(), true)
+    };
+    Ok(NewKey {
+        key: Some(k),
+        path: Some(path),
+        created,
+        to_write: true,
+    })
 }
 
 pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
@@ -146,36 +213,8 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 2. The key: reuse one that exists (never overwrite a key), else make one (written below).
     let encrypt = !a.no_encryption;
-    let mut key_file: Option<PathBuf> = None;
-    let mut key_created = false;
-    let mut to_write = false;
-    let key = if !encrypt {
-        None
-    } else {
-        let path = keys::explicit_file(g)
-            .or_else(|| dir.map(|d| d.join(KEY_FILE_NAME)))
-            .ok_or_else(|| {
-                usage(
-                    "an encrypted repository needs a place for its key: give --lightning-dir DIR \
-                     (writes DIR/backup.key) or --key-file PATH, or choose --no-encryption",
-                )
-            })?;
-        let k = if path.exists() {
-            keys::read_key_file(&path).context(
-                "init reuses an existing key file rather than overwrite it; move it aside to create a new key",
-            )?
-        } else {
-            to_write = true;
-            if g.key_phrase {
-                keys::read_phrase()?
-            } else {
-                key_created = true;
-                MasterKey::generate()
-            }
-        };
-        key_file = Some(path);
-        Some(k)
-    };
+    let nk = new_key(g, encrypt, dir)?;
+    let (key, key_file, key_created) = (nk.key.clone(), nk.path.clone(), nk.created);
 
     // 3. The destination must be empty (or moved aside with --force).
     let mut moved_aside = None;
@@ -196,13 +235,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
         }
     }
 
-    let created_path = match (&key, &key_file) {
-        (Some(k), Some(p)) if to_write => {
-            write_new_key(p, k)?;
-            Some(p.clone())
-        }
-        _ => None,
-    };
+    let created_path = nk.write()?;
 
     // 4. The repository.
     let repo = match Repository::init(&url, key.as_ref(), encrypt, ConfigBody::default()) {
