@@ -10,6 +10,8 @@
 //! Without `CLN_BACKUP_S3_URL` the tests print "skipped" and pass, except under CI (`CI` set),
 //! where they fail: CI must run them.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -520,7 +522,10 @@ fn appends_fail_clearly_while_the_server_is_down_and_resume_after() {
     assert_eq!(b.stream_read("0000000000000000").unwrap(), expected);
 }
 
-fn snapshot_of(b: &dyn Backend) -> (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+/// Every object and every stream, with contents.
+type Contents = Vec<(String, Vec<u8>)>;
+
+fn snapshot_of(b: &dyn Backend) -> (Contents, Contents) {
     let mut objects = Vec::new();
     for dir in ["", "packs/", "snapshots/", "journal/"] {
         for o in b.list(dir).unwrap() {
