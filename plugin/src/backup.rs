@@ -1,0 +1,137 @@
+//! The open backup: found through `backup.lock` at the first `db_write`, held for the plugin's life.
+//!
+//! Invariant: the plugin answers `continue` only after `JournalWriter::append` returned Ok, that
+//! is after the batch is durable (fdatasync under `fsync` durability). Every other path answers
+//! an error, and after a failed append every later call is refused too (fail-stop): lightningd
+//! stops without committing, and nothing is acknowledged that is not stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use store::backend::Durability;
+use store::journal::JournalWriter;
+use store::{AppendOutcome, BackupUrl, Batch, MasterKey, Repository};
+
+pub const LOCK_FILE: &str = "backup.lock";
+pub const KEY_FILE: &str = "backup.key";
+
+#[derive(Deserialize)]
+struct LockFile {
+    backend_url: String,
+}
+
+pub struct Backup {
+    pub repo: Repository,
+    pub writer: Arc<Mutex<JournalWriter>>,
+    pub network_dir: PathBuf,
+    /// Whether the first real (non-PRAGMA) batch of this run was stored.
+    pub first_done: bool,
+}
+
+/// The message when `backup.lock` is missing: what it means and what to run.
+pub fn missing_lock_message(dir: &Path) -> String {
+    format!(
+        "Could not find backup.lock in the lightning-dir ({}). cln-backup refuses to let lightningd \
+         write without a backup. Stop lightningd, create the backup with \
+         `backup-cli init --lightning-dir {} file:///path/to/backup`, then start lightningd again.",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// The lock holder text: who holds the repository's writer lock.
+pub fn holder(dir: &Path) -> String {
+    store::repo::holder(&format!(
+        "cln-backup plugin, lightning-dir {}",
+        dir.display()
+    ))
+}
+
+impl Backup {
+    /// Read `backup.lock` (and `backup.key` if present) in `dir`, open the repository and take
+    /// its writer lock.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Backup> {
+        let lock_path = dir.join(LOCK_FILE);
+        let text = match std::fs::read_to_string(&lock_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::bail!(missing_lock_message(dir))
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", lock_path.display())),
+        };
+        let lock: LockFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not valid JSON {{\"backend_url\": URL}}",
+                lock_path.display()
+            )
+        })?;
+        let url = BackupUrl::parse(&lock.backend_url)
+            .with_context(|| format!("backend_url in {}", lock_path.display()))?;
+        let key = read_key(dir)?;
+        let repo = Repository::open(&url, key)
+            .with_context(|| format!("opening the backup at {}", lock.backend_url))?;
+        let writer = repo
+            .writer(&holder(dir), durability)
+            .with_context(|| format!("taking the writer lock of {}", repo.url()))?;
+        Ok(Backup {
+            repo,
+            writer: Arc::new(Mutex::new(writer)),
+            network_dir: dir.to_path_buf(),
+            first_done: false,
+        })
+    }
+
+    pub fn durability(&self) -> Option<Durability> {
+        self.writer.lock().ok().map(|w| w.durability())
+    }
+
+    /// Re-open the journal with another durability (options arrive only at init, after the
+    /// first calls). The caller ensures no one else holds the writer (no compaction runs before
+    /// init). The old writer is closed first: its lock must be released before it is taken again.
+    pub fn reopen(self, durability: Durability) -> Result<Backup> {
+        let Backup {
+            repo,
+            writer,
+            network_dir,
+            first_done,
+        } = self;
+        drop(writer);
+        let writer = repo
+            .writer(&holder(&network_dir), durability)
+            .with_context(|| format!("re-opening the journal of {}", repo.url()))?;
+        Ok(Backup {
+            repo,
+            writer: Arc::new(Mutex::new(writer)),
+            network_dir,
+            first_done,
+        })
+    }
+
+    /// Store one batch durably. Returns the outcome and the journal bytes since the last snapshot.
+    pub fn append(&mut self, batch: &Batch) -> store::Result<(AppendOutcome, u64)> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| store::Error::Invalid("journal writer poisoned".into()))?;
+        let o = w.append(batch)?;
+        Ok((o, w.bytes_since_snapshot()))
+    }
+}
+
+fn read_key(dir: &Path) -> Result<Option<MasterKey>> {
+    let mut path = dir.join(KEY_FILE);
+    if !path.exists() {
+        match std::env::var_os("CLN_BACKUP_KEY_FILE") {
+            Some(p) => path = PathBuf::from(p),
+            None => return Ok(None),
+        }
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(MasterKey::from_file_text(
+        &text,
+        &path.display().to_string(),
+    )?))
+}

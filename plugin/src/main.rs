@@ -1,0 +1,307 @@
+//! `cln-backup`: Core Lightning plugin that makes every `db_write` batch durable in a cln-backup
+//! repository before lightningd commits it.
+//!
+//! Read first: [`protocol`] (the wire, and why it is hand-written), then [`backup`] (the
+//! invariant: `continue` only after a durable append), then [`rpc`] (work off the hook path).
+//!
+//! Life of the process (lightningd v26.06.6, ../shared/NOTES.md section 1):
+//! getmanifest (nothing touched on disk: `lightningd --help` sends it too) -> db_write calls
+//! before init (the first one reads `backup.lock` from the working directory, the node's network
+//! dir, opens the repository and takes its writer lock) -> init (options) -> db_write and RPC
+//! calls -> stdin closes -> exit 0.
+
+mod backup;
+mod options;
+mod protocol;
+mod rpc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use store::{AppendOutcome, Batch};
+
+use backup::Backup;
+use options::Options;
+use protocol::{Incoming, Out, INVALID_PARAMS, METHOD_NOT_FOUND, PLUGIN_ERROR};
+
+struct Plugin {
+    out: Out,
+    dir: PathBuf,
+    opts: Options,
+    initialized: bool,
+    backup: Option<Backup>,
+    /// Set by the first failed append: every later db_write is refused (fail-stop).
+    failed: Option<String>,
+    compaction: Arc<rpc::Compaction>,
+    /// Automatic compaction waits until the journal passes this (raised after a failed try).
+    auto_floor: u64,
+}
+
+impl Plugin {
+    fn handle(&mut self, m: Incoming) {
+        match m {
+            Incoming::Request { id, method, params } => self.request(id, &method, params),
+            Incoming::Notification { method, .. } if method == "shutdown" => {}
+            Incoming::Notification { .. } | Incoming::Other(_) => {}
+        }
+    }
+
+    fn request(&mut self, id: Value, method: &str, params: Value) {
+        let res = match method {
+            "getmanifest" => self.out.result(&id, options::manifest()),
+            "init" => self.init(&id, &params),
+            "db_write" => self.db_write(&id, &params),
+            "backup-compact" | "backup-status" | "backup-snapshots" => match &self.backup {
+                None => self.out.error(
+                    &id,
+                    PLUGIN_ERROR,
+                    &format!(
+                        "the backup is not open: {}",
+                        self.failed.as_deref().unwrap_or("no db_write received yet")
+                    ),
+                ),
+                Some(b) => match method {
+                    "backup-compact" => {
+                        if rpc::start_compaction(b, &self.compaction, &self.out, Some(id.clone())) {
+                            Ok(())
+                        } else {
+                            self.out.error(&id, PLUGIN_ERROR, "a compaction is already running; try again when it ends (see backup-status)")
+                        }
+                    }
+                    "backup-status" => {
+                        rpc::status(
+                            b,
+                            &self.compaction,
+                            &self.out,
+                            id,
+                            self.opts.durability.name(),
+                        );
+                        Ok(())
+                    }
+                    _ => {
+                        rpc::snapshots(b, &self.out, id);
+                        Ok(())
+                    }
+                },
+            },
+            _ => self.out.error(
+                &id,
+                METHOD_NOT_FOUND,
+                &format!("cln-backup has no method {method}"),
+            ),
+        };
+        if let Err(e) = res {
+            eprintln!("cln-backup: writing to lightningd failed: {e}");
+        }
+    }
+
+    fn init(&mut self, id: &Value, params: &Value) -> std::io::Result<()> {
+        let opts = match Options::from_init(params) {
+            Ok(o) => o,
+            Err(e) => {
+                self.out.log("broken", &e);
+                return self.out.error(id, INVALID_PARAMS, &e);
+            }
+        };
+        if let Some(w) = options::non_sqlite_wallet(params) {
+            self.out.log("broken", &options::sqlite_only_message(&w));
+        }
+        options::check_wallet_in_background(params, &self.dir, &self.out);
+        self.opts = opts;
+        self.initialized = true;
+        // Writes before init used the default durability; switch now if asked.
+        if let Some(b) = self.backup.take() {
+            if b.durability() != Some(self.opts.durability) && !self.compaction.running() {
+                match b.reopen(self.opts.durability) {
+                    Ok(b) => self.backup = Some(b),
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        self.out.log("broken", &msg);
+                        self.failed = Some(msg);
+                    }
+                }
+            } else {
+                self.backup = Some(b);
+            }
+        }
+        let state = match &self.backup {
+            Some(b) => format!(
+                "backing up to {} ({}), durability {}",
+                b.repo.url(),
+                if b.repo.is_encrypted() {
+                    "encrypted"
+                } else {
+                    "not encrypted"
+                },
+                self.opts.durability.name()
+            ),
+            None => "no backup open yet".into(),
+        };
+        self.out.log(
+            "info",
+            &format!(
+                "cln-backup {} initialized: {state}; automatic compaction {}",
+                env!("CARGO_PKG_VERSION"),
+                match self.opts.compact_journal_bytes {
+                    0 => "off".to_string(),
+                    n => format!("when the journal since the last snapshot passes {n} bytes"),
+                }
+            ),
+        );
+        self.out.result(id, json!({}))
+    }
+
+    fn db_write(&mut self, id: &Value, params: &Value) -> std::io::Result<()> {
+        let batch = match parse_batch(params) {
+            Some(b) => b,
+            None => {
+                let msg = format!("db_write with malformed params, refusing it: {params}");
+                self.out.log("broken", &msg);
+                return self.out.error(id, INVALID_PARAMS, &msg);
+            }
+        };
+        match self.append(&batch) {
+            Ok(()) => self.out.result(id, json!({"result": "continue"})),
+            Err(msg) => {
+                self.out.log("broken", &msg);
+                self.out.error(id, PLUGIN_ERROR, &msg)
+            }
+        }
+    }
+
+    /// The hook path: open on first use, one durable append, log the first-write outcome.
+    fn append(&mut self, batch: &Batch) -> Result<(), String> {
+        let v = batch.data_version;
+        if let Some(f) = &self.failed {
+            return Err(format!(
+                "refusing db_write for data_version {v}: the backup stopped after an earlier failure ({f}). Restart lightningd once the cause is fixed."
+            ));
+        }
+        if self.backup.is_none() {
+            let b = Backup::open(&self.dir, self.opts.durability).map_err(|e| format!("{e:#}"))?;
+            {
+                let w = b
+                    .writer
+                    .lock()
+                    .map_err(|_| "journal writer poisoned".to_string())?;
+                if let Some(note) = w.recovery_note() {
+                    self.out
+                        .log("unusual", &format!("journal recovery: {note}"));
+                }
+                self.out.log(
+                    "info",
+                    &format!(
+                        "cln-backup: backup {} opened ({}), it holds data_version {}",
+                        b.repo.url(),
+                        if b.repo.is_encrypted() {
+                            "encrypted"
+                        } else {
+                            "not encrypted"
+                        },
+                        w.last_version().map_or("none".into(), |l| l.to_string())
+                    ),
+                );
+            }
+            self.backup = Some(b);
+        }
+        let Some(b) = self.backup.as_mut() else {
+            return Err("internal: backup not open".into());
+        };
+        match b.append(batch) {
+            Ok((outcome, journal_bytes)) => {
+                if !b.first_done && outcome != AppendOutcome::Pragma {
+                    b.first_done = true;
+                    match outcome {
+                        AppendOutcome::VersionsMatch => self.out.log(
+                            "info",
+                            &format!("Versions match up: the backup continues at data_version {v}"),
+                        ),
+                        AppendOutcome::Superseded { version } => self.out.log(
+                            "unusual",
+                            &format!(
+                                "Last changes not applied: lightningd stopped after the backup stored data_version {version} but before committing it; the batch it sends now replaces that one"
+                            ),
+                        ),
+                        _ => {}
+                    }
+                }
+                self.maybe_compact(journal_bytes);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = match &e {
+                    store::Error::BackupBehind { .. } | store::Error::BackupAhead { .. } => e.to_string(),
+                    _ => format!(
+                        "cannot store db_write data_version {v} in the backup {}: {e}. lightningd stops without committing it; fix the cause and start lightningd again.",
+                        b.repo.url()
+                    ),
+                };
+                self.failed = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self, journal_bytes: u64) {
+        let limit = self.opts.compact_journal_bytes;
+        if !self.initialized || limit == 0 || journal_bytes < limit.max(self.auto_floor) {
+            return;
+        }
+        if self.compaction.running() {
+            return;
+        }
+        if let Some(b) = &self.backup {
+            // If this one makes no progress, do not retry at every call: wait for a quarter more.
+            self.auto_floor = journal_bytes + limit / 4;
+            rpc::start_compaction(b, &self.compaction, &self.out, None);
+        }
+    }
+}
+
+fn parse_batch(params: &Value) -> Option<Batch> {
+    let data_version = u32::try_from(params.get("data_version")?.as_u64()?).ok()?;
+    let writes = params
+        .get("writes")?
+        .as_array()?
+        .iter()
+        .map(|w| w.as_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()?;
+    Some(Batch {
+        data_version,
+        writes,
+    })
+}
+
+fn main() -> ExitCode {
+    let dir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cln-backup: no working directory: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut p = Plugin {
+        out: Out::stdout(),
+        dir,
+        opts: Options::default(),
+        initialized: false,
+        backup: None,
+        failed: None,
+        compaction: Arc::default(),
+        auto_floor: 0,
+    };
+    for m in protocol::messages(std::io::stdin().lock()) {
+        match m {
+            Ok(m) => p.handle(m),
+            Err(e) => {
+                eprintln!("cln-backup: unreadable input from lightningd, exiting: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    // stdin closed: lightningd is shutting down (or gone). A compaction still running is cut
+    // short; every step of it is crash-safe and the next one starts over.
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,179 @@
+//! The manifest, the plugin's options (which arrive only at init), and the SQLite-only check.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use store::backend::Durability;
+
+use crate::protocol::Out;
+
+pub const OPT_COMPACT_BYTES: &str = "backup-compact-journal-bytes";
+pub const OPT_DURABILITY: &str = "backup-durability";
+pub const DEFAULT_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// Start a compaction when the journal since the last snapshot passes this; 0 = never.
+    pub compact_journal_bytes: u64,
+    pub durability: Durability,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            compact_journal_bytes: DEFAULT_COMPACT_BYTES,
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+impl Options {
+    /// Read our options from init's params; absent ones keep their defaults.
+    pub fn from_init(params: &Value) -> Result<Options, String> {
+        let mut o = Options::default();
+        let opts = params.get("options").cloned().unwrap_or(Value::Null);
+        if let Some(v) = opts.get(OPT_COMPACT_BYTES) {
+            o.compact_journal_bytes = v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| {
+                    format!("{OPT_COMPACT_BYTES} must be a byte count (0 disables), not {v}")
+                })?;
+        }
+        if let Some(v) = opts.get(OPT_DURABILITY) {
+            o.durability = v
+                .as_str()
+                .and_then(Durability::parse)
+                .ok_or_else(|| format!("{OPT_DURABILITY} must be fsync or flush, not {v}"))?;
+        }
+        Ok(o)
+    }
+}
+
+pub fn manifest() -> Value {
+    json!({
+        "options": [
+            {
+                "name": OPT_COMPACT_BYTES,
+                "type": "int",
+                "default": DEFAULT_COMPACT_BYTES,
+                "description": "Make a snapshot in the background when the journal since the last one passes this many bytes (0: only on backup-compact)"
+            },
+            {
+                "name": OPT_DURABILITY,
+                "type": "string",
+                "default": "fsync",
+                "description": "fsync: each change is on stable storage before lightningd commits it (survives power loss); flush: only handed to the OS (survives a crash of lightningd, not of the machine)"
+            }
+        ],
+        "rpcmethods": [
+            {
+                "name": "backup-compact",
+                "usage": "",
+                "description": "Make a snapshot of the database now, in the background; answers when it is stored (keys before/after as the old backup plugin, plus snapshot, data_version, bytes_added, dedup_ratio, duration_ms)"
+            },
+            {
+                "name": "backup-status",
+                "usage": "",
+                "description": "The backup's URL, last data_version, journal bytes since the last snapshot, last snapshot, whether a compaction runs"
+            },
+            {
+                "name": "backup-snapshots",
+                "usage": "",
+                "description": "The snapshots in the backup, oldest first"
+            }
+        ],
+        "hooks": ["db_write"],
+        "subscriptions": [],
+        "dynamic": false,
+        "nonnumericids": true
+    })
+}
+
+/// A `wallet` setting in init's params that is not SQLite (lightningd does not send it today:
+/// see [`check_wallet_in_background`]).
+pub fn non_sqlite_wallet(params: &Value) -> Option<String> {
+    ["options", "configuration"]
+        .iter()
+        .filter_map(|k| params.get(*k)?.get("wallet")?.as_str())
+        .find(|w| !w.starts_with("sqlite3"))
+        .map(str::to_string)
+}
+
+pub fn sqlite_only_message(wallet: &str) -> String {
+    format!(
+        "cln-backup works with SQLite databases only, but wallet is {wallet}: lightningd does not call the db_write hook for it, so nothing is backed up. Use PostgreSQL's own replication instead."
+    )
+}
+
+/// Ask lightningd for its `wallet` setting over its RPC socket, on a thread (never on the hook
+/// path, never waited for), and log if it is not SQLite. Silent if the socket is not there.
+pub fn check_wallet_in_background(params: &Value, dir: &Path, out: &Out) {
+    let rpc_file = params
+        .get("configuration")
+        .and_then(|c| c.get("rpc-file"))
+        .and_then(Value::as_str)
+        .unwrap_or("lightning-rpc");
+    let path = dir.join(rpc_file);
+    let out = out.clone();
+    std::thread::spawn(move || {
+        let wallet = (|| -> std::io::Result<Option<String>> {
+            let mut s = UnixStream::connect(&path)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let req = json!({"jsonrpc": "2.0", "id": "cln-backup:listconfigs#1",
+                "method": "listconfigs", "params": {"config": "wallet"}});
+            s.write_all(req.to_string().as_bytes())?;
+            let mut r = BufReader::new(s);
+            let mut de = serde_json::Deserializer::from_reader(&mut r).into_iter::<Value>();
+            let v = match de.next() {
+                Some(Ok(v)) => v,
+                _ => return Ok(None),
+            };
+            let _ = r.fill_buf();
+            Ok(v.pointer("/result/configs/wallet/value_str")
+                .and_then(Value::as_str)
+                .map(str::to_string))
+        })();
+        if let Ok(Some(w)) = wallet {
+            if !w.starts_with("sqlite3") {
+                out.log("broken", &sqlite_only_message(&w));
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn options_from_init() {
+        let o = Options::from_init(&json!({"options": {}})).unwrap();
+        assert_eq!(o, Options::default());
+        let o = Options::from_init(
+            &json!({"options": {OPT_COMPACT_BYTES: 0, OPT_DURABILITY: "flush"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.compact_journal_bytes, o.durability),
+            (0, Durability::Flush)
+        );
+        let o = Options::from_init(&json!({"options": {OPT_COMPACT_BYTES: "1000"}})).unwrap();
+        assert_eq!(o.compact_journal_bytes, 1000);
+        assert!(Options::from_init(&json!({"options": {OPT_DURABILITY: "maybe"}})).is_err());
+        assert!(Options::from_init(&json!({"options": {OPT_COMPACT_BYTES: -1}})).is_err());
+    }
+
+    #[test]
+    fn postgres_wallet_is_named() {
+        let p = json!({"options": {"wallet": "postgres://u@h/db"}});
+        assert_eq!(non_sqlite_wallet(&p).as_deref(), Some("postgres://u@h/db"));
+        assert_eq!(
+            non_sqlite_wallet(&json!({"options": {"wallet": "sqlite3:///x"}})),
+            None
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The plugin's RPC methods. Each runs on its own thread and answers when done, so the main loop
+//! keeps serving `db_write` meanwhile (lightningd passes RPC calls and hook calls concurrently).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use store::ops::compact::{compact, CompactOptions, CompactReport};
+use store::ops::stats::Stats;
+
+use crate::backup::Backup;
+use crate::protocol::{Out, PLUGIN_ERROR};
+
+/// Where compaction keeps its local base copy of the database (beside the node's).
+pub const CACHE_DIR: &str = "cln-backup-cache";
+
+/// Shared between the main loop and the compaction thread.
+#[derive(Default)]
+pub struct Compaction {
+    running: AtomicBool,
+    /// The last compaction's reply (or error), for `backup-status`.
+    last: Mutex<Option<Value>>,
+}
+
+impl Compaction {
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+    pub fn last(&self) -> Value {
+        self.last
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// Clears `running` however the thread ends.
+struct Running(Arc<Compaction>);
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
+}
+
+fn stats_json(s: &Stats) -> Value {
+    json!({"backupsize": s.backup_size, "version_count": s.version_count})
+}
+
+/// The old plugin's keys (`before`/`after` with `backupsize` and `version_count`), and ours.
+pub fn compact_reply(r: &CompactReport) -> Value {
+    json!({
+        "before": stats_json(&r.before),
+        "after": stats_json(&r.after),
+        "snapshot": r.snapshot.as_ref().map(|s| s.id.clone()),
+        "data_version": r.snapshot.as_ref().map(|s| s.data_version),
+        "bytes_added": r.bytes_added,
+        "dedup_ratio": r.dedup_ratio,
+        "duration_ms": r.duration_ms,
+        "note": r.note,
+    })
+}
+
+/// Start a compaction on its own thread. `reply_to` is the RPC id to answer when it ends (None
+/// for an automatic one, which only logs). Returns false if one is already running.
+pub fn start_compaction(
+    backup: &Backup,
+    state: &Arc<Compaction>,
+    out: &Out,
+    reply_to: Option<Value>,
+) -> bool {
+    if state
+        .running
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return false;
+    }
+    let guard = Running(state.clone());
+    let repo = backup.repo.clone();
+    let writer = backup.writer.clone();
+    let opts = CompactOptions {
+        cache_dir: backup.network_dir.join(CACHE_DIR),
+        holder: store::repo::holder(&format!(
+            "cln-backup plugin compaction, lightning-dir {}",
+            backup.network_dir.display()
+        )),
+    };
+    let out = out.clone();
+    let spawned = std::thread::Builder::new()
+        .name("compaction".into())
+        .spawn(move || {
+            let what = if reply_to.is_some() { "backup-compact" } else { "automatic compaction" };
+            let res = compact(&repo, &writer, &opts);
+            let (value, logline) = match &res {
+                Ok(r) => {
+                    let v = compact_reply(r);
+                    let line = match &r.snapshot {
+                        Some(s) => format!(
+                            "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes",
+                            s.id, s.data_version, r.bytes_added, r.dedup_ratio, r.duration_ms,
+                            r.before.backup_size, r.after.backup_size
+                        ),
+                        None => format!("{what}: no snapshot made ({})", r.note.as_deref().unwrap_or("nothing to do")),
+                    };
+                    (v, ("info", line))
+                }
+                Err(e) => (
+                    json!({"error": e.to_string()}),
+                    ("unusual", format!("{what} failed: {e}. The journal keeps every change; hooks are not affected.")),
+                ),
+            };
+            out.log(logline.0, &logline.1);
+            if let Ok(mut l) = guard.0.last.lock() {
+                *l = Some(value.clone());
+            }
+            drop(guard);
+            if let Some(id) = reply_to {
+                let _ = match res {
+                    Ok(_) => out.result(&id, value),
+                    Err(e) => out.error(&id, PLUGIN_ERROR, &format!("{what} failed: {e}")),
+                };
+            }
+        });
+    spawned.is_ok()
+}
+
+/// `backup-status`, answered from its own thread (listing snapshots may take a while remotely).
+pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, durability: &str) {
+    let repo = backup.repo.clone();
+    let writer = backup.writer.clone();
+    let state = state.clone();
+    let out = out.clone();
+    let durability = durability.to_string();
+    let network_dir: PathBuf = backup.network_dir.clone();
+    std::thread::spawn(move || {
+        let (last, bytes) = match writer.lock() {
+            Ok(w) => (w.last_version(), w.bytes_since_snapshot()),
+            Err(_) => (None, 0),
+        };
+        let snaps = store::ops::snapshots::list(&repo);
+        let reply = match snaps {
+            Ok(s) => out.result(
+                &id,
+                json!({
+                    "url": repo.url(),
+                    "encrypted": repo.is_encrypted(),
+                    "durability": durability,
+                    "lightning_dir": network_dir.display().to_string(),
+                    "data_version": last,
+                    "journal_bytes_since_snapshot": bytes,
+                    "snapshot_count": s.len(),
+                    "last_snapshot": s.last(),
+                    "compaction_running": state.running(),
+                    "last_compaction": state.last(),
+                }),
+            ),
+            Err(e) => out.error(&id, PLUGIN_ERROR, &format!("backup-status: {e}")),
+        };
+        let _ = reply;
+    });
+}
+
+/// `backup-snapshots`: every snapshot, oldest first.
+pub fn snapshots(backup: &Backup, out: &Out, id: Value) {
+    let repo = backup.repo.clone();
+    let out = out.clone();
+    std::thread::spawn(move || {
+        let _ = match store::ops::snapshots::list(&repo) {
+            Ok(s) => out.result(&id, json!({ "snapshots": s })),
+            Err(e) => out.error(&id, PLUGIN_ERROR, &format!("backup-snapshots: {e}")),
+        };
+    });
+}
