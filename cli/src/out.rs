@@ -27,7 +27,9 @@ pub fn bytes(n: u64) -> String {
 /// `850 ms`, `3.2 s`, `4 min 05 s`.
 pub fn duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 {
+    if ms < 10 {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    } else if ms < 1000 {
         format!("{ms} ms")
     } else if ms < 60_000 {
         format!("{:.1} s", d.as_secs_f64())
@@ -110,6 +112,7 @@ mod test {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
         assert_eq!(duration(Duration::from_millis(850)), "850 ms");
+        assert_eq!(duration(Duration::from_micros(420)), "0.42 ms");
         assert_eq!(duration(Duration::from_millis(3200)), "3.2 s");
         assert_eq!(duration(Duration::from_secs(245)), "4 min 05 s");
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");

@@ -2,6 +2,7 @@
 //! with databases compared against lightningd's real ones (testdata/db-s*.sqlite3).
 
 mod common;
+mod demo;
 mod import;
 mod init;
 mod keys;
