@@ -152,16 +152,16 @@ pub struct SessionTimes {
 }
 
 /// Run one lightningd session of `batches` through the plugin, timing each db_write round trip.
-/// With `compact_rpc`, that RPC (e.g. `backup-compact`) is called back to back from init to the
-/// end of the session while the db_write calls go on (lightningd forwards RPC calls to the
-/// plugin between hooks).
+/// With `compact_rpc = Some((method, phase))`, that RPC (e.g. `backup-compact`) is called back to
+/// back during alternating phases of `phase` hooks (on, off, on, ...) after init, while the
+/// db_write calls go on (lightningd forwards RPC calls to the plugin between hooks).
 pub fn session(
     cmd: &[String],
     network_dir: &Path,
     batches: &[Batch],
     fresh: bool,
     options: Value,
-    compact_rpc: Option<&str>,
+    compact_rpc: Option<(&str, usize)>,
 ) -> anyhow::Result<SessionTimes> {
     let mut d = Driver::spawn(cmd, network_dir)?;
     d.call("getmanifest", json!({"allow-deprecated-apis": true}))?;
@@ -179,7 +179,7 @@ pub fn session(
                   "channel_type": "08800000800000"}}}),
             )?;
         }
-        if let (Some(m), true) = (compact_rpc, i >= pre) {
+        if let (Some((m, phase)), true) = (compact_rpc, i >= pre) {
             if let Some((id, sent)) = &pending {
                 if let Some(k) = d.replies.iter().position(|r| &r.0 == id) {
                     let (_, v, at) = d.replies.remove(k);
@@ -190,7 +190,7 @@ pub fn session(
                     pending = None;
                 }
             }
-            if pending.is_none() {
+            if pending.is_none() && ((i - pre) / phase.max(1)) % 2 == 0 {
                 let sent = Instant::now();
                 pending = Some((d.send(m, json!({}))?, sent));
             }

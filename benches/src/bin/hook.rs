@@ -3,32 +3,42 @@
 //! `cargo run --release -p cln-backup-benches --bin hook -- [--inprocess] [--plugin PATH] [--python]
 //!  [--scale-tail N]`
 //!
-//! In-process (`--inprocess`), over the fixture traces s1, s2, s3 (3233 batches, one writer session
-//! each), in a directory on the same filesystem as /work:
-//! - bare `write` of the batch's record bytes at the end of a file + `fdatasync` (what any
-//!   journal must pay), and the same into a preallocated file (no size change to sync: the floor);
-//! - `JournalWriter::append` (fdatasync), plaintext and encrypted;
-//! - the same while compaction runs back to back on another thread (only the appends that
-//!   overlapped a running compaction count), plaintext and encrypted;
-//! - the same on the scale trace's last N batches after its first ones were journaled (a 27 MB
-//!   database to compact: packs of several MB to write and sync beside the hook).
+//! Over the fixture traces s1, s2, s3 (3233 batches of a real node; one session each), in a
+//! directory on the same filesystem as /work:
+//! - bare `write` of each batch's record bytes at the end of a file + `fdatasync` (what any
+//!   journal must pay), and into a preallocated file (no size change to sync: the floor);
+//! - `--python`: benches/python/append_plugin.py (append + fsync per batch) under the ld-emulator
+//!   crate, which drives a plugin process as lightningd v26.06.6 does;
+//! - `--plugin PATH`: the cln-backup binary under ld-emulator, plaintext and encrypted; then with
+//!   `backup-compact` called back to back in alternating phases of 250 hooks (compaction on,
+//!   off, on, ...), through the benches' own driver (the emulator cannot poll for an RPC reply
+//!   between hooks): hooks overlapping a compaction against hooks of the same run that did not;
+//! - `--inprocess`: `JournalWriter::append` (fdatasync), each paired with a bare append +
+//!   fdatasync just before it in the same directory (both see the disk at the same moment); and
+//!   with compaction in alternating phases on another thread, as above; with `--scale-tail N`
+//!   also the scale trace's last N batches after the rest was journaled (a 27 MB database to
+//!   compact: megabytes of packs written and synced beside the hook).
 //!
-//! Through a plugin process (`--plugin PATH` for cln-backup, `--python` for
-//! benches/python/append_plugin.py): driven by the `ld-emulator` crate as lightningd drives it.
+//! Latencies under a drifting load are compared only within one run: paired (bare vs append) or
+//! interleaved (compaction phases vs idle phases).
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cln_backup_benches::driver::{self, SessionTimes};
 use cln_backup_benches::measure::{summary, target};
 use cln_backup_benches::{arg, bench_data, flag, load_trace, testdata};
 use store::config::ConfigBody;
 use store::journal::{Batch, JournalWriter, Record};
 use store::ops::compact::{compact, CompactOptions};
 use store::{BackupUrl, Durability, MasterKey, Repository};
+
+/// Hooks per phase when compaction alternates with idle.
+const PHASE: usize = 250;
 
 type Intervals = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
@@ -37,49 +47,48 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| load_trace(&testdata(t)))
         .collect::<anyhow::Result<_>>()?;
-    println!("| path | batches | p50 µs | p99 µs | max µs | p50 vs bare append+fdatasync |");
+    println!(
+        "| path | calls | p50 µs | p99 µs | max µs | p50 vs bare append+fdatasync (first row) |"
+    );
     println!("|---|---|---|---|---|---|");
     let dir = tempfile::tempdir_in(bench_data())?;
     let flat: Vec<Batch> = sessions.concat();
     let bare = bare_append(dir.path(), &flat, false)?;
     let p50 = summary(&bare).0;
+    let row = |what: &str, v: &[Duration]| {
+        let (a, b, c) = summary(v);
+        println!(
+            "| {what} | {} | {a:.0} | {b:.0} | {c:.0} | {:.2}x |",
+            v.len(),
+            a / p50
+        );
+    };
     row(
         "bare append (`write` at end of file + `fdatasync`), same bytes, same filesystem",
         &bare,
-        p50,
     );
     row(
         "bare overwrite in a preallocated file + `fdatasync` (floor)",
         &bare_append(dir.path(), &flat, true)?,
-        p50,
     );
     let mut verdicts = Vec::new();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/append_plugin.py");
-    let python = vec!["python3".to_string(), script.display().to_string()];
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/append_plugin.py");
     let mut py_p50 = None;
     if flag("--python") {
-        let (all, _) = plugin_sessions(&python, &sessions, None, None)?;
+        let all = emulator_sessions(&python, &sessions, None)?;
         row(
-            "Python plugin (benches/python/append_plugin.py: append + fsync), round trip",
+            "Python plugin (benches/python/append_plugin.py: append + fsync) under ld-emulator",
             &all,
-            p50,
         );
         py_p50 = Some(summary(&all).0);
     }
     if let Some(path) = arg("--plugin") {
-        let cmd = vec![path];
+        let plugin = PathBuf::from(&path);
         for encrypt in [false, true] {
             let enc = if encrypt { ", encrypted" } else { "" };
-            let (all, _) = plugin_sessions(&cmd, &sessions, Some(encrypt), None)?;
-            row(
-                &format!("cln-backup plugin, round trip, idle{enc}"),
-                &all,
-                p50,
-            );
-            let (_, during) =
-                plugin_sessions(&cmd, &sessions, Some(encrypt), Some("backup-compact"))?;
-            row(&format!("cln-backup plugin, round trip, hooks overlapping a `backup-compact` (called back to back){enc}"), &during, p50);
-            let (idle50, idle99, _) = summary(&all);
+            let all = emulator_sessions(&plugin, &sessions, Some(encrypt))?;
+            row(&format!("cln-backup plugin under ld-emulator{enc}"), &all);
+            let idle50 = summary(&all).0;
             if let Some(py) = py_p50 {
                 verdicts.push(target(
                     &format!("plugin hook p50 <= the Python plugin's p50{enc}"),
@@ -92,136 +101,91 @@ fn main() -> anyhow::Result<()> {
                 idle50 / p50,
                 1.3,
             ));
+            let (idle, during) = plugin_compacting(&path, &sessions, encrypt)?;
+            row(
+                &format!("cln-backup plugin (benches driver), idle phases{enc}"),
+                &idle,
+            );
+            row(
+                &format!(
+                    "cln-backup plugin (benches driver), hooks overlapping a `backup-compact`{enc}"
+                ),
+                &during,
+            );
             verdicts.push(target(
                 &format!("plugin hook p99 during compaction <= 2x idle p99{enc}"),
-                summary(&during).1 / idle99,
+                summary(&during).1 / summary(&idle).1,
                 2.0,
             ));
         }
-        if flag("--python") {
-            let (all, _) = plugin_sessions(&python, &sessions, None, None)?;
-            row("Python plugin again (drift check)", &all, p50);
+        if let Some(py) = py_p50 {
+            let all = emulator_sessions(&python, &sessions, None)?;
+            row(
+                &format!("Python plugin again (drift check; first run p50 {py:.0} µs)"),
+                &all,
+            );
         }
     }
     if flag("--inprocess") {
         for encrypt in [false, true] {
             let enc = if encrypt { ", encrypted" } else { "" };
-            let (all, _) = journal(&sessions, encrypt, false)?;
+            let (all, bare) = journal_paired(&sessions, encrypt)?;
+            let paired = summary(&all).0 / summary(&bare).0;
+            row(&format!("bare append + `fdatasync` in the journal's directory, each just before the append below{enc}"), &bare);
             row(
-                &format!("`JournalWriter::append` in-process, idle{enc}"),
+                &format!(
+                    "`JournalWriter::append` in-process{enc} ({paired:.2}x its paired bare append)"
+                ),
                 &all,
-                p50,
             );
-            let (idle50, idle99, _) = summary(&all);
             verdicts.push(target(
-                &format!("in-process append p50 <= 1.3x bare append+fdatasync{enc}"),
-                idle50 / p50,
+                &format!("in-process append p50 <= 1.3x bare append+fdatasync (paired){enc}"),
+                paired,
                 1.3,
             ));
-            let (all, during) = journal(&sessions, encrypt, true)?;
+            let (idle, during) = journal_compacting(&sessions, encrypt)?;
+            row(
+                &format!("`JournalWriter::append` in-process, idle phases{enc}"),
+                &idle,
+            );
+            row(
+                &format!("`JournalWriter::append` in-process, overlapping a compaction{enc}"),
+                &during,
+            );
             verdicts.push(target(
                 &format!(
                     "in-process append p99 during compaction <= 2x idle p99 (fixture traces){enc}"
                 ),
-                summary(&during).1 / idle99,
+                summary(&during).1 / summary(&idle).1,
                 2.0,
             ));
-            row(&format!("`JournalWriter::append` in-process, compaction looping beside it{enc}: all appends"), &all, p50);
-            row(&format!("`JournalWriter::append` in-process, compaction looping beside it{enc}: appends overlapping a compaction"), &during, p50);
         }
         if let Some(n) = arg("--scale-tail") {
             let n: usize = n.parse()?;
             for encrypt in [false, true] {
                 let enc = if encrypt { ", encrypted" } else { "" };
-                let (idle, _) = scale_tail(n, encrypt, false)?;
+                let (idle, during) = scale_tail(n, encrypt)?;
+                row(&format!("scale trace's last {n} batches, 30k-{n} journaled before, idle phases{enc}"), &idle);
                 row(
-                    &format!("scale trace's last {n} batches after 30k-{n} journaled, idle{enc}"),
-                    &idle,
-                    p50,
-                );
-                let (_, during) = scale_tail(n, encrypt, true)?;
-                verdicts.push(target(&format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}"), summary(&during).1 / summary(&idle).1, 2.0));
-                row(
-                    &format!("same, appends overlapping a compaction of the 27 MB database{enc}"),
+                    &format!("same, overlapping a compaction of the 27 MB database{enc}"),
                     &during,
-                    p50,
                 );
+                verdicts.push(target(
+                    &format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}"),
+                    summary(&during).1 / summary(&idle).1,
+                    2.0,
+                ));
             }
         }
     }
     row(
         "bare append + `fdatasync` again, after the runs above (drift check)",
         &bare_append(dir.path(), &flat, false)?,
-        p50,
     );
     for v in verdicts {
         println!("{v}");
     }
     Ok(())
-}
-
-/// The trace's three sessions through a plugin process (s1 as a fresh node, s2 and s3 as
-/// restarts). `repo`: Some(encrypt) to create a cln-backup repository and its backup.lock first.
-fn plugin_sessions(
-    cmd: &[String],
-    sessions: &[Vec<Batch>],
-    repo: Option<bool>,
-    compact_rpc: Option<&str>,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let dir = tempfile::tempdir_in(bench_data())?;
-    let net = dir.path().join("regtest");
-    std::fs::create_dir_all(&net)?;
-    if let Some(encrypt) = repo {
-        let key = MasterKey::generate();
-        let root = dir.path().join("backup");
-        Repository::init(
-            &BackupUrl::File(root.clone()),
-            Some(&key),
-            encrypt,
-            ConfigBody::default(),
-        )?;
-        let url = format!("file://{}", root.display());
-        std::fs::write(
-            net.join("backup.lock"),
-            serde_json::to_vec(&serde_json::json!({ "backend_url": url }))?,
-        )?;
-        if encrypt {
-            std::fs::write(net.join("backup.key"), key.to_file_text())?;
-        }
-    }
-    let mut hooks = Vec::new();
-    let mut compactions = Vec::new();
-    for (i, s) in sessions.iter().enumerate() {
-        let t = cln_backup_benches::driver::session(
-            cmd,
-            &net,
-            s,
-            i == 0,
-            serde_json::json!({}),
-            compact_rpc,
-        )?;
-        hooks.extend(t.hooks);
-        compactions.extend(t.compactions);
-    }
-    if compact_rpc.is_some() {
-        println!(
-            "<!-- {} compactions ran beside {} hooks -->",
-            compactions.len(),
-            hooks.len()
-        );
-    }
-    let iv: Intervals = Arc::new(Mutex::new(compactions));
-    let during = overlapping(&hooks, &iv);
-    Ok((hooks.into_iter().map(|h| h.1).collect(), during))
-}
-
-fn row(what: &str, v: &[Duration], bare_p50: f64) {
-    let (p50, p99, max) = summary(v);
-    println!(
-        "| {what} | {} | {p50:.0} | {p99:.0} | {max:.0} | {:.2}x |",
-        v.len(),
-        p50 / bare_p50
-    );
 }
 
 /// Append each batch's record bytes to a file and fdatasync it.
@@ -265,6 +229,115 @@ fn bare_append(dir: &Path, batches: &[Batch], prealloc: bool) -> anyhow::Result<
     Ok(out)
 }
 
+/// A network directory (and a cln-backup repository with its backup.lock, and backup.key when
+/// encrypted, when `repo` is Some(encrypt)).
+fn network_dir(repo: Option<bool>) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir_in(bench_data())?;
+    let net = dir.path().join("regtest");
+    std::fs::create_dir_all(&net)?;
+    if let Some(encrypt) = repo {
+        let key = MasterKey::generate();
+        let root = dir.path().join("backup");
+        Repository::init(
+            &BackupUrl::File(root.clone()),
+            Some(&key),
+            encrypt,
+            ConfigBody::default(),
+        )?;
+        let url = format!("file://{}", root.display());
+        std::fs::write(
+            net.join("backup.lock"),
+            serde_json::to_vec(&serde_json::json!({ "backend_url": url }))?,
+        )?;
+        if encrypt {
+            std::fs::write(net.join("backup.key"), key.to_file_text())?;
+        }
+    }
+    Ok((dir, net))
+}
+
+/// The three sessions through `plugin` under the ld-emulator crate (s1 a fresh node, s2 and s3
+/// restarts); each db_write's round trip as the emulator records it.
+fn emulator_sessions(
+    plugin: &Path,
+    sessions: &[Vec<Batch>],
+    repo: Option<bool>,
+) -> anyhow::Result<Vec<Duration>> {
+    let (_dir, net) = network_dir(repo)?;
+    let mut out = Vec::new();
+    for (i, s) in sessions.iter().enumerate() {
+        let batches: Vec<emulator::DbWrite> = s
+            .iter()
+            .map(|b| emulator::DbWrite {
+                data_version: b.data_version,
+                writes: b.writes.clone(),
+            })
+            .collect();
+        let opts = emulator::SessionOptions {
+            fresh: i == 0,
+            ..Default::default()
+        };
+        let r = emulator::run_trace_session(plugin, &net, &batches, &opts)?;
+        if let Some(stop) = r.stop {
+            anyhow::bail!(
+                "{} stopped at data_version {}: {} ({:?})",
+                plugin.display(),
+                stop.data_version,
+                stop.reply,
+                r.logs
+            );
+        }
+        out.extend(r.latencies);
+    }
+    Ok(out)
+}
+
+/// The three sessions through the cln-backup plugin with `backup-compact` called back to back in
+/// alternating phases. Returns (hooks overlapping no compaction, hooks overlapping one).
+fn plugin_compacting(
+    plugin: &str,
+    sessions: &[Vec<Batch>],
+    encrypt: bool,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (_dir, net) = network_dir(Some(encrypt))?;
+    let cmd = vec![plugin.to_string()];
+    let mut all = SessionTimes::default();
+    for (i, s) in sessions.iter().enumerate() {
+        let t = driver::session(
+            &cmd,
+            &net,
+            s,
+            i == 0,
+            serde_json::json!({}),
+            Some(("backup-compact", PHASE)),
+        )?;
+        all.hooks.extend(t.hooks);
+        all.compactions.extend(t.compactions);
+    }
+    println!(
+        "<!-- {} compactions ran beside {} hooks -->",
+        all.compactions.len(),
+        all.hooks.len()
+    );
+    Ok(split(&all.hooks, &all.compactions))
+}
+
+/// Split samples into (overlapping no interval, overlapping one).
+fn split(
+    samples: &[(Instant, Duration)],
+    intervals: &[(Instant, Instant)],
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut idle, mut during) = (Vec::new(), Vec::new());
+    for (s, d) in samples {
+        if intervals.iter().any(|(a, b)| *s < *b && *s + *d > *a) {
+            during.push(*d);
+        } else {
+            idle.push(*d);
+        }
+    }
+    (idle, during)
+}
+
 fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     let key = MasterKey::generate();
     Ok(Repository::init(
@@ -275,11 +348,12 @@ fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     )?)
 }
 
-/// Runs compaction back to back until stopped, recording when each ran.
+/// Runs compaction back to back while `enabled`, until `stop`, recording when each ran.
 fn compaction_loop(
     repo: Repository,
     w: Arc<Mutex<JournalWriter>>,
-    cache: std::path::PathBuf,
+    cache: PathBuf,
+    enabled: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     intervals: Intervals,
 ) -> std::thread::JoinHandle<anyhow::Result<u32>> {
@@ -290,37 +364,64 @@ fn compaction_loop(
         };
         let mut snaps = 0;
         while !stop.load(Ordering::Relaxed) {
+            if !enabled.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             let t = Instant::now();
             let r = compact(&repo, &w, &opts)?;
+            intervals
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .push((t, Instant::now()));
             if r.snapshot.is_some() {
                 snaps += 1;
-                intervals
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push((t, Instant::now()));
             } else {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         Ok(snaps)
     })
 }
 
-fn overlapping(samples: &[(Instant, Duration)], intervals: &Intervals) -> Vec<Duration> {
-    let iv = intervals.lock().map(|v| v.clone()).unwrap_or_default();
-    samples
-        .iter()
-        .filter(|(s, d)| iv.iter().any(|(a, b)| *s < *b && *s + *d > *a))
-        .map(|(_, d)| *d)
-        .collect()
-}
-
-/// Append `batches` (one writer session per element) with fdatasync, optionally with compaction
-/// looping beside. Returns all latencies and those that overlapped a compaction.
-fn journal(
+/// Each append paired with a bare append + fdatasync of its record bytes just before it, to a
+/// file in the journal's own directory. Returns (append latencies, bare latencies).
+fn journal_paired(
     sessions: &[Vec<Batch>],
     encrypt: bool,
-    compacting: bool,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let dir = tempfile::tempdir_in(bench_data())?;
+    let repo = new_repo(dir.path(), encrypt)?;
+    let mut f = std::fs::File::create(dir.path().join("repo/journal/bare.log"))?;
+    let mut off = 0u64;
+    let (mut out, mut bare) = (Vec::new(), Vec::new());
+    for s in sessions {
+        let mut w = repo.writer("bench", Durability::Fsync)?;
+        for b in s {
+            let rec = Record {
+                batch: b.clone(),
+                supersedes: false,
+            }
+            .encode();
+            let t = Instant::now();
+            f.write_all_at(&rec, off)?;
+            f.sync_data()?;
+            bare.push(t.elapsed());
+            off += rec.len() as u64;
+            let t = Instant::now();
+            w.append(b)?;
+            out.push(t.elapsed());
+        }
+    }
+    f.flush()?;
+    Ok((out, bare))
+}
+
+/// Append `batches` (one writer session each) with compaction on another thread in alternating
+/// phases. Returns (appends overlapping no compaction, appends overlapping one).
+fn journal_compacting(
+    sessions: &[Vec<Batch>],
+    encrypt: bool,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let dir = tempfile::tempdir_in(bench_data())?;
     let repo = new_repo(dir.path(), encrypt)?;
@@ -329,45 +430,57 @@ fn journal(
     let mut snaps = 0;
     for s in sessions {
         let w = Arc::new(Mutex::new(repo.writer("bench", Durability::Fsync)?));
-        let stop = Arc::new(AtomicBool::new(false));
-        let h = compacting.then(|| {
-            compaction_loop(
-                repo.clone(),
-                w.clone(),
-                dir.path().join("cache"),
-                stop.clone(),
-                intervals.clone(),
-            )
-        });
-        for b in s {
-            let t = Instant::now();
-            w.lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .append(b)?;
-            samples.push((t, t.elapsed()));
-        }
-        stop.store(true, Ordering::Relaxed);
-        if let Some(h) = h {
-            snaps += h
-                .join()
-                .map_err(|_| anyhow::anyhow!("compaction thread panicked"))??;
-        }
+        snaps += appends_with_compaction(
+            &repo,
+            &w,
+            s,
+            &dir.path().join("cache"),
+            &intervals,
+            &mut samples,
+        )?;
     }
-    if compacting {
-        println!(
-            "<!-- {snaps} compactions ran beside {} appends -->",
-            samples.len()
-        );
-    }
-    let during = overlapping(&samples, &intervals);
-    Ok((samples.into_iter().map(|s| s.1).collect(), during))
+    println!(
+        "<!-- {snaps} compactions ran beside {} appends -->",
+        samples.len()
+    );
+    let iv = intervals.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(split(&samples, &iv))
 }
 
-fn scale_tail(
-    n: usize,
-    encrypt: bool,
-    compacting: bool,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+fn appends_with_compaction(
+    repo: &Repository,
+    w: &Arc<Mutex<JournalWriter>>,
+    batches: &[Batch],
+    cache: &Path,
+    intervals: &Intervals,
+    samples: &mut Vec<(Instant, Duration)>,
+) -> anyhow::Result<u32> {
+    let enabled = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = compaction_loop(
+        repo.clone(),
+        w.clone(),
+        cache.to_path_buf(),
+        enabled.clone(),
+        stop.clone(),
+        intervals.clone(),
+    );
+    for (i, b) in batches.iter().enumerate() {
+        enabled.store((i / PHASE) % 2 == 0, Ordering::Relaxed);
+        let t = Instant::now();
+        w.lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .append(b)?;
+        samples.push((t, t.elapsed()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    h.join()
+        .map_err(|_| anyhow::anyhow!("compaction thread panicked"))?
+}
+
+/// The scale trace's last `n` batches appended with fdatasync after the others were journaled
+/// (page cache only) and compacted once, with compaction in alternating phases.
+fn scale_tail(n: usize, encrypt: bool) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let batches = load_trace(&testdata("trace-scale-30k.jsonl.zst"))?;
     let (head, tail) = batches.split_at(batches.len().saturating_sub(n));
     let dir = tempfile::tempdir_in(bench_data())?;
@@ -379,44 +492,23 @@ fn scale_tail(
         }
     }
     let w = Arc::new(Mutex::new(repo.writer("bench", Durability::Fsync)?));
-    // One compaction first, so the looping ones are incremental ones of the 27 MB database.
+    let cache = dir.path().join("cache");
+    // One compaction first, so those in the loop are incremental ones of the 27 MB database.
     compact(
         &repo,
         &w,
         &CompactOptions {
-            cache_dir: dir.path().join("cache"),
+            cache_dir: cache.clone(),
             holder: "bench".into(),
         },
     )?;
     let intervals: Intervals = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = compacting.then(|| {
-        compaction_loop(
-            repo.clone(),
-            w.clone(),
-            dir.path().join("cache"),
-            stop.clone(),
-            intervals.clone(),
-        )
-    });
     let mut samples = Vec::new();
-    for b in tail {
-        let t = Instant::now();
-        w.lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .append(b)?;
-        samples.push((t, t.elapsed()));
-    }
-    stop.store(true, Ordering::Relaxed);
-    if let Some(h) = h {
-        let snaps = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("compaction thread panicked"))??;
-        println!(
-            "<!-- {snaps} compactions ran beside {} appends -->",
-            samples.len()
-        );
-    }
-    let during = overlapping(&samples, &intervals);
-    Ok((samples.into_iter().map(|s| s.1).collect(), during))
+    let snaps = appends_with_compaction(&repo, &w, tail, &cache, &intervals, &mut samples)?;
+    println!(
+        "<!-- {snaps} compactions ran beside {} appends -->",
+        samples.len()
+    );
+    let iv = intervals.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(split(&samples, &iv))
 }

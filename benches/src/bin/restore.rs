@@ -134,7 +134,7 @@ fn replay(encrypt: bool) -> anyhow::Result<()> {
     println!(
         "{}",
         measure::target(
-            "restore of the scale trace's 30,014 batches (journal replay) <= 1.1x the sqlite3 shell in one transaction",
+            &format!("restore of the scale trace's 30,014 batches (journal replay) <= 1.1x the sqlite3 shell in one transaction{}", if encrypt { ", encrypted" } else { "" }),
             secs(t_restore) / secs(t_shell),
             1.1
         )

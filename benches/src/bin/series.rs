@@ -6,7 +6,7 @@
 //! `cargo run --release -p cln-backup-benches --bin series -- [--every 1000]
 //!  [--chunker pages:1|pages:4|cdc:16384] [--encrypt] [--restic | --restic-bytes N] [--trace PATH]`
 //!
-//! `--encrypt` runs each chunker plaintext and encrypted.
+//! `--encrypt` makes the repositories encrypted.
 //!
 //! Prints markdown table rows (see run-report.sh).
 
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     let encrypt = flag("--encrypt");
     let chunkers: Vec<String> = match arg("--chunker") {
-        Some(c) => vec![c],
+        Some(c) => c.split(',').map(String::from).collect(),
         None => vec!["pages:1".into(), "pages:4".into(), "cdc:16384".into()],
     };
     let trace = arg("--trace")

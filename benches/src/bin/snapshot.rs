@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     }
     // restic first, then each variant: `--variants pages:1,pages:1+enc,cdc:16384`.
     if flag("--restic") || arg("--variants").is_some() {
+        println!("\nSnapshots of the same file (`pages:N` = page-aligned chunks of N pages, `cdc:AVG` = FastCDC):\n");
         println!("| tool | first snapshot | incremental (1% pages changed) | stored by first | added by incremental | chunks / new chunks in incremental | manifest bytes first / incremental | peak anonymous memory | peak RSS (counts the mapped file) |");
         println!("|---|---|---|---|---|---|---|---|---|");
     }
