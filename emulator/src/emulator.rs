@@ -83,7 +83,12 @@ pub struct Emulator {
 impl Emulator {
     /// Start `plugin` with `network_dir` as its working directory, as lightningd does.
     pub fn spawn(plugin: &Path, network_dir: &Path, env: &[(&str, &str)]) -> Result<Emulator> {
-        let mut cmd = Command::new(plugin);
+        // lightningd resolves plugin paths before changing the working directory.
+        let plugin = match plugin.is_relative() && plugin.exists() {
+            true => std::env::current_dir()?.join(plugin),
+            false => plugin.to_path_buf(),
+        };
+        let mut cmd = Command::new(&plugin);
         cmd.current_dir(network_dir)
             .env("LIGHTNINGD_PLUGIN", "1")
             .env("LIGHTNINGD_VERSION", wire::LIGHTNINGD_VERSION)

@@ -140,9 +140,20 @@ fn three_sessions_restore_equals_each_real_database() {
     for encrypted in [false, true] {
         let node = Node::new(encrypted);
         for n in 1..=3 {
-            let r = node.session(&trace(n), n == 1, vec![]);
+            // Encrypted, session 2: flush durability (the journal is re-opened at init).
+            let opts = match (encrypted, n) {
+                (true, 2) => vec![("backup-durability".to_string(), json!("flush"))],
+                _ => vec![],
+            };
+            let r = node.session(&trace(n), n == 1, opts.clone());
             assert_clean(&r);
             assert!(logs(&r).contains("Versions match up"), "{}", logs(&r));
+            let want = if opts.is_empty() {
+                "durability fsync"
+            } else {
+                "durability flush"
+            };
+            assert!(logs(&r).contains(want), "{}", logs(&r));
             assert_eq!(
                 node.restore_dump(RestoreTarget::Latest),
                 real_dump(n),
