@@ -190,7 +190,7 @@ pub fn session(
                     pending = None;
                 }
             }
-            if pending.is_none() && ((i - pre) / phase.max(1)) % 2 == 0 {
+            if pending.is_none() && ((i - pre) / phase.max(1)).is_multiple_of(2) {
                 let sent = Instant::now();
                 pending = Some((d.send(m, json!({}))?, sent));
             }

@@ -466,7 +466,7 @@ fn appends_with_compaction(
         intervals.clone(),
     );
     for (i, b) in batches.iter().enumerate() {
-        enabled.store((i / PHASE) % 2 == 0, Ordering::Relaxed);
+        enabled.store((i / PHASE).is_multiple_of(2), Ordering::Relaxed);
         let t = Instant::now();
         w.lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
