@@ -152,3 +152,31 @@ fn init_usage_errors() {
     assert_eq!(j["encrypted"], false);
     assert_eq!(j["encryption"], "none (plaintext)");
 }
+
+#[test]
+fn init_with_a_known_key() {
+    // --key-phrase: the operator's existing key, written to --key-file, phrase not shown again.
+    let t = tempfile::tempdir().unwrap();
+    let k = store::MasterKey::generate();
+    let kf = t.path().join("my.key");
+    let r = url(&t.path().join("r"));
+    let j = run_with_stdin(
+        &["init", "--json", "--key-phrase", "--key-file", p(&kf), &r],
+        &k.to_phrase(),
+    )
+    .ok()
+    .json();
+    assert_eq!(j["key_created"], false);
+    assert!(j["key_phrase"].is_null());
+    assert_eq!(j["key_id"], k.id().to_string());
+    let written = std::fs::read_to_string(&kf).unwrap();
+    assert_eq!(written, k.to_file_text());
+    run(&["info", "--key-file", p(&kf), &r]).ok();
+    // An existing --key-file is reused as it is.
+    let r2 = url(&t.path().join("r2"));
+    let j = run(&["init", "--json", "--key-file", p(&kf), &r2])
+        .ok()
+        .json();
+    assert_eq!(j["key_id"], k.id().to_string());
+    assert_eq!(std::fs::read_to_string(&kf).unwrap(), written);
+}
