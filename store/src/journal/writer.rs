@@ -53,6 +53,19 @@ pub struct JournalWriter {
     recovery_note: Option<String>,
     /// Set when the writer can no longer append safely (a rotation left a newer segment behind).
     poisoned: Option<String>,
+    /// The current segment's records, kept so compaction need not read them back from the
+    /// backend (one request per batch on S3); dropped past [`CACHE_LIMIT`].
+    cache: Option<Vec<Record>>,
+    cache_bytes: usize,
+    /// The records of the segment the last rotation closed.
+    closed_cache: Option<(u64, Vec<Record>)>,
+}
+
+/// Most bytes of records the writer keeps for compaction.
+const CACHE_LIMIT: usize = 256 << 20;
+
+fn record_size(r: &Record) -> usize {
+    r.batch.writes.iter().map(|w| w.len() + 8).sum::<usize>() + 16
 }
 
 const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newer state. Stop lightningd and re-initialise the backup from the node's database: `backup-cli init --force --lightning-dir <dir> <url>` (this keeps nothing of the old backup: move it aside first).";
@@ -68,6 +81,7 @@ impl JournalWriter {
         let segs = reader::segments(repo)?;
         let snap = crate::manifest::latest(repo)?;
         let mut recovery_note = None;
+        let mut cache = Some(Vec::new());
 
         // Continue the newest open stream, or start a new segment after the newest one.
         let newest = segs.last().cloned();
@@ -88,6 +102,7 @@ impl JournalWriter {
                     stream.truncate(parsed.valid_len)?;
                     recovery_note = Some(format!("cut {t} from {}", s.object_name()));
                 }
+                cache = Some(parsed.records);
                 (s.seq, stream)
             }
             Some(s) => (
@@ -142,7 +157,24 @@ impl JournalWriter {
             bytes_since_snapshot,
             recovery_note,
             poisoned: None,
+            cache_bytes: cache
+                .as_ref()
+                .map(|c| c.iter().map(record_size).sum())
+                .unwrap_or(0),
+            cache,
+            closed_cache: None,
         })
+    }
+
+    /// The records of segment `seq` if it is the one the last rotation closed and they were kept.
+    pub fn take_closed_records(&mut self, seq: u64) -> Option<Vec<Record>> {
+        match self.closed_cache.take() {
+            Some((s, recs)) if s == seq => Some(recs),
+            other => {
+                self.closed_cache = other;
+                None
+            }
+        }
     }
 
     /// What the open path repaired (a torn tail cut), to be logged.
@@ -241,6 +273,14 @@ impl JournalWriter {
         );
         self.stream.append(&frame)?;
         self.bytes_since_snapshot += frame.len() as u64;
+        if let Some(c) = &mut self.cache {
+            self.cache_bytes += record_size(&rec);
+            if self.cache_bytes > CACHE_LIMIT {
+                self.cache = None;
+            } else {
+                c.push(rec);
+            }
+        }
         if outcome != AppendOutcome::Pragma {
             self.last_real = Some(batch.data_version);
             self.last_real_in_journal = true;
@@ -263,6 +303,8 @@ impl JournalWriter {
                 self.stream = stream;
                 self.seq = next;
                 self.header = header;
+                self.closed_cache = self.cache.replace(Vec::new()).map(|c| (closed, c));
+                self.cache_bytes = 0;
                 Ok(closed)
             }
             Err((e, false)) => Err(e),

@@ -127,12 +127,24 @@ fn write_state(path: &Path, m: &Manifest) -> Result<()> {
 
 /// Seal every closed segment (seq < `current`) that is still an open stream.
 pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
+    seal_closed_segments_with(repo, current, None)
+}
+
+/// [`seal_closed_segments`], with the records of one segment already known (from the writer).
+pub fn seal_closed_segments_with(
+    repo: &Repository,
+    current: u64,
+    known: Option<(u64, &[Record])>,
+) -> Result<u64> {
     let mut sealed = 0;
     for seg in reader::segments(repo)? {
         if seg.sealed || seg.seq >= current {
             continue;
         }
-        let recs = reader::read_segment(repo, &seg, Recovery::Strict)?;
+        let recs = match known {
+            Some((seq, recs)) if seq == seg.seq => recs.to_vec(),
+            _ => reader::read_segment(repo, &seg, Recovery::Strict)?,
+        };
         let name = crate::journal::sealed_name(seg.seq);
         let bytes =
             segment::encode_sealed(repo.crypto(), &name, &recs, repo.config().body.zstd_level)?;
@@ -157,11 +169,12 @@ pub fn compact(
     let started = Instant::now();
     let _lock = repo.lock(MAINTENANCE_LOCK, &opts.holder)?;
     let before = stats::stats(repo)?;
-    let closed = {
+    let (closed, closed_records) = {
         let mut w = writer
             .lock()
             .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
-        w.rotate()?
+        let closed = w.rotate()?;
+        (closed, w.take_closed_records(closed))
     };
     let parent = manifest::latest(repo)?;
     let from = parent.as_ref().map(|m| m.journal_segment).unwrap_or(0);
@@ -171,7 +184,12 @@ pub fn compact(
         .collect();
     let mut records: Vec<(u64, Record)> = Vec::new();
     for s in &segs {
-        for r in reader::read_segment(repo, s, Recovery::Strict)? {
+        let recs = match &closed_records {
+            // The writer kept what it wrote: no need to read it back (one request per batch on S3).
+            Some(c) if s.seq == closed && !s.sealed => c.clone(),
+            _ => reader::read_segment(repo, s, Recovery::Strict)?,
+        };
+        for r in recs {
             records.push((s.seq, r));
         }
     }
@@ -255,7 +273,11 @@ pub fn compact(
         &mut index,
     )?;
     write_state(&state_path, &m)?;
-    seal_closed_segments(repo, closed + 1)?;
+    seal_closed_segments_with(
+        repo,
+        closed + 1,
+        closed_records.as_deref().map(|r| (closed, r)),
+    )?;
     {
         let mut w = writer
             .lock()
