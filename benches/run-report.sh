@@ -54,6 +54,15 @@ run restore-enc $B/restore --restore --size-mib "$SIZE" --encrypt
 run series $B/series --header --restic --chunker pages:1,pages:4,cdc:16384
 run series-enc $B/series --restic-bytes "$(sed -n 's/.*restic series total \([0-9]*\).*/\1/p' "$T/series.md")" --chunker pages:1 --encrypt
 LOAD_AFTER=$(load)
+# Criterion micro-benchmarks (short runs), summarised: name, median time, median throughput.
+echo "== criterion" >&2
+cargo bench -p cln-backup-benches --bench micro -- --quick 2>/dev/null |
+    awk '/change:/ { chg = 1; next }
+         /time:/ { off = ($1 != "time:"); if (off) { name = $1; chg = 0 } if (chg) next;
+                   t = $(4+off) " " $(5+off); pending = 1; next }
+         /thrpt:/ { if (chg) next; printf "| %s | %s | %s %s |\n", name, t, $4, $5; pending = 0; next }
+         /^[A-Za-z0-9_]+\/[A-Za-z0-9_]+$/ { if (pending) printf "| %s | %s | - |\n", name, t; pending = 0; chg = 0; name = $1; next }
+         END { if (pending) printf "| %s | %s | - |\n", name, t }' >"$T/criterion.md" || true
 
 body() { grep -v '^TARGET|' "$T/$1.md" || true; }
 disk_dev=$(df --output=source /work | tail -1)
@@ -127,6 +136,16 @@ disk_dev=$(df --output=source /work | tail -1)
     echo
     body series
     body series-enc | grep -v '^| store\|^|---' || true
+    echo
+    echo "## 5. Criterion micro-benchmarks"
+    echo
+    echo "\`cargo bench -p cln-backup-benches --bench micro -- --quick\` (median of a short run; the"
+    echo "journal appends re-use one invoice batch of the scale trace; chunk_refs = chunk + address the"
+    echo "1.7 MB fixture database db-s3)."
+    echo
+    echo "| benchmark | time | throughput |"
+    echo "|---|---|---|"
+    cat "$T/criterion.md"
     echo
     if [[ -f benches/report-notes.md ]]; then
         cat benches/report-notes.md
