@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
-use store::backend::Durability;
+use store::backend::multi::{self, Mode, MultiBackend};
+use store::backend::remote::RemoteOptions;
+use store::backend::{Backend, Durability};
 use store::journal::JournalWriter;
 use store::{AppendOutcome, BackupUrl, Batch, MasterKey, Repository};
 
@@ -20,10 +22,24 @@ pub const KEY_FILE: &str = "backup.key";
 #[derive(Deserialize)]
 struct LockFile {
     backend_url: String,
+    /// More destinations beside the primary `backend_url`: `{"url": URL, "mode": "sync"|"async"}`.
+    #[serde(default)]
+    destinations: Vec<DestinationSpec>,
+}
+
+#[derive(Deserialize)]
+struct DestinationSpec {
+    url: String,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 pub struct Backup {
     pub repo: Repository,
+    /// The destinations, when `backup.lock` lists more than the primary.
+    pub multi: Option<Arc<MultiBackend>>,
+    /// The reconnect policy the backend was opened with.
+    pub remote: RemoteOptions,
     pub writer: Arc<Mutex<JournalWriter>>,
     pub network_dir: PathBuf,
     /// Whether the first real (non-PRAGMA) batch of this run was stored.
@@ -52,7 +68,7 @@ pub fn holder(dir: &Path) -> String {
 impl Backup {
     /// Read `backup.lock` (and `backup.key` if present) in `dir`, open the repository and take
     /// its writer lock.
-    pub fn open(dir: &Path, durability: Durability) -> Result<Backup> {
+    pub fn open(dir: &Path, durability: Durability, remote: &RemoteOptions) -> Result<Backup> {
         let lock_path = dir.join(LOCK_FILE);
         let text = match std::fs::read_to_string(&lock_path) {
             Ok(t) => t,
@@ -70,13 +86,44 @@ impl Backup {
         let url = BackupUrl::parse(&lock.backend_url)
             .with_context(|| format!("backend_url in {}", lock_path.display()))?;
         let key = read_key(dir)?;
-        let repo = Repository::open(&url, key)
-            .with_context(|| format!("opening the backup at {}", lock.backend_url))?;
+        let (repo, multi) = if lock.destinations.is_empty() {
+            let repo = Repository::open_with(&url, key, remote)
+                .with_context(|| format!("opening the backup at {}", lock.backend_url))?;
+            (repo, None)
+        } else {
+            let mut others = Vec::new();
+            for d in &lock.destinations {
+                let u = BackupUrl::parse(&d.url)
+                    .with_context(|| format!("a destination in {}", lock_path.display()))?;
+                let mode = match d.mode.as_deref() {
+                    None => Mode::Sync,
+                    Some(m) => Mode::parse(m).with_context(|| {
+                        format!(
+                            "destination {} in {}: mode must be \"sync\" or \"async\", not {m:?}",
+                            d.url,
+                            lock_path.display()
+                        )
+                    })?,
+                };
+                others.push((u, mode));
+            }
+            let m = Arc::new(
+                multi::open_with(&url, &others, key.as_ref(), false, remote).with_context(
+                    || format!("opening the destinations in {}", lock_path.display()),
+                )?,
+            );
+            let backend: Arc<dyn Backend> = m.clone();
+            let repo = Repository::open_backend(backend, key)
+                .with_context(|| format!("opening the backup at {}", lock.backend_url))?;
+            (repo, Some(m))
+        };
         let writer = repo
             .writer(&holder(dir), durability)
             .with_context(|| format!("taking the writer lock of {}", repo.url()))?;
         Ok(Backup {
             repo,
+            multi,
+            remote: remote.clone(),
             writer: Arc::new(Mutex::new(writer)),
             network_dir: dir.to_path_buf(),
             first_done: false,
@@ -93,6 +140,8 @@ impl Backup {
     pub fn reopen(self, durability: Durability) -> Result<Backup> {
         let Backup {
             repo,
+            multi,
+            remote,
             writer,
             network_dir,
             first_done,
@@ -103,6 +152,8 @@ impl Backup {
             .with_context(|| format!("re-opening the journal of {}", repo.url()))?;
         Ok(Backup {
             repo,
+            multi,
+            remote,
             writer: Arc::new(Mutex::new(writer)),
             network_dir,
             first_done,

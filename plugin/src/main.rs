@@ -111,9 +111,24 @@ impl Plugin {
         options::check_wallet_in_background(params, &self.dir, &self.out);
         self.opts = opts;
         self.initialized = true;
-        // Writes before init used the default durability; switch now if asked.
+        // Writes before init used the default options; switch now if asked. A new reconnect
+        // policy needs the backend opened anew.
         if let Some(b) = self.backup.take() {
-            if b.durability() != Some(self.opts.durability) && !self.compaction.running() {
+            if b.remote != self.opts.remote && !self.compaction.running() {
+                let first_done = b.first_done;
+                drop(b);
+                match Backup::open(&self.dir, self.opts.durability, &self.opts.remote) {
+                    Ok(mut b) => {
+                        b.first_done = first_done;
+                        self.backup = Some(b);
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        self.out.log("broken", &msg);
+                        self.failed = Some(msg);
+                    }
+                }
+            } else if b.durability() != Some(self.opts.durability) && !self.compaction.running() {
                 match b.reopen(self.opts.durability) {
                     Ok(b) => self.backup = Some(b),
                     Err(e) => {
@@ -180,7 +195,8 @@ impl Plugin {
             ));
         }
         if self.backup.is_none() {
-            let b = Backup::open(&self.dir, self.opts.durability).map_err(|e| format!("{e:#}"))?;
+            let b = Backup::open(&self.dir, self.opts.durability, &self.opts.remote)
+                .map_err(|e| format!("{e:#}"))?;
             {
                 let w = b
                     .writer

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use store::backend::remote::RemoteOptions;
 use store::backend::Durability;
 
 use crate::protocol::Out;
@@ -13,12 +14,17 @@ use crate::protocol::Out;
 pub const OPT_COMPACT_BYTES: &str = "backup-compact-journal-bytes";
 pub const OPT_DURABILITY: &str = "backup-durability";
 pub const DEFAULT_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+pub const OPT_RECONNECT_TRIES: &str = "backup-reconnect-tries";
+pub const OPT_RECONNECT_WAIT: &str = "backup-reconnect-wait";
+pub const OPT_RECONNECT_FACTOR: &str = "backup-reconnect-factor";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
     /// Start a compaction when the journal since the last snapshot passes this; 0 = never.
     pub compact_journal_bytes: u64,
     pub durability: Durability,
+    /// Reconnect policy of `socket:` destinations (the old plugin's 5 tries, 5 s, 1.5).
+    pub remote: RemoteOptions,
 }
 
 impl Default for Options {
@@ -26,8 +32,14 @@ impl Default for Options {
         Options {
             compact_journal_bytes: DEFAULT_COMPACT_BYTES,
             durability: Durability::Fsync,
+            remote: RemoteOptions::default(),
         }
     }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 impl Options {
@@ -41,6 +53,28 @@ impl Options {
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                 .ok_or_else(|| {
                     format!("{OPT_COMPACT_BYTES} must be a byte count (0 disables), not {v}")
+                })?;
+        }
+        if let Some(v) = opts.get(OPT_RECONNECT_TRIES) {
+            o.remote.tries = number(v)
+                .filter(|n| *n >= 0.0 && n.fract() == 0.0 && *n <= 1000.0)
+                .ok_or_else(|| {
+                    format!("{OPT_RECONNECT_TRIES} must be a whole number of tries, not {v}")
+                })? as u32;
+        }
+        if let Some(v) = opts.get(OPT_RECONNECT_WAIT) {
+            let secs = number(v)
+                .filter(|n| *n >= 0.0 && *n <= 3600.0)
+                .ok_or_else(|| {
+                    format!("{OPT_RECONNECT_WAIT} must be seconds (0 to 3600), not {v}")
+                })?;
+            o.remote.first_wait = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = opts.get(OPT_RECONNECT_FACTOR) {
+            o.remote.factor = number(v)
+                .filter(|n| (1.0..=10.0).contains(n))
+                .ok_or_else(|| {
+                    format!("{OPT_RECONNECT_FACTOR} must be a number from 1 to 10, not {v}")
                 })?;
         }
         if let Some(v) = opts.get(OPT_DURABILITY) {
@@ -61,6 +95,24 @@ pub fn manifest() -> Value {
                 "type": "int",
                 "default": DEFAULT_COMPACT_BYTES,
                 "description": "Make a snapshot in the background when the journal since the last one passes this many bytes (0: only on backup-compact)"
+            },
+            {
+                "name": OPT_RECONNECT_TRIES,
+                "type": "int",
+                "default": 5,
+                "description": "socket: destinations: how many times to reconnect, with exponential back-off, when the connection drops while storing a change, before the change fails (and lightningd stops)"
+            },
+            {
+                "name": OPT_RECONNECT_WAIT,
+                "type": "string",
+                "default": "5",
+                "description": "socket: destinations: seconds to wait before the first reconnect"
+            },
+            {
+                "name": OPT_RECONNECT_FACTOR,
+                "type": "string",
+                "default": "1.5",
+                "description": "socket: destinations: each wait is this many times the previous one"
             },
             {
                 "name": OPT_DURABILITY,

@@ -134,7 +134,28 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
     let out = out.clone();
     let durability = durability.to_string();
     let network_dir: PathBuf = backup.network_dir.clone();
+    let multi = backup.multi.clone();
     std::thread::spawn(move || {
+        // Each destination with its lag (only when backup.lock lists more than one).
+        let destinations: Vec<Value> = multi
+            .map(|m| {
+                m.status()
+                    .into_iter()
+                    .map(|d| {
+                        json!({
+                            "url": d.url,
+                            "mode": d.mode.name(),
+                            "state": d.state,
+                            "lag_batches": d.lag_batches,
+                            "lag_writes": d.lag_writes,
+                            "lag_bytes": d.lag_bytes,
+                            "lag_seconds": d.lag_seconds,
+                            "last_error": d.last_error,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let (last, bytes) = match writer.lock() {
             Ok(w) => (w.last_version(), w.bytes_since_snapshot()),
             Err(_) => (None, 0),
@@ -154,6 +175,7 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
                     "last_snapshot": s.last(),
                     "compaction_running": state.running(),
                     "last_compaction": state.last(),
+                    "destinations": destinations,
                 }),
             ),
             Err(e) => out.error(&id, PLUGIN_ERROR, &format!("backup-status: {e}")),

@@ -102,6 +102,16 @@ pub fn open(
     link_key: Option<&crate::crypto::MasterKey>,
     create: bool,
 ) -> Result<std::sync::Arc<dyn Backend>> {
+    open_with(url, link_key, create, &remote::RemoteOptions::default())
+}
+
+/// [`open`], with the reconnect policy for `socket:` destinations.
+pub fn open_with(
+    url: &crate::url::BackupUrl,
+    link_key: Option<&crate::crypto::MasterKey>,
+    create: bool,
+    remote_options: &remote::RemoteOptions,
+) -> Result<std::sync::Arc<dyn Backend>> {
     use crate::url::BackupUrl;
     let _ = link_key;
     match url {
@@ -125,7 +135,7 @@ pub fn open(
                 *port,
                 proxy.clone(),
                 key,
-                remote::RemoteOptions::default(),
+                remote_options.clone(),
             )?))
         }
         // The bucket must exist: `create` has nothing to do here.

@@ -78,7 +78,16 @@ impl Repository {
     }
 
     pub fn open(url: &BackupUrl, key: Option<MasterKey>) -> Result<Repository> {
-        let backend = match backend::open(url, key.as_ref(), false) {
+        Self::open_with(url, key, &backend::remote::RemoteOptions::default())
+    }
+
+    /// [`Repository::open`] with the reconnect policy for `socket:` destinations.
+    pub fn open_with(
+        url: &BackupUrl,
+        key: Option<MasterKey>,
+        remote: &backend::remote::RemoteOptions,
+    ) -> Result<Repository> {
+        let backend = match backend::open_with(url, key.as_ref(), false, remote) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoRepository {
                     url: url.to_string(),

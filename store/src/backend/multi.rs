@@ -356,12 +356,29 @@ pub fn open(
     link_key: Option<&crate::crypto::MasterKey>,
     create: bool,
 ) -> Result<MultiBackend> {
+    open_with(
+        primary,
+        others,
+        link_key,
+        create,
+        &super::remote::RemoteOptions::default(),
+    )
+}
+
+/// [`open`], with the reconnect policy for `socket:` destinations.
+pub fn open_with(
+    primary: &crate::url::BackupUrl,
+    others: &[(crate::url::BackupUrl, Mode)],
+    link_key: Option<&crate::crypto::MasterKey>,
+    create: bool,
+    remote: &super::remote::RemoteOptions,
+) -> Result<MultiBackend> {
     let mut dests = vec![Destination {
-        backend: super::open(primary, link_key, create)?,
+        backend: super::open_with(primary, link_key, create, remote)?,
         mode: Mode::Sync,
     }];
     for (url, mode) in others {
-        let backend = match super::open(url, link_key, create) {
+        let backend = match super::open_with(url, link_key, create, remote) {
             Ok(b) => b,
             // An asynchronous destination that is down at start must not stop the node, but
             // we have nothing to queue to yet: say so clearly.

@@ -1,0 +1,191 @@
+//! Destinations beyond a local directory, through the real plugin under the emulator:
+//! a `backup-cli server` over loopback that is stopped and restarted in the middle of a session
+//! (the hook waits through the plugin's reconnect policy, set by its options; nothing is lost or
+//! stored twice), and a second, asynchronous destination listed in backup.lock that catches up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use emulator::{load_trace, run_trace_session, DbWrite, Emulator, HookReply, SessionOptions};
+use serde_json::{json, Value};
+use store::backend::dir::DirBackend;
+use store::backend::remote::{self, ServerAuth, ServerHandle, ServerOptions};
+use store::backend::Backend;
+use store::ops::restore::{restore, RestoreTarget};
+use store::{BackupUrl, ConfigBody, MasterKey, Repository};
+
+fn plugin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cln-backup"))
+}
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name)
+}
+
+fn trace(n: u32) -> Vec<DbWrite> {
+    load_trace(&testdata(&format!("trace-s{n}.jsonl"))).unwrap()
+}
+
+fn serve(root: &Path, key: &MasterKey, listen: &str) -> ServerHandle {
+    let backend: Arc<dyn Backend> = Arc::new(DirBackend::open(root).unwrap());
+    ServerHandle::spawn(
+        backend,
+        listen,
+        ServerAuth::from_keys(vec![remote::auth_key(key)]),
+        ServerOptions::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn server_restarted_mid_session_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("server-repo");
+    let net = tmp.path().join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let key = MasterKey::generate();
+    Repository::init(
+        &BackupUrl::File(root.clone()),
+        Some(&key),
+        true,
+        ConfigBody::default(),
+    )
+    .unwrap();
+    let server = serve(&root, &key, "127.0.0.1:0");
+    let addr = server.addr();
+    std::fs::write(
+        net.join("backup.lock"),
+        json!({"backend_url": format!("socket:127.0.0.1:{}", addr.port())}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+
+    let s1 = trace(1);
+    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
+    ld.set_timeout(Duration::from_secs(120));
+    ld.getmanifest().unwrap();
+    for b in &s1[..9] {
+        assert!(ld
+            .db_write(b.data_version, &b.writes)
+            .unwrap()
+            .is_continue());
+    }
+    let options: Vec<(String, Value)> = vec![
+        ("backup-reconnect-tries".into(), json!(20)),
+        ("backup-reconnect-wait".into(), json!("0.1")),
+        ("backup-reconnect-factor".into(), json!("1.5")),
+    ];
+    ld.init(&options, &net).unwrap();
+    let mut server = Some(server);
+    let mut restarter = None;
+    for (i, b) in s1.iter().enumerate().skip(9) {
+        if i == 1000 {
+            // The server goes away; it is back 1.5 s later on the same port.
+            server.take().unwrap().stop();
+            let root = root.clone();
+            let key = key.clone();
+            restarter = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                serve(&root, &key, &addr.to_string())
+            }));
+        }
+        let reply = ld.db_write(b.data_version, &b.writes).unwrap();
+        assert!(
+            matches!(reply, HookReply::Continue),
+            "batch {i}: {reply:?}\n{}",
+            ld.log_text()
+        );
+    }
+    let status = ld.rpc_ok("backup-status", json!({})).unwrap();
+    assert_eq!(
+        status["data_version"],
+        json!(s1.last().unwrap().data_version)
+    );
+    assert!(ld.close_stdin_and_wait().unwrap().success());
+    let server = restarter.unwrap().join().unwrap();
+
+    // Restore through the server: exactly lightningd's database.
+    let url = BackupUrl::parse(&format!("socket:127.0.0.1:{}", addr.port())).unwrap();
+    let repo = Repository::open(&url, Some(key.clone())).unwrap();
+    let out = tmp.path().join("restored.sqlite3");
+    let rep = restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(rep.data_version, s1.last().unwrap().data_version);
+    assert_eq!(
+        store::dump::dump(&out).unwrap(),
+        store::dump::dump(&testdata("db-s1.sqlite3")).unwrap()
+    );
+    server.stop();
+}
+
+#[test]
+fn reconnect_options_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
+    ld.getmanifest().unwrap();
+    let bad: Vec<(String, Value)> = vec![("backup-reconnect-factor".into(), json!("0.5"))];
+    let err = ld.init(&bad, &net);
+    let text = format!("{err:?}");
+    assert!(text.contains("backup-reconnect-factor"), "{text}");
+    let _ = ld.kill();
+}
+
+#[test]
+fn async_destination_catches_up_and_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let primary = tmp.path().join("primary");
+    let second = tmp.path().join("second");
+    let key = MasterKey::generate();
+    Repository::init(
+        &BackupUrl::File(primary.clone()),
+        Some(&key),
+        true,
+        ConfigBody::default(),
+    )
+    .unwrap();
+    std::fs::create_dir(&second).unwrap();
+    for d in store::backend::dir::DIRS {
+        std::fs::create_dir_all(second.join(d)).unwrap();
+    }
+    std::fs::write(
+        net.join("backup.lock"),
+        json!({
+            "backend_url": format!("file://{}", primary.display()),
+            "destinations": [{"url": format!("file://{}", second.display()), "mode": "async"}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+    let opts = SessionOptions {
+        fresh: true,
+        rpc_after: vec![
+            ("backup-compact".into(), json!({})),
+            ("backup-status".into(), json!({})),
+        ],
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let rep = run_trace_session(&plugin(), &net, &trace(1), &opts).unwrap();
+    assert!(rep.stop.is_none(), "{:?}", rep.stop);
+    let status = rep.rpc_replies.last().cloned().unwrap();
+    let text = status.1.to_string();
+    assert!(text.contains("\"mode\":\"async\""), "{text}");
+    // Both destinations restore lightningd's database.
+    for (name, root) in [("primary", &primary), ("second", &second)] {
+        let repo = Repository::open(&BackupUrl::File(root.clone()), Some(key.clone())).unwrap();
+        let out = tmp.path().join(format!("{name}.sqlite3"));
+        restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+        assert_eq!(
+            store::dump::dump(&out).unwrap(),
+            store::dump::dump(&testdata("db-s1.sqlite3")).unwrap(),
+            "{name}"
+        );
+    }
+}
