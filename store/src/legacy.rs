@@ -208,7 +208,6 @@ struct Phys {
     offset: usize,
     size: usize,
     version: u32,
-    typ: u8,
     rewinds: bool,
 }
 
@@ -264,15 +263,15 @@ fn read_entry(data: &[u8], off: usize) -> std::result::Result<(u32, u8, &[u8]), 
     Ok((version, typ, payload))
 }
 
-/// Decode an old plugin's backup file. `object` names it in errors.
+/// Check an old plugin's backup file and find the entries to replay, without copying them (see
+/// [`decode_dbak`] for them in memory). Reads every entry once: structure, UTF-8, snapshot magic.
 ///
-/// Returns the changes to replay, in order: rewound entries and anything past the header's end are
-/// left out (and reported). Errors with [`Error::Corrupt`] (naming `object` and an offset) when no
-/// prefix of the entries agrees with the header, and [`Error::Unsupported`] for another format.
-pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
+/// Errors with [`Error::Corrupt`] (naming `object` and an offset) when no prefix of the entries
+/// agrees with the header, and [`Error::Unsupported`] for another format version.
+pub fn scan_dbak(data: &[u8], object: &str) -> Result<LegacyPlan> {
     let header = Header::decode(data, object)?;
 
-    // Pass 1: walk the physical entries as the plugin wrote them, replaying its header arithmetic;
+    // Walk the physical entries as the plugin wrote them, replaying its header arithmetic;
     // remember the longest prefix whose arithmetic gives the header on disk.
     let mut phys: Vec<Phys> = Vec::new();
     let mut state = State::NEW;
@@ -333,7 +332,6 @@ pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
             offset: off,
             size,
             version,
-            typ,
             rewinds,
         });
         if state.matches(&header, phys.len()) {
@@ -366,7 +364,7 @@ pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
         ));
     };
 
-    // Pass 2: the first k physical entries, minus the rewound ones, copied out.
+    // The first k physical entries, minus the rewound ones.
     let mut order: Vec<usize> = Vec::with_capacity(k);
     let mut rewound = Vec::new();
     for (i, p) in phys.iter().enumerate().take(k) {
@@ -380,28 +378,6 @@ pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
         }
         order.push(i);
     }
-    let mut entries = Vec::with_capacity(order.len());
-    for p in order.iter().filter_map(|&i| phys.get(i)) {
-        let (version, _, payload) =
-            read_entry(data, p.offset).map_err(|why| Error::corrupt(object, why))?;
-        entries.push(match p.typ {
-            TYPE_SNAPSHOT => LegacyEntry::Snapshot {
-                version,
-                db: payload.to_vec(),
-            },
-            _ => LegacyEntry::Statements {
-                version,
-                writes: std::str::from_utf8(payload)
-                    .map_err(|_| {
-                        Error::corrupt(object, format!("entry at offset {} is not UTF-8", p.offset))
-                    })?
-                    .split('\0')
-                    .map(str::to_string)
-                    .collect(),
-            },
-        });
-    }
-
     let end = match k.checked_sub(1).and_then(|i| phys.get(i)) {
         Some(p) => p.offset.saturating_add(p.size),
         None => HEADER_LEN,
@@ -412,13 +388,72 @@ pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
         versions: phys.iter().skip(k).map(|p| p.version).collect(),
         unreadable: stopped,
     });
-
-    Ok(LegacyBackup {
-        version: header.version,
-        entries,
+    let offsets = order
+        .iter()
+        .filter_map(|&i| phys.get(i))
+        .map(|p| p.offset)
+        .collect();
+    Ok(LegacyPlan {
         header,
+        offsets,
         rewound,
         tail,
+    })
+}
+
+/// What [`scan_dbak`] found: where the entries to replay are, without copying them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyPlan {
+    pub header: Header,
+    /// Offsets of the entries to replay, in order.
+    pub offsets: Vec<usize>,
+    pub rewound: Vec<Rewound>,
+    pub tail: Option<Tail>,
+}
+
+impl LegacyPlan {
+    /// The entries, read one at a time from the same `data` (e.g. a memory map of a large file).
+    pub fn entries<'a>(
+        &'a self,
+        data: &'a [u8],
+        object: &'a str,
+    ) -> impl Iterator<Item = Result<LegacyEntry>> + 'a {
+        self.offsets.iter().map(move |&off| {
+            let (version, typ, payload) =
+                read_entry(data, off).map_err(|why| Error::corrupt(object, why))?;
+            Ok(match typ {
+                TYPE_SNAPSHOT => LegacyEntry::Snapshot {
+                    version,
+                    db: payload.to_vec(),
+                },
+                _ => LegacyEntry::Statements {
+                    version,
+                    writes: std::str::from_utf8(payload)
+                        .map_err(|_| {
+                            Error::corrupt(object, format!("entry at offset {off} is not UTF-8"))
+                        })?
+                        .split('\0')
+                        .map(str::to_string)
+                        .collect(),
+                },
+            })
+        })
+    }
+}
+
+/// Decode an old plugin's backup file into memory. `object` names it in errors.
+///
+/// Returns the changes to replay, in order: rewound entries and anything past the header's end are
+/// left out (and reported). Errors as [`scan_dbak`].
+pub fn decode_dbak(data: &[u8], object: &str) -> Result<LegacyBackup> {
+    let plan = scan_dbak(data, object)?;
+    let entries = plan.entries(data, object).collect::<Result<Vec<_>>>()?;
+    Ok(LegacyBackup {
+        version: plan.header.version,
+        entries,
+        header: plan.header,
+        rewound: plan.rewound,
+        tail: plan.tail,
     })
 }
 

@@ -264,6 +264,11 @@ fn rewind_keeps_the_replacement_not_both() {
         assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(b.rewound.len(), 1);
         assert_eq!(b.tail, None);
+        // The streaming reader gives the same entries.
+        let plan = scan_dbak(&p.file, "a").unwrap();
+        let streamed: Vec<LegacyEntry> = plan.entries(&p.file, "a").map(|e| e.unwrap()).collect();
+        assert_eq!(streamed, b.entries);
+        assert_eq!(plan.rewound, b.rewound);
     }
 }
 
