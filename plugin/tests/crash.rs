@@ -7,14 +7,18 @@
 //!
 //! - `kill9_campaign`: the real plugin binary under the lightningd emulator, SIGKILLed at random
 //!   moments while it streams the s1-s3 traces, compacts and is pruned beside (see
-//!   `support/crash_campaign.rs`). Seeded: `CRASH_SEED=<seed>` reproduces a run, `CRASH_ROUNDS`
-//!   changes its length. The long run is `cargo run --release -p cln-backup-benches --bin
-//!   crash-campaign`.
+//!   `support/crash_campaign.rs`). Seeded: `CRASH_SEED=<seed>` replays the same choices (kill
+//!   delays, options, compaction calls; the plugin's progress at a given delay still varies),
+//!   `CRASH_ROUNDS` changes its length. The long run is `cargo run --release -p
+//!   cln-backup-benches --bin crash-campaign`.
 //! - `fault_*`: the plugin's write path (`JournalWriter::append`; `continue` iff it returned Ok,
-//!   and fail-stop after the first error) plus compaction and prune, over a `FaultBackend` that
-//!   fails every mutating backend operation in turn (ENOSPC, EIO), or crashes there (with a
-//!   short write when it is an append). After each: restart, verify, restore, compare with
-//!   lightningd's database at the last acknowledged batch.
+//!   and fail-stop after the first error) plus compaction and prune, with every mutating backend
+//!   operation in turn failing without effect (ENOSPC, EIO: `FaultBackend`), the process dying
+//!   before it (with half of it written when it is an append), or the operation taking effect
+//!   and then reporting EIO (a failed fdatasync or directory sync: `LateBackend` below). After
+//!   each: restart (the journal reopened, a torn tail cut), verify, restore, compare with
+//!   lightningd's database at the last acknowledged batch, or the refused one where its write
+//!   may have landed; then lightningd re-sends the refused batch and the backup goes on.
 
 #[path = "support/crash_campaign.rs"]
 mod campaign;
