@@ -69,6 +69,7 @@ fn kill9_campaign() {
     // The campaign did what it claims: kills landed on pending hooks, compaction and prune ran.
     assert!(rep.kills_with_batch_pending > 0, "{}", rep.details());
     assert!(rep.snapshots_made > 0, "{}", rep.details());
+    assert!(rep.older_states_checked > 0, "{}", rep.details());
     assert!(rep.batches_acknowledged > 500, "{}", rep.details());
 }
 

@@ -19,7 +19,8 @@
 //! `backup-compact` (automatic compaction also runs, its threshold set low), while a thread of
 //! this process prunes (`store::ops::prune`, which takes the maintenance lock). A timer thread
 //! sends SIGKILL after a random delay. Then: join the pruner, `verify` with `read_data`, restore
-//! the newest state and the newest snapshot, compare dumps with a replay of the trace prefix.
+//! the newest state, the newest snapshot and the state at a random older version, compare dumps
+//! with a replay of the trace prefix.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -228,6 +229,37 @@ pub fn check_repository(
     Ok(matched)
 }
 
+/// Restore the state at a random version between the oldest snapshot (or the first batch) and
+/// `newest`, and compare it with lightningd's database at that version. Returns the version.
+pub fn check_random_version(
+    repo: &Repository,
+    scratch: &Path,
+    expected: &mut Expected,
+    newest: u32,
+    rng: &mut Rng,
+) -> Result<Option<u32>> {
+    let oldest = store::ops::snapshots::list(repo)?
+        .first()
+        .map_or(1, |s| s.data_version.max(1));
+    if newest < oldest {
+        return Ok(None);
+    }
+    let v = rng.range(u64::from(oldest), u64::from(newest)) as u32;
+    let out = scratch.join("at-version.sqlite3");
+    let _ = std::fs::remove_file(&out);
+    restore(repo, &out, &RestoreTarget::Version(v))
+        .with_context(|| format!("restore at data_version {v} (oldest snapshot {oldest})"))?;
+    let d = store::dump::dump(&out)?;
+    std::fs::remove_file(&out)?;
+    let n = expected
+        .prefix_for_version(v)
+        .ok_or_else(|| anyhow!("no batch has data_version {v}"))?;
+    if expected.dump_at(n)? != d {
+        bail!("the restore at data_version {v} is not lightningd's database at {v}");
+    }
+    Ok(Some(v))
+}
+
 pub struct CampaignOptions {
     pub plugin: PathBuf,
     pub testdata: PathBuf,
@@ -262,6 +294,8 @@ pub struct CampaignReport {
     pub kills_during_compaction_rpc: u64,
     /// Kills that left a torn record (cut when the journal was reopened).
     pub torn_tails_cut: u64,
+    /// Restores at a random older data_version compared with lightningd's database.
+    pub older_states_checked: u64,
     pub compaction_rpcs: u64,
     pub snapshots_made: u64,
     pub prunes_applied: u64,
@@ -287,7 +321,7 @@ impl CampaignReport {
             "seed {:#x} (CRASH_SEED to reproduce); {:.1} s; {} nodes, {} batches acknowledged; \
              kills with a batch pending {} (written before the kill {}); lightningd deaths between \
              answer and COMMIT {}; restarts superseding the last batch {}; backup-compact calls {} \
-             (kills while one was unanswered {}); torn tails cut on reopen {}; snapshots made {}; prunes applied {} (locked out \
+             (kills while one was unanswered {}); torn tails cut on reopen {}; older states restored and compared {}; snapshots made {}; prunes applied {} (locked out \
              by a compaction {})",
             self.seed,
             self.elapsed.as_secs_f64(),
@@ -300,6 +334,7 @@ impl CampaignReport {
             self.compaction_rpcs,
             self.kills_during_compaction_rpc,
             self.torn_tails_cut,
+            self.older_states_checked,
             self.snapshots_made,
             self.prunes_applied,
             self.prunes_locked_out,
@@ -451,12 +486,17 @@ pub fn run(opts: &CampaignOptions) -> Result<CampaignReport> {
         let repo = node.open()?;
         let checked = reopen(&repo).and_then(|note| {
             rep.torn_tails_cut += u64::from(note.is_some());
-            check_repository(
-                &repo,
-                &node.dir.join("scratch"),
-                &mut expected,
-                &end.candidates,
-            )
+            let scratch = node.dir.join("scratch");
+            let n = check_repository(&repo, &scratch, &mut expected, &end.candidates)?;
+            // An older state too: snapshot + journal, across prunes and supersedes.
+            let newest = n
+                .checked_sub(1)
+                .and_then(|i| trace.get(i))
+                .map_or(0, |b| b.data_version);
+            if check_random_version(&repo, &scratch, &mut expected, newest, &mut rng)?.is_some() {
+                rep.older_states_checked += 1;
+            }
+            Ok(n)
         });
         match checked {
             Ok(n) => {
