@@ -3,12 +3,13 @@
 The reference the issue sets for cln-backup's hook latency (benches/REPORT.md)."""
 import json, os, sys
 
-log = None
-def reply(rid, result):
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + "\n\n")
+def reply(rid, result=None, error=None):
+    msg = {"jsonrpc": "2.0", "id": rid}
+    msg.update({"error": error} if error else {"result": result})
+    sys.stdout.write(json.dumps(msg) + "\n\n")
     sys.stdout.flush()
 
-buf = ""
+log, buf = None, ""
 for line in sys.stdin:
     buf += line
     if line.strip() or not buf.strip():
@@ -16,18 +17,14 @@ for line in sys.stdin:
     msg, buf = json.loads(buf), ""
     method, rid = msg.get("method"), msg.get("id")
     if method == "getmanifest":
-        reply(rid, {"options": [], "rpcmethods": [], "hooks": ["db_write"],
-                    "dynamic": False, "nonnumericids": True})
+        reply(rid, {"options": [], "rpcmethods": [], "hooks": ["db_write"], "dynamic": False, "nonnumericids": True})
     elif method == "init":
         reply(rid, {})
     elif method == "db_write":
-        if log is None:
-            log = open("backup.log", "ab")
+        log = log or open("backup.log", "ab")
         log.write(json.dumps(msg["params"]).encode() + b"\n")
         log.flush()
         os.fsync(log.fileno())
         reply(rid, {"result": "continue"})
     elif rid is not None:
-        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": rid,
-                                     "error": {"code": -32601, "message": "unknown"}}) + "\n\n")
-        sys.stdout.flush()
+        reply(rid, error={"code": -32601, "message": "unknown method"})
