@@ -9,12 +9,13 @@
 //! ```text
 //! cargo build --release -p cln-backup
 //! cargo run --release -p cln-backup-benches --bin crash-campaign -- [--rounds N] [--seconds S]
-//!     [--seed X] [--plugin PATH] [--dir DIR] [--quiet]
+//!     [--seed X] [--plugin PATH] [--cli PATH] [--dir DIR] [--quiet]
 //! ```
 //!
 //! Stops after N rounds (one kill each) or S seconds, whichever comes first (default: 200
 //! rounds). The seed is printed; `--seed` or `CRASH_SEED` reproduces a run. `--plugin` defaults
-//! to `cln-backup` beside this binary. Prints `crash campaign: R rounds, K kills, F failures`;
+//! to `cln-backup` beside this binary. With `--cli target/release/backup-cli` (build it too),
+//! half the prunes run `backup-cli prune` as a process, a third of those killed with SIGKILL. Prints `crash campaign: R rounds, K kills, F failures`;
 //! exits 1 on a failure (the node's directory is kept and named).
 
 #[path = "../../../plugin/tests/support/crash_campaign.rs"]
@@ -64,6 +65,10 @@ fn options() -> Result<campaign::CampaignOptions> {
         kill_window_ms: (5, 600),
         work_dir: arg("--dir").map(PathBuf::from),
         verbose: !flag("--quiet"),
+        prune_cli: match arg("--cli") {
+            Some(c) => Some(std::fs::canonicalize(&c).with_context(|| format!("--cli {c}"))?),
+            None => None,
+        },
     })
 }
 
@@ -76,8 +81,14 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "crash campaign: plugin {}, seed {:#x} (--seed {:#x} or CRASH_SEED to reproduce)",
+        "crash campaign: plugin {}, prune {}, seed {:#x} (--seed {:#x} or CRASH_SEED to reproduce)",
         opts.plugin.display(),
+        opts.prune_cli
+            .as_ref()
+            .map_or("in-process".to_string(), |c| format!(
+                "in-process and {}",
+                c.display()
+            )),
         opts.seed,
         opts.seed
     );

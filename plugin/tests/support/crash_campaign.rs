@@ -96,6 +96,9 @@ pub fn load_traces(testdata: &Path) -> Result<Vec<Batch>> {
     Ok(out)
 }
 
+/// Most expected dumps kept at once.
+const CACHE_DUMPS: usize = 48;
+
 /// Expected databases: the dump of the trace's first `n` batches replayed into a fresh SQLite
 /// file by the store's replayer (PRAGMA foreign_keys as lightningd had it), cached by `n`.
 pub struct Expected {
@@ -135,6 +138,10 @@ impl Expected {
         rp.finish(&path)?;
         let d = store::dump::dump(&path)?;
         std::fs::remove_file(&path)?;
+        // Dumps are a few MB each: keep memory bounded in long runs.
+        if self.cache.len() >= CACHE_DUMPS {
+            self.cache.clear();
+        }
         self.cache.insert(n, d.clone());
         Ok(d)
     }
@@ -274,6 +281,8 @@ pub struct CampaignOptions {
     pub work_dir: Option<PathBuf>,
     /// Print one line per round.
     pub verbose: bool,
+    /// A `backup-cli` binary: half the prunes then run it (and some are killed mid-way).
+    pub prune_cli: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -300,6 +309,9 @@ pub struct CampaignReport {
     pub snapshots_made: u64,
     pub prunes_applied: u64,
     pub prunes_locked_out: u64,
+    /// `backup-cli prune` runs, and how many of them were SIGKILLed.
+    pub cli_prunes: u64,
+    pub cli_prunes_killed: u64,
     /// Fresh repositories (a new node each time the traces ran out).
     pub nodes: u64,
     pub batches_acknowledged: u64,
@@ -322,7 +334,7 @@ impl CampaignReport {
              kills with a batch pending {} (written before the kill {}); lightningd deaths between \
              answer and COMMIT {}; restarts superseding the last batch {}; backup-compact calls {} \
              (kills while one was unanswered {}); torn tails cut on reopen {}; older states restored and compared {}; snapshots made {}; prunes applied {} (locked out \
-             by a compaction {})",
+             by a compaction {}; backup-cli prune runs {}, killed {})",
             self.seed,
             self.elapsed.as_secs_f64(),
             self.nodes,
@@ -338,6 +350,8 @@ impl CampaignReport {
             self.snapshots_made,
             self.prunes_applied,
             self.prunes_locked_out,
+            self.cli_prunes,
+            self.cli_prunes_killed,
         )
     }
 }
@@ -401,32 +415,113 @@ fn sigkill(pid: u32) {
         .status();
 }
 
-/// Prune beside the plugin until `stop`: keep the last one or two snapshots.
-fn pruner(
+#[derive(Default)]
+struct PruneStats {
+    applied: u64,
+    locked: u64,
+    cli_runs: u64,
+    cli_killed: u64,
+    failures: Vec<String>,
+}
+
+/// What the pruner needs: the repository, and for `backup-cli prune` its URL and key file.
+struct PruneTarget {
     repo: Repository,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<(u64, u64, Vec<String>)>>,
-) {
+    url: String,
+    key_file: Option<PathBuf>,
+    cli: Option<PathBuf>,
+}
+
+/// Prune beside the plugin until `stop`, keeping the last one or two snapshots: through the
+/// store's API in this process, or (when a `backup-cli` binary is given, half the time) by
+/// running `backup-cli prune`, killed with SIGKILL a third of the time.
+fn pruner(t: PruneTarget, seed: u64, stop: Arc<AtomicBool>, stats: Arc<Mutex<PruneStats>>) {
     let mut rng = Rng::new(seed);
     while !stop.load(Ordering::SeqCst) {
         let until = Instant::now() + Duration::from_millis(rng.range(20, 250));
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
         }
+        let keep_last = rng.range(1, 2) as u32;
+        if let Some(cli) = t.cli.as_ref().filter(|_| rng.chance(1, 2)) {
+            let kill_after = rng
+                .chance(1, 3)
+                .then(|| Duration::from_millis(rng.range(0, 50)));
+            let res = cli_prune(cli, &t, keep_last, kill_after);
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.cli_runs += 1;
+            match res {
+                Ok(CliPrune::Done) => s.applied += 1,
+                Ok(CliPrune::Locked) => s.locked += 1,
+                Ok(CliPrune::Killed) => s.cli_killed += 1,
+                Err(e) => s.failures.push(format!("backup-cli prune: {e:#}")),
+            }
+            continue;
+        }
         let retention = Retention {
-            keep_last: rng.range(1, 2) as u32,
+            keep_last,
             ..Default::default()
         };
-        let res = prune::plan(&repo, &retention)
-            .and_then(|p| prune::apply(&repo, &p, "crash campaign prune"));
+        let res = prune::plan(&t.repo, &retention)
+            .and_then(|p| prune::apply(&t.repo, &p, "crash campaign prune"));
         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
         match res {
-            Ok(r) if r.removed_snapshots > 0 || r.deleted_segments > 0 => s.0 += 1,
+            Ok(r) if r.removed_snapshots > 0 || r.deleted_segments > 0 => s.applied += 1,
             Ok(_) => {}
-            Err(store::Error::Locked { .. }) => s.1 += 1,
-            Err(e) => s.2.push(format!("prune failed: {e}")),
+            Err(store::Error::Locked { .. }) => s.locked += 1,
+            Err(e) => s.failures.push(format!("prune failed: {e}")),
         }
+    }
+}
+
+enum CliPrune {
+    Done,
+    Locked,
+    Killed,
+}
+
+fn cli_prune(
+    cli: &Path,
+    t: &PruneTarget,
+    keep_last: u32,
+    kill_after: Option<Duration>,
+) -> Result<CliPrune> {
+    let mut cmd = std::process::Command::new(cli);
+    if let Some(k) = &t.key_file {
+        cmd.arg("--key-file").arg(k);
+    }
+    cmd.args(["prune", &t.url, "--keep-last", &keep_last.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", cli.display()))?;
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return match st.code() {
+                Some(0) => Ok(CliPrune::Done),
+                _ if err.contains("is locked by") => Ok(CliPrune::Locked),
+                _ => bail!("exited with {st}: {}", err.trim()),
+            };
+        }
+        if kill_after.is_some_and(|d| started.elapsed() >= d) {
+            child.kill()?;
+            child.wait()?;
+            return Ok(CliPrune::Killed);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            child.kill()?;
+            child.wait()?;
+            bail!("did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -558,11 +653,16 @@ fn run_round(
         _ => false,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let prune_stats = Arc::new(Mutex::new((0, 0, Vec::new())));
+    let prune_stats = Arc::new(Mutex::new(PruneStats::default()));
     let pruner = {
-        let repo = node.open()?;
+        let target = PruneTarget {
+            repo: node.open()?,
+            url: node.url.to_string(),
+            key_file: node.key.as_ref().map(|_| node.net.join("backup.key")),
+            cli: opts.prune_cli.clone(),
+        };
         let (seed, stop, stats) = (rng.next_u64(), stop.clone(), prune_stats.clone());
-        std::thread::spawn(move || pruner(repo, seed, stop, stats))
+        std::thread::spawn(move || pruner(target, seed, stop, stats))
     };
     // lightningd dies between an answer and its COMMIT after this many answers, in some rounds.
     let ld_crash_after = rng.chance(1, 5).then(|| rng.range(1, 150) as usize);
@@ -672,14 +772,15 @@ fn run_round(
             bail!("the plugin logged a broken line: {}", l.message);
         }
     }
-    let (applied, locked, prune_failures) = {
+    {
         let s = prune_stats.lock().unwrap_or_else(|p| p.into_inner());
-        (s.0, s.1, s.2.clone())
-    };
-    rep.prunes_applied += applied;
-    rep.prunes_locked_out += locked;
-    if let Some(f) = prune_failures.first() {
-        bail!("{f}");
+        rep.prunes_applied += s.applied;
+        rep.prunes_locked_out += s.locked;
+        rep.cli_prunes += s.cli_runs;
+        rep.cli_prunes_killed += s.cli_killed;
+        if let Some(f) = s.failures.first() {
+            bail!("{f}");
+        }
     }
 
     let exhausted = i >= trace.len() && pending.is_none() && !ld_crash;
