@@ -64,7 +64,13 @@ impl Plugin {
                 ),
                 Some(b) => match method {
                     "backup-compact" => {
-                        if rpc::start_compaction(b, &self.compaction, &self.out, Some(id.clone())) {
+                        if rpc::start_compaction(
+                            b,
+                            &self.compaction,
+                            &self.out,
+                            Some(id.clone()),
+                            &self.opts.retention,
+                        ) {
                             Ok(())
                         } else {
                             self.out.error(&id, PLUGIN_ERROR, "a compaction is already running; try again when it ends (see backup-status)")
@@ -101,8 +107,12 @@ impl Plugin {
         let opts = match Options::from_init(params) {
             Ok(o) => o,
             Err(e) => {
-                self.out.log("broken", &e);
-                return self.out.error(id, INVALID_PARAMS, &e);
+                // lightningd v26.06.6 ignores an error answer to init: refuse every later write
+                // instead, so lightningd stops without committing rather than run on unconfigured.
+                let msg = format!("{e}; fix the option in lightningd's config and start it again");
+                self.out.log("broken", &msg);
+                self.failed = Some(msg.clone());
+                return self.out.error(id, INVALID_PARAMS, &msg);
             }
         };
         if let Some(w) = options::non_sqlite_wallet(params) {
@@ -248,7 +258,10 @@ impl Plugin {
             }
             Err(e) => {
                 let msg = match &e {
-                    store::Error::BackupBehind { .. } | store::Error::BackupAhead { .. } => e.to_string(),
+                    store::Error::BackupBehind { .. } | store::Error::BackupAhead { .. } => e
+                        .to_string()
+                        .replace("<dir>", &self.dir.display().to_string())
+                        .replace("<url>", &b.repo.url()),
                     _ => format!(
                         "cannot store db_write data_version {v} in the backup {}: {e}. lightningd stops without committing it; fix the cause and start lightningd again.",
                         b.repo.url()
@@ -262,6 +275,9 @@ impl Plugin {
 
     fn maybe_compact(&mut self, journal_bytes: u64) {
         let limit = self.opts.compact_journal_bytes;
+        if journal_bytes < limit {
+            self.auto_floor = 0; // the last compaction worked: back to the plain threshold
+        }
         if !self.initialized || limit == 0 || journal_bytes < limit.max(self.auto_floor) {
             return;
         }
@@ -271,7 +287,7 @@ impl Plugin {
         if let Some(b) = &self.backup {
             // If this one makes no progress, do not retry at every call: wait for a quarter more.
             self.auto_floor = journal_bytes + limit / 4;
-            rpc::start_compaction(b, &self.compaction, &self.out, None);
+            rpc::start_compaction(b, &self.compaction, &self.out, None, &self.opts.retention);
         }
     }
 }

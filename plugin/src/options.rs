@@ -8,12 +8,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use store::backend::remote::RemoteOptions;
 use store::backend::Durability;
+use store::ops::prune::Retention;
 
 use crate::protocol::Out;
 
 pub const OPT_COMPACT_BYTES: &str = "backup-compact-journal-bytes";
 pub const OPT_DURABILITY: &str = "backup-durability";
 pub const DEFAULT_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+pub const OPT_RETENTION: &str = "backup-retention";
+pub const DEFAULT_RETENTION: &str = "last=10,daily=7,weekly=4,monthly=6";
 pub const OPT_RECONNECT_TRIES: &str = "backup-reconnect-tries";
 pub const OPT_RECONNECT_WAIT: &str = "backup-reconnect-wait";
 pub const OPT_RECONNECT_FACTOR: &str = "backup-reconnect-factor";
@@ -25,6 +28,44 @@ pub struct Options {
     pub durability: Durability,
     /// Reconnect policy of `socket:` destinations (the old plugin's 5 tries, 5 s, 1.5).
     pub remote: RemoteOptions,
+    /// Snapshots kept after each compaction (None: keep everything).
+    pub retention: Option<Retention>,
+}
+
+/// `last=N,hourly=N,daily=N,weekly=N,monthly=N` (any subset), or `off`.
+pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
+    let s = s.trim();
+    if s == "off" || s == "0" {
+        return Ok(None);
+    }
+    let mut r = Retention::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{OPT_RETENTION}: '{part}' is not key=N"))?;
+        let n: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{OPT_RETENTION}: '{v}' is not a count"))?;
+        match k.trim() {
+            "last" => r.keep_last = n,
+            "hourly" => r.keep_hourly = n,
+            "daily" => r.keep_daily = n,
+            "weekly" => r.keep_weekly = n,
+            "monthly" => r.keep_monthly = n,
+            other => {
+                return Err(format!(
+                    "{OPT_RETENTION}: unknown key '{other}' (last, hourly, daily, weekly, monthly)"
+                ))
+            }
+        }
+    }
+    if r.is_empty() {
+        return Err(format!(
+            "{OPT_RETENTION}: keep at least one snapshot, or say off"
+        ));
+    }
+    Ok(Some(r))
 }
 
 impl Default for Options {
@@ -33,6 +74,7 @@ impl Default for Options {
             compact_journal_bytes: DEFAULT_COMPACT_BYTES,
             durability: Durability::Fsync,
             remote: RemoteOptions::default(),
+            retention: parse_retention(DEFAULT_RETENTION).unwrap_or_default(),
         }
     }
 }
@@ -54,6 +96,12 @@ impl Options {
                 .ok_or_else(|| {
                     format!("{OPT_COMPACT_BYTES} must be a byte count (0 disables), not {v}")
                 })?;
+        }
+        if let Some(v) = opts.get(OPT_RETENTION) {
+            let text = v.as_str().ok_or_else(|| {
+                format!("{OPT_RETENTION} must be text like {DEFAULT_RETENTION}, not {v}")
+            })?;
+            o.retention = parse_retention(text)?;
         }
         if let Some(v) = opts.get(OPT_RECONNECT_TRIES) {
             o.remote.tries = number(v)
@@ -95,6 +143,12 @@ pub fn manifest() -> Value {
                 "type": "int",
                 "default": DEFAULT_COMPACT_BYTES,
                 "description": "Make a snapshot in the background when the journal since the last one passes this many bytes (0: only on backup-compact)"
+            },
+            {
+                "name": OPT_RETENTION,
+                "type": "string",
+                "default": DEFAULT_RETENTION,
+                "description": "Snapshots kept after each compaction (keys last, hourly, daily, weekly, monthly; the newest is always kept); the journal from the oldest kept snapshot on is kept, so every data_version since then stays restorable. off keeps everything."
             },
             {
                 "name": OPT_RECONNECT_TRIES,

@@ -69,6 +69,7 @@ pub fn start_compaction(
     state: &Arc<Compaction>,
     out: &Out,
     reply_to: Option<Value>,
+    backup_retention: &Option<store::ops::prune::Retention>,
 ) -> bool {
     if state
         .running
@@ -88,14 +89,35 @@ pub fn start_compaction(
         )),
     };
     let out = out.clone();
+    let retention = backup_retention.clone();
     let spawned = std::thread::Builder::new()
         .name("compaction".into())
         .spawn(move || {
             let what = if reply_to.is_some() { "backup-compact" } else { "automatic compaction" };
-            let res = compact(&repo, &writer, &opts);
+            remove_stale_bases(&opts.cache_dir, &repo.repo_id().to_string());
+            let mut res = compact(&repo, &writer, &opts);
+            // Retention: after a new snapshot, prune what the policy no longer keeps, so the
+            // backup stays bounded (the old plugin's users saw it grow without end).
+            let mut pruned = Value::Null;
+            if let (Ok(r), Some(policy)) = (&mut res, &retention) {
+                if r.snapshot.is_some() {
+                    match store::ops::prune::plan(&repo, policy)
+                        .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
+                    {
+                        Ok(p) => {
+                            pruned = serde_json::to_value(&p).unwrap_or(Value::Null);
+                            if let Ok(after) = store::ops::stats::stats(&repo) {
+                                r.after = after;
+                            }
+                        }
+                        Err(e) => out.log("unusual", &format!("{what}: pruning by the retention policy failed: {e}")),
+                    }
+                }
+            }
             let (value, logline) = match &res {
                 Ok(r) => {
-                    let v = compact_reply(r);
+                    let mut v = compact_reply(r);
+                    v["pruned"] = pruned.clone();
                     let line = match &r.snapshot {
                         Some(s) => format!(
                             "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes",
@@ -194,4 +216,19 @@ pub fn snapshots(backup: &Backup, out: &Out, id: Value) {
             Err(e) => out.error(&id, PLUGIN_ERROR, &format!("backup-snapshots: {e}")),
         };
     });
+}
+
+/// Compaction bases of other repositories (left by `backup-cli init --force`): a full copy of the
+/// database each, useless now.
+fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_base = name.ends_with(".base.sqlite3") || name.ends_with(".base.json");
+        if is_base && !name.starts_with(repo_id) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -189,3 +189,52 @@ fn async_destination_catches_up_and_restores() {
         );
     }
 }
+
+/// Automatic compaction with a retention policy keeps the backup bounded: only the policy's
+/// snapshots remain, and the newest state still restores exactly.
+#[test]
+fn retention_keeps_the_backup_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let root = tmp.path().join("repo");
+    Repository::init(
+        &BackupUrl::File(root.clone()),
+        None,
+        false,
+        ConfigBody::default(),
+    )
+    .unwrap();
+    std::fs::write(
+        net.join("backup.lock"),
+        json!({"backend_url": format!("file://{}", root.display())}).to_string(),
+    )
+    .unwrap();
+    let opts = SessionOptions {
+        fresh: true,
+        init_options: vec![
+            ("backup-compact-journal-bytes".into(), json!(150_000)),
+            ("backup-retention".into(), json!("last=2")),
+        ],
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let rep = run_trace_session(&plugin(), &net, &trace(1), &opts).unwrap();
+    assert!(rep.stop.is_none(), "{:?}", rep.stop);
+    let logs: String = rep
+        .logs
+        .iter()
+        .map(|l| format!("{}\n", l.message))
+        .collect();
+    let made = logs.matches("automatic compaction: snapshot").count();
+    assert!(made >= 4, "only {made} automatic snapshots:\n{logs}");
+    let repo = Repository::open(&BackupUrl::File(root.clone()), None).unwrap();
+    let snaps = store::ops::snapshots::list(&repo).unwrap();
+    assert!(snaps.len() <= 2, "{} snapshots kept", snaps.len());
+    let out = tmp.path().join("r.sqlite3");
+    restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(
+        store::dump::dump(&out).unwrap(),
+        store::dump::dump(&testdata("db-s1.sqlite3")).unwrap()
+    );
+}

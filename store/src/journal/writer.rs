@@ -68,7 +68,7 @@ fn record_size(r: &Record) -> usize {
     r.batch.writes.iter().map(|w| w.len() + 8).sum::<usize>() + 16
 }
 
-const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newer state. Stop lightningd and re-initialise the backup from the node's database: `backup-cli init --force --lightning-dir <dir> <url>` (this keeps nothing of the old backup: move it aside first).";
+const BEHIND_HINT: &str = "Restoring from this backup would lose the node's newer state. Stop lightningd and re-initialise the backup from the node's database: `backup-cli init --force --lightning-dir <dir> <url>` (it moves the old local backup aside; keep that until the new one is verified).";
 const AHEAD_HINT: &str = "The backup holds changes the node's database lacks: the node may run on an old or restored database. Stop lightningd and do not start it until you know which is newer; `backup-cli restore` gives the backup's state.";
 
 impl JournalWriter {
@@ -136,10 +136,12 @@ impl JournalWriter {
             (Some(j), _) => (Some(j), true),
             (None, s) => (s, false),
         };
+        // The snapshot's resume segment mostly holds batches inside the snapshot: count it only
+        // when it is the open segment (a snapshot taken from a database file).
         let from = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
         let bytes_since_snapshot = segs
             .iter()
-            .filter(|s: &&SegmentRef| s.seq >= from && s.seq != seq)
+            .filter(|s: &&SegmentRef| s.seq > from && s.seq != seq)
             .map(|s| s.size)
             .sum::<u64>()
             + stream.len();

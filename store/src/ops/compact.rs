@@ -284,7 +284,7 @@ pub fn compact(
             .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
         let since: u64 = reader::segments(repo)?
             .iter()
-            .filter(|s| s.seq >= journal_segment && s.seq != w.segment())
+            .filter(|s| s.seq > journal_segment && s.seq != w.segment())
             .map(|s| s.size)
             .sum();
         w.reset_bytes_since_snapshot(since);

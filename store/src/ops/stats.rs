@@ -57,7 +57,17 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     s.journal_bytes = segs.iter().map(|g| g.size).sum();
     let last = manifests.last();
     let from = last.map(|m| m.journal_segment).unwrap_or(0);
-    s.journal_bytes_since_snapshot = segs.iter().filter(|g| g.seq >= from).map(|g| g.size).sum();
+    // The snapshot's resume segment mostly holds batches inside the snapshot: it counts only
+    // while it is the open segment (as after a snapshot taken from a database file).
+    let newest = segs.last().map(|g| g.seq);
+    s.journal_bytes_since_snapshot = segs
+        .iter()
+        .filter(|g| {
+            g.seq > from
+                || (last.is_none() || (g.seq == from && Some(g.seq) == newest && !g.sealed))
+        })
+        .map(|g| g.size)
+        .sum();
     let mut last_version = last.map(|m| m.data_version);
     let n = segs.len();
     for (i, g) in segs.iter().enumerate() {
