@@ -250,6 +250,7 @@ impl Backend for LateBackend {
             inner,
             late: self.late.clone(),
             name: name.to_string(),
+            failed: false,
         }))
     }
     fn stream_read(&self, name: &str) -> store::Result<Vec<u8>> {
@@ -267,10 +268,26 @@ impl Backend for LateBackend {
     }
 }
 
+/// After a late error it refuses further appends, as the `Stream` contract asks (and as
+/// `DirBackend` does after a failed fdatasync).
 struct LateStream {
     inner: Box<dyn Stream>,
     late: Arc<Late>,
     name: String,
+    failed: bool,
+}
+
+impl LateStream {
+    fn refuse(&self) -> store::Result<()> {
+        match self.failed {
+            true => Err(store::Error::io(
+                "append",
+                self.name.clone(),
+                std::io::Error::other("refused after a failed sync"),
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Stream for LateStream {
@@ -278,13 +295,20 @@ impl Stream for LateStream {
         self.inner.len()
     }
     fn append(&mut self, data: &[u8]) -> store::Result<()> {
+        self.refuse()?;
         self.inner.append(data)?;
-        self.late
-            .after(format!("append {} +{}", self.name, data.len()))
+        let r = self
+            .late
+            .after(format!("append {} +{}", self.name, data.len()));
+        self.failed = r.is_err();
+        r
     }
     fn truncate(&mut self, len: u64) -> store::Result<()> {
+        self.refuse()?;
         self.inner.truncate(len)?;
-        self.late.after(format!("truncate {} to {len}", self.name))
+        let r = self.late.after(format!("truncate {} to {len}", self.name));
+        self.failed = r.is_err();
+        r
     }
 }
 
