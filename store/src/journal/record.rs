@@ -69,6 +69,12 @@ impl Record {
             return Err(Error::corrupt(object, format!("unknown record type {t}")));
         }
         let flags = d.u8()?;
+        if flags & !(FLAG_SUPERSEDES | FLAG_PRAGMA) != 0 {
+            return Err(Error::corrupt(
+                object,
+                format!("unknown record flags {flags:#04x}"),
+            ));
+        }
         let data_version = d.u32()?;
         let n = d.u32()? as usize;
         if n > d.remaining() / 4 {
@@ -95,5 +101,26 @@ impl Record {
             ));
         }
         Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// Found by the `journal_record` fuzz target: unknown flag bits were accepted and dropped,
+    /// so a damaged record could decode as a different, valid one.
+    #[test]
+    fn unknown_flags_are_corruption() {
+        let data = [0x01, 0x15, 0x01, 0, 0, 0, 0, 0, 0, 0];
+        assert!(Record::decode(&data, "r").unwrap_err().is_corruption());
+        let ok = Record {
+            batch: Batch {
+                data_version: 7,
+                writes: vec!["PRAGMA x".into()],
+            },
+            supersedes: true,
+        };
+        assert_eq!(Record::decode(&ok.encode(), "r").unwrap(), ok);
     }
 }
