@@ -238,3 +238,101 @@ fn retention_keeps_the_backup_bounded() {
         store::dump::dump(&testdata("db-s1.sqlite3")).unwrap()
     );
 }
+
+/// The S3 server CI starts (`.ci/s3-server.sh`), or None outside CI when there is none.
+fn s3_url(test: &str) -> Option<String> {
+    match std::env::var("CLN_BACKUP_S3_URL") {
+        Ok(u) if !u.is_empty() => {
+            let (base, query) = u.split_once('?').unwrap_or((&u, ""));
+            let mut r = [0u8; 6];
+            store::crypto::fill_random(&mut r);
+            let prefixed = format!(
+                "{}/plugin-{test}-{}",
+                base.trim_end_matches('/'),
+                store::ids::SnapshotId::random()
+            );
+            Some(if query.is_empty() {
+                prefixed
+            } else {
+                format!("{prefixed}?{query}")
+            })
+        }
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but CLN_BACKUP_S3_URL is not: run .ci/s3-server.sh start and source target/ci-s3.env"
+            );
+            eprintln!(
+                "skipped: no S3 server (run .ci/s3-server.sh start, then . target/ci-s3.env)"
+            );
+            None
+        }
+    }
+}
+
+/// The fixture trace through the real plugin into S3 (synchronous, encrypted), with a
+/// compaction and the retention prune: restore exact, verify clean, and after prune every pack
+/// is one the index names and every indexed chunk one a kept snapshot uses.
+#[test]
+fn s3_destination_through_the_plugin() {
+    let Some(url) = s3_url("sync") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let key = MasterKey::generate();
+    let parsed = BackupUrl::parse(&url).unwrap();
+    Repository::init(&parsed, Some(&key), true, ConfigBody::default()).unwrap();
+    std::fs::write(
+        net.join("backup.lock"),
+        json!({ "backend_url": url }).to_string(),
+    )
+    .unwrap();
+    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+    let opts = SessionOptions {
+        fresh: true,
+        init_options: vec![
+            ("backup-compact-journal-bytes".into(), json!(400_000)),
+            ("backup-retention".into(), json!("last=1")),
+        ],
+        rpc_after: vec![("backup-compact".into(), json!({}))],
+        timeout: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let rep = run_trace_session(&plugin(), &net, &trace(1), &opts).unwrap();
+    assert!(rep.stop.is_none(), "{:?}", rep.stop);
+    let repo = Repository::open(&parsed, Some(key.clone())).unwrap();
+    let v = store::ops::verify::verify(
+        &repo,
+        &store::ops::verify::VerifyOptions {
+            read_data: true,
+            scratch_dir: tmp.path().join("scratch"),
+        },
+    )
+    .unwrap();
+    assert!(v.ok, "{:?}", v.problems);
+    assert_eq!(store::ops::snapshots::list(&repo).unwrap().len(), 1);
+    // Only referenced objects remain: a prune with the same policy finds nothing to delete.
+    let plan = store::ops::prune::plan(
+        &repo,
+        &store::ops::prune::Retention {
+            keep_last: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let again = store::ops::prune::apply(&repo, &plan, "test").unwrap();
+    assert_eq!(
+        (
+            again.removed_snapshots,
+            again.deleted_packs,
+            again.deleted_segments
+        ),
+        (0, 0, 0)
+    );
+    let out = tmp.path().join("r.sqlite3");
+    restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(
+        store::dump::dump(&out).unwrap(),
+        store::dump::dump(&testdata("db-s1.sqlite3")).unwrap()
+    );
+}
