@@ -244,8 +244,6 @@ fn s3_url(test: &str) -> Option<String> {
     match std::env::var("CLN_BACKUP_S3_URL") {
         Ok(u) if !u.is_empty() => {
             let (base, query) = u.split_once('?').unwrap_or((&u, ""));
-            let mut r = [0u8; 6];
-            store::crypto::fill_random(&mut r);
             let prefixed = format!(
                 "{}/plugin-{test}-{}",
                 base.trim_end_matches('/'),
