@@ -444,3 +444,78 @@ fn fault_error_after_the_write_landed_at_every_operation() {
     // Refused batches that were in the journal anyway: superseded when lightningd re-sent them.
     assert!(t.refused_but_written > 0, "{t:?}");
 }
+
+/// Found by the long crash campaign (seed 0x18ea9290fdb883a3, a `backup-cli prune` killed):
+/// prune deletes the removed manifests oldest first, so a crash between two deletions leaves a
+/// removed delta snapshot whose parent is gone. Verify then fails ("its parent snapshot ... is
+/// missing") until a later prune completes, and that snapshot cannot be restored.
+#[test]
+#[ignore = "store bug: prune::apply step 2 deletes removed manifests oldest first (parents before their deltas); un-ignore once it deletes newest first"]
+fn crash_during_prune_never_orphans_a_delta_snapshot() {
+    let trace = campaign::load_traces(&testdata()).unwrap();
+    let dir = fast_tempdir();
+    let template = new_repo(dir.path());
+    {
+        let repo = plain(&template);
+        let w = Mutex::new(repo.writer("w", Durability::Flush).unwrap());
+        let opts = CompactOptions {
+            cache_dir: dir.path().join("tcache"),
+            holder: "c".into(),
+        };
+        for chunk in trace[..400].chunks(100) {
+            for b in chunk {
+                w.lock().unwrap().append(b).unwrap();
+            }
+            compact(&repo, &w, &opts).unwrap();
+        }
+    }
+    let snaps = store::ops::snapshots::list(&plain(&template)).unwrap();
+    assert!(
+        snaps.iter().filter(|s| s.parent.is_some()).count() >= 2,
+        "a chain of deltas to prune: {snaps:?}"
+    );
+    let mut orphaned = Vec::new();
+    for k in 1..200 {
+        let case = dir.path().join(format!("prune-{k}"));
+        copy_dir(&template, &case);
+        let plan = FaultPlan::at(k, Fault::Crash);
+        let repo =
+            Repository::open_backend(faulty(&case, &Injector::Plan(plan.clone())), None).unwrap();
+        let keep = Retention {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let res = prune::plan(&repo, &keep).and_then(|p| prune::apply(&repo, &p, "prune"));
+        let finished = res.is_ok() && plan.fired() == 0;
+        plan.restart();
+        let v = store::ops::verify::verify(
+            &plain(&case),
+            &store::ops::verify::VerifyOptions {
+                read_data: false,
+                scratch_dir: case.join("scratch"),
+            },
+        )
+        .unwrap();
+        if !v.ok {
+            orphaned.push(format!("crash at prune operation {k}: {:?}", v.problems));
+        }
+        std::fs::remove_dir_all(&case).unwrap();
+        if finished {
+            break;
+        }
+    }
+    assert!(orphaned.is_empty(), "{}", orphaned.join("\n"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
