@@ -450,7 +450,6 @@ fn fault_error_after_the_write_landed_at_every_operation() {
 /// removed delta snapshot whose parent is gone. Verify then fails ("its parent snapshot ... is
 /// missing") until a later prune completes, and that snapshot cannot be restored.
 #[test]
-#[ignore = "store bug: prune::apply step 2 deletes removed manifests oldest first (parents before their deltas); un-ignore once it deletes newest first"]
 fn crash_during_prune_never_orphans_a_delta_snapshot() {
     let trace = campaign::load_traces(&testdata()).unwrap();
     let dir = fast_tempdir();

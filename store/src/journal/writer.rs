@@ -273,7 +273,12 @@ impl JournalWriter {
             self.stream.len(),
             &rec,
         );
-        self.stream.append(&frame)?;
+        if let Err(e) = self.stream.append(&frame) {
+            // Whether the bytes landed is unknown: never append after this (a retry could store
+            // the batch twice). The next writer (a restart) sorts it out from what is stored.
+            self.poisoned = Some(format!("an append failed: {e}"));
+            return Err(e);
+        }
         self.bytes_since_snapshot += frame.len() as u64;
         if let Some(c) = &mut self.cache {
             self.cache_bytes += record_size(&rec);

@@ -191,8 +191,9 @@ pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneR
         }
         kept_refs.push(refs);
     }
-    // 2. Remove the snapshots.
-    for s in &plan.remove {
+    // 2. Remove the snapshots, newest first: a delta is always newer than its parent, so a
+    // crash between two deletions never leaves a snapshot whose parent is gone.
+    for s in plan.remove.iter().rev() {
         let id = crate::ids::SnapshotId::parse(&s.id)?;
         repo.backend().delete(&manifest::manifest_name(&id))?;
         rep.removed_snapshots += 1;

@@ -125,6 +125,11 @@ fn enospc_and_eio_on_append_are_errors_and_the_journal_stays_whole() {
         if fault == Fault::NoSpace {
             assert!(msg.contains("disk is full"), "{msg}");
         }
+        // The writer refuses to go on after a failed append (a retry could store it twice)...
+        assert!(w.append(&s1[100]).is_err());
+        // ...and the next process (lightningd restarted) continues where the journal ends.
+        drop(w);
+        w = repo.writer("w", Durability::Flush).unwrap();
     }
     // The same batch goes through once the fault is gone.
     append_all(&mut w, &s1[100..200]);
