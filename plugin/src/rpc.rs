@@ -95,7 +95,18 @@ pub fn start_compaction(
         .spawn(move || {
             let what = if reply_to.is_some() { "backup-compact" } else { "automatic compaction" };
             remove_stale_bases(&opts.cache_dir, &repo.repo_id().to_string());
-            let mut res = compact(&repo, &writer, &opts);
+            // The hook must not wait for CPU or disk behind a compaction: it runs on one thread at
+            // the lowest CPU and I/O priority.
+            background_priority();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "compaction-worker".into())
+                .start_handler(|_| background_priority())
+                .build();
+            let mut res = match &pool {
+                Ok(p) => p.install(|| compact(&repo, &writer, &opts)),
+                Err(_) => compact(&repo, &writer, &opts),
+            };
             // Retention: after a new snapshot, prune what the policy no longer keeps, so the
             // backup stays bounded (the old plugin's users saw it grow without end).
             let mut pruned = Value::Null;
@@ -230,5 +241,24 @@ fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
         if is_base && !name.starts_with(repo_id) {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+/// Lowest CPU priority (nice 19) and idle I/O class for the calling thread only: Linux applies
+/// both per thread. Best effort: on failure the compaction runs at normal priority.
+fn background_priority() {
+    // SAFETY: plain system calls on the calling thread's own id, no memory is passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid as libc::c_long,
+            IOPRIO_CLASS_IDLE << 13,
+        );
     }
 }
