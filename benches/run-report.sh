@@ -52,7 +52,7 @@ run replay-enc $B/restore --replay --encrypt
 run restore $B/restore --restore --size-mib "$SIZE"
 run restore-enc $B/restore --restore --size-mib "$SIZE" --encrypt
 run series $B/series --header --restic --chunker pages:1,pages:4,cdc:16384
-run series-enc $B/series --restic-bytes "$(sed -n 's/.*restic series total \([0-9]*\).*/\1/p' "$T/series.md")" --chunker pages:1 --encrypt
+run series-enc $B/series --header --restic-bytes "$(sed -n 's/.*restic series total \([0-9]*\).*/\1/p' "$T/series.md")" --chunker pages:1 --encrypt
 LOAD_AFTER=$(load)
 # Criterion micro-benchmarks (short runs), summarised: name, median time, median throughput.
 echo "== criterion" >&2
@@ -64,7 +64,12 @@ cargo bench -p cln-backup-benches --bench micro -- --quick 2>/dev/null |
          /^[A-Za-z0-9_]+\/[A-Za-z0-9_]+$/ { if (pending) printf "| %s | %s | - |\n", name, t; pending = 0; chg = 0; name = $1; next }
          END { if (pending) printf "| %s | %s | - |\n", name, t }' >"$T/criterion.md" || true
 
-body() { grep -v '^TARGET|' "$T/$1.md" || true; }
+# A section's output: the tables, then its raw-number comments (a comment line inside a table
+# would end the table).
+body() {
+    grep -v '^TARGET|' "$T/$1.md" | grep -v '^<!--' || true
+    grep '^<!--' "$T/$1.md" || true
+}
 disk_dev=$(df --output=source /work | tail -1)
 {
     echo "# cln-backup benchmarks"
@@ -121,7 +126,7 @@ disk_dev=$(df --output=source /work | tail -1)
     echo
     body replay
     echo
-    body replay-enc | grep -v '^| what\|^|---' || true
+    body replay-enc
     echo
     echo "Restore of the generated database (one snapshot), beside a plain copy:"
     echo
@@ -135,7 +140,8 @@ disk_dev=$(df --output=source /work | tail -1)
     echo "sealed journal. restic backs up the database file at the same 31 points."
     echo
     body series
-    body series-enc | grep -v '^| store\|^|---' || true
+    echo
+    body series-enc
     echo
     echo "## 5. Criterion micro-benchmarks"
     echo

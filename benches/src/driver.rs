@@ -153,8 +153,9 @@ pub struct SessionTimes {
 
 /// Run one lightningd session of `batches` through the plugin, timing each db_write round trip.
 /// With `compact_rpc = Some((method, phase))`, that RPC (e.g. `backup-compact`) is called back to
-/// back during alternating phases of `phase` hooks (on, off, on, ...) after init, while the
-/// db_write calls go on (lightningd forwards RPC calls to the plugin between hooks).
+/// back after init while the db_write calls go on (lightningd forwards RPC calls to the plugin
+/// between hooks), in alternating phases: `phase` hooks with compactions, then `phase` hooks
+/// counted from when the last compaction answered, without.
 pub fn session(
     cmd: &[String],
     network_dir: &Path,
@@ -168,6 +169,7 @@ pub fn session(
     let pre = if fresh { 9 } else { 3 };
     let mut t = SessionTimes::default();
     let mut pending: Option<(String, Instant)> = None;
+    let (mut on, mut count) = (true, 0usize);
     for (i, b) in batches.iter().enumerate() {
         if i == pre {
             d.call(
@@ -190,7 +192,14 @@ pub fn session(
                     pending = None;
                 }
             }
-            if pending.is_none() && ((i - pre) / phase.max(1)).is_multiple_of(2) {
+            if on || pending.is_none() {
+                count += 1;
+            }
+            if count > phase {
+                on = !on;
+                count = 1;
+            }
+            if pending.is_none() && on {
                 let sent = Instant::now();
                 pending = Some((d.send(m, json!({}))?, sent));
             }

@@ -50,12 +50,14 @@ fn main() -> anyhow::Result<()> {
     };
     let variants = arg("--variants").unwrap_or_default();
     let mut verdicts = Vec::new();
+    let mut notes = Vec::new();
     for v in variants.split(',').filter(|v| !v.is_empty()) {
         let (c, encrypt) = match v.strip_suffix("+enc") {
             Some(c) => (c, true),
             None => (v, false),
         };
         let o = ours(&g, c, encrypt)?;
+        notes.push(o.3.clone());
         if let (Some(r), true) = (&r, c == "pages:1") {
             let enc = if encrypt { ", encrypted" } else { "" };
             let mb = mb(g.size);
@@ -74,6 +76,12 @@ fn main() -> anyhow::Result<()> {
                 o.2 as f64 / r.2 as f64,
                 0.05,
             ));
+        }
+    }
+    if !notes.is_empty() {
+        println!();
+        for n in notes {
+            println!("{n}");
         }
     }
     for v in verdicts {
@@ -146,6 +154,30 @@ fn raw(path: &Path) -> anyhow::Result<()> {
             z16 as f64 / data.len() as f64,
         ));
     }
+    // The disk: write the bytes a first snapshot stores (the zstd-3 output size) and fdatasync.
+    let out_len = rows_out_len(data);
+    let tmp = bench_data().join("write-limit.tmp");
+    let buf = vec![0x5au8; 16 << 20];
+    let t = Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        let mut left = out_len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            f.write_all(&buf[..n])?;
+            left -= n;
+        }
+        f.sync_data()?;
+    }
+    let d_write = t.elapsed();
+    std::fs::remove_file(&tmp)?;
+    println!(
+        "Disk: writing {:.0} MB (what a first snapshot stores) + fdatasync: {:.2} s ({:.0} MB/s).\n",
+        mb(out_len as u64),
+        d_write.as_secs_f64(),
+        mbps(out_len as u64, d_write)
+    );
     println!("| cores | blake3 (keyed) per 4 KiB page, MB/s | zstd-3 per 4 KiB page, MB/s | zstd-3 per 64 KiB, MB/s | zstd-3 4 KiB output MB (ratio) | zstd-3 64 KiB output MB (ratio) |");
     println!("|---|---|---|---|---|---|");
     for r in rows {
@@ -155,6 +187,24 @@ fn raw(path: &Path) -> anyhow::Result<()> {
 }
 
 /// (first backup time, second backup time, bytes the second added)
+/// About what zstd-3 makes of the data (sampled: every 64th MiB).
+fn rows_out_len(data: &[u8]) -> usize {
+    let mut raw = 0;
+    let mut out = 0;
+    for c in data.chunks(1 << 20).step_by(64) {
+        raw += c.len();
+        out += c
+            .chunks(4096)
+            .map(|p| {
+                zstd::bulk::compress(p, 3)
+                    .map(|z| z.len())
+                    .unwrap_or(p.len())
+            })
+            .sum::<usize>();
+    }
+    (data.len() as f64 * out as f64 / raw.max(1) as f64) as usize
+}
+
 fn restic(g: &gen::Generated) -> anyhow::Result<(Duration, Duration, u64)> {
     let w = workdir("restic")?;
     let repo = w.join("repo");
@@ -212,12 +262,12 @@ fn restic_version() -> String {
         .unwrap_or_default()
 }
 
-/// (first snapshot time, incremental snapshot time, bytes the incremental added)
+/// (first snapshot time, incremental snapshot time, bytes the incremental added, a note)
 fn ours(
     g: &gen::Generated,
     chunker: &str,
     encrypt: bool,
-) -> anyhow::Result<(Duration, Duration, u64)> {
+) -> anyhow::Result<(Duration, Duration, u64, String)> {
     measure::reset_peak_rss();
     let name = format!(
         "ours-{}{}",
@@ -255,11 +305,13 @@ fn ours(
     let t = Instant::now();
     // As compaction does: load the index and the parent's chunk list from the repository.
     let mut index = ChunkIndex::load(&repo)?;
+    let t_index = t.elapsed();
     let parent = manifest::latest(&repo)?;
     let prefs = match &parent {
         Some(p) => Some(manifest::resolve(&repo, p)?),
         None => None,
     };
+    let t_parent = t.elapsed() - t_index;
     let input = SnapshotInput {
         path: &file,
         data_version: gen::data_version(&g.changed)?,
@@ -269,6 +321,14 @@ fn ours(
     let m2 = write_snapshot(&repo, &input, parent.as_ref(), prefs.as_deref(), &mut index)?;
     let t2 = t.elapsed();
     let peak_anon = anon.stop();
+    let note = format!(
+        "- {chunker}{}: the incremental snapshot's {:.2} s = loading the chunk index {:.2} s + the parent's chunk list {:.2} s + chunking, hashing, compressing and storing {:.2} s",
+        if encrypt { " encrypted" } else { "" },
+        t2.as_secs_f64(),
+        t_index.as_secs_f64(),
+        t_parent.as_secs_f64(),
+        (t2 - t_index - t_parent).as_secs_f64()
+    );
     let s2 = cln_backup_benches::dir_size(&root);
     println!(
         "| cln-backup {chunker}{} | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {:.1} MB | {:.2} MB | {} / {} | {} B / {} B | {:.0} MB | {:.0} MB |",
@@ -295,5 +355,5 @@ fn ours(
         m2.stored_bytes
     );
     let _ = std::fs::remove_dir_all(&w);
-    Ok((t1, t2, s2 - s1))
+    Ok((t1, t2, s2 - s1, note))
 }
