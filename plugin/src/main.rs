@@ -70,6 +70,7 @@ impl Plugin {
                             &self.out,
                             Some(id.clone()),
                             &self.opts.retention,
+                            self.opts.compaction_nice,
                         ) {
                             Ok(())
                         } else {
@@ -287,7 +288,14 @@ impl Plugin {
         if let Some(b) = &self.backup {
             // If this one makes no progress, do not retry at every call: wait for a quarter more.
             self.auto_floor = journal_bytes + limit / 4;
-            rpc::start_compaction(b, &self.compaction, &self.out, None, &self.opts.retention);
+            rpc::start_compaction(
+                b,
+                &self.compaction,
+                &self.out,
+                None,
+                &self.opts.retention,
+                self.opts.compaction_nice,
+            );
         }
     }
 }

@@ -17,6 +17,7 @@ pub const OPT_DURABILITY: &str = "backup-durability";
 pub const DEFAULT_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 pub const OPT_RETENTION: &str = "backup-retention";
 pub const DEFAULT_RETENTION: &str = "last=10,daily=7,weekly=4,monthly=6";
+pub const OPT_COMPACTION_NICE: &str = "backup-compaction-nice";
 pub const OPT_RECONNECT_TRIES: &str = "backup-reconnect-tries";
 pub const OPT_RECONNECT_WAIT: &str = "backup-reconnect-wait";
 pub const OPT_RECONNECT_FACTOR: &str = "backup-reconnect-factor";
@@ -30,6 +31,8 @@ pub struct Options {
     pub remote: RemoteOptions,
     /// Snapshots kept after each compaction (None: keep everything).
     pub retention: Option<Retention>,
+    /// CPU nice value of the compaction thread (its I/O class is idle whatever this is).
+    pub compaction_nice: i32,
 }
 
 /// `last=N,hourly=N,daily=N,weekly=N,monthly=N` (any subset), or `off`.
@@ -75,6 +78,7 @@ impl Default for Options {
             durability: Durability::Fsync,
             remote: RemoteOptions::default(),
             retention: parse_retention(DEFAULT_RETENTION).unwrap_or_default(),
+            compaction_nice: 10,
         }
     }
 }
@@ -96,6 +100,12 @@ impl Options {
                 .ok_or_else(|| {
                     format!("{OPT_COMPACT_BYTES} must be a byte count (0 disables), not {v}")
                 })?;
+        }
+        if let Some(v) = opts.get(OPT_COMPACTION_NICE) {
+            o.compaction_nice = number(v)
+                .filter(|n| (0.0..=19.0).contains(n) && n.fract() == 0.0)
+                .ok_or_else(|| format!("{OPT_COMPACTION_NICE} must be 0 to 19, not {v}"))?
+                as i32;
         }
         if let Some(v) = opts.get(OPT_RETENTION) {
             let text = v.as_str().ok_or_else(|| {
@@ -143,6 +153,12 @@ pub fn manifest() -> Value {
                 "type": "int",
                 "default": DEFAULT_COMPACT_BYTES,
                 "description": "Make a snapshot in the background when the journal since the last one passes this many bytes (0: only on backup-compact)"
+            },
+            {
+                "name": OPT_COMPACTION_NICE,
+                "type": "int",
+                "default": 10,
+                "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it; its disk I/O runs in the idle class"
             },
             {
                 "name": OPT_RETENTION,

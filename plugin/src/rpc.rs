@@ -70,6 +70,7 @@ pub fn start_compaction(
     out: &Out,
     reply_to: Option<Value>,
     backup_retention: &Option<store::ops::prune::Retention>,
+    nice: i32,
 ) -> bool {
     if state
         .running
@@ -97,11 +98,11 @@ pub fn start_compaction(
             remove_stale_bases(&opts.cache_dir, &repo.repo_id().to_string());
             // The hook must not wait for CPU or disk behind a compaction: it runs on one thread at
             // the lowest CPU and I/O priority.
-            background_priority();
+            background_priority(nice);
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .thread_name(|_| "compaction-worker".into())
-                .start_handler(|_| background_priority())
+                .start_handler(move |_| background_priority(nice))
                 .build();
             let mut res = match &pool {
                 Ok(p) => p.install(|| compact(&repo, &writer, &opts)),
@@ -244,14 +245,14 @@ fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
     }
 }
 
-/// Lowest CPU priority (nice 19) and idle I/O class for the calling thread only: Linux applies
+/// A low CPU priority (`nice`, 10 by default) and the idle I/O class for the calling thread only: Linux applies
 /// both per thread. Best effort: on failure the compaction runs at normal priority.
-fn background_priority() {
+fn background_priority(nice: i32) {
     // SAFETY: plain system calls on the calling thread's own id, no memory is passed.
     #[allow(unsafe_code)]
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
         const IOPRIO_WHO_PROCESS: libc::c_long = 1;
         const IOPRIO_CLASS_IDLE: libc::c_long = 3;
         libc::syscall(

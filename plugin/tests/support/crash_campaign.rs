@@ -390,6 +390,9 @@ impl Node {
             "backup-compact-journal-bytes".to_string(),
             json!(rng.range(20_000, 300_000)),
         )];
+        // Compactions must be able to finish inside the kill windows on a machine busy with
+        // the other tests: normal priority here (the default is nice 10).
+        init_options.push(("backup-compaction-nice".into(), json!(0)));
         if rng.chance(1, 4) {
             init_options.push(("backup-durability".into(), json!("flush")));
         }

@@ -297,7 +297,17 @@ impl Backend for DirBackend {
             .truncate(false)
             .open(&p)
             .map_err(|e| Error::io("open", obj.clone(), e))?;
-        match f.try_lock() {
+        // A lock can be held for an instant by a child process between fork and exec (it shares
+        // the parent's open file): retry briefly before calling it held.
+        let mut res = f.try_lock();
+        for _ in 0..20 {
+            if !matches!(res, Err(fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            res = f.try_lock();
+        }
+        match res {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let mut who = String::new();
