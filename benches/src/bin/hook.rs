@@ -380,6 +380,19 @@ fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     )?)
 }
 
+/// What the cln-backup plugin does to its compaction thread: nice 10 and the idle I/O class
+/// (`--background-priority` reproduces it in-process, to see its effect on the hook). The
+/// thread's rayon work then runs in a one-thread pool on the same thread.
+#[allow(unsafe_code)]
+fn background_priority() {
+    // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        libc::syscall(libc::SYS_ioprio_set, 1 as libc::c_long, tid as libc::c_long, (3 as libc::c_long) << 13);
+    }
+}
+
 /// Runs compaction back to back while `enabled` (`running` while one runs), until `stop`,
 /// recording when each ran.
 fn compaction_loop(
@@ -403,7 +416,16 @@ fn compaction_loop(
             }
             running.store(true, Ordering::Relaxed);
             let t = Instant::now();
-            let r = compact(&repo, &w, &opts);
+            let r = if flag("--background-priority") {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .start_handler(|_| background_priority())
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .install(|| compact(&repo, &w, &opts))
+            } else {
+                compact(&repo, &w, &opts)
+            };
             running.store(false, Ordering::Relaxed);
             let r = r?;
             intervals
