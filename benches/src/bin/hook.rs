@@ -389,7 +389,12 @@ fn background_priority() {
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-        libc::syscall(libc::SYS_ioprio_set, 1 as libc::c_long, tid as libc::c_long, (3 as libc::c_long) << 13);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            1 as libc::c_long,
+            tid as libc::c_long,
+            (3 as libc::c_long) << 13,
+        );
     }
 }
 

@@ -55,13 +55,7 @@ fn main() -> anyhow::Result<()> {
             .transpose()?
     };
     for c in chunkers {
-        for encrypt in if encrypt {
-            vec![false, true]
-        } else {
-            vec![false]
-        } {
-            ours(&batches, every, &c, encrypt, restic_total)?;
-        }
+        ours(&batches, every, &c, encrypt, restic_total)?;
     }
     Ok(())
 }
