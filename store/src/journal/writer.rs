@@ -297,62 +297,120 @@ impl JournalWriter {
     }
 
     /// Close the current segment and start the next one; returns the closed segment's number.
-    /// Compaction calls this so that appends never wait for it.
     ///
     /// If the new segment cannot be started, it is removed and appends go on in the current one;
     /// if it cannot be removed either, the writer refuses further appends (a restart continues in
     /// the newest segment, so nothing may be appended to an older one).
     pub fn rotate(&mut self) -> Result<u64> {
-        let next = self.seq + 1;
-        match self.start_segment(next) {
-            Ok((stream, header)) => {
-                let closed = self.seq;
-                self.stream = stream;
-                self.seq = next;
-                self.header = header;
-                self.closed_cache = self.cache.replace(Vec::new()).map(|c| (closed, c));
-                self.cache_bytes = 0;
-                Ok(closed)
-            }
-            Err((e, false)) => Err(e),
-            Err((e, true)) => {
-                if let Err(e2) = self.repo.backend().stream_delete(&stream_name(next)) {
-                    self.poisoned = Some(format!(
-                        "segment {} could not be started ({e}) nor removed ({e2})",
-                        stream_name(next)
-                    ));
+        match prepare_segment(&self.repo, self.durability, self.seq + 1) {
+            Ok(p) => self.rotate_to(p),
+            Err(e) => {
+                if let Some(why) = e.leftover {
+                    self.poisoned = Some(why);
                 }
-                Err(e)
+                Err(e.error)
             }
         }
     }
 
-    /// Start segment `next`. The error says whether a new, possibly half-made segment exists.
-    fn start_segment(&self, next: u64) -> std::result::Result<NewSegment, (Error, bool)> {
-        let name = stream_name(next);
-        if let Some(s) = self
-            .repo
-            .backend()
-            .stream_list()
-            .map_err(|e| (e, false))?
-            .iter()
-            .find(|s| s.name == name)
-        {
-            return Err((
-                Error::Invalid(format!(
-                    "journal segment {name} already exists ({} bytes); refusing to reuse it",
-                    s.size
-                )),
-                false,
-            ));
+    /// Switch to a segment made by [`prepare_segment`] for the number after the current one.
+    /// No I/O: compaction prepares the segment first and holds the writer only for this.
+    pub fn rotate_to(&mut self, p: PreparedSegment) -> Result<u64> {
+        if p.seq != self.seq + 1 {
+            return Err(Error::Invalid(format!(
+                "prepared journal segment {} does not follow the current one {}",
+                stream_name(p.seq),
+                stream_name(self.seq)
+            )));
         }
-        let mut stream = self
-            .repo
-            .backend()
-            .stream_open(&name, self.durability)
-            .map_err(|e| (e, true))?;
-        let header = segment::stream_header(self.repo.crypto(), self.repo.repo_id(), next);
-        stream.append(&header).map_err(|e| (e, true))?;
-        Ok((stream, header))
+        let closed = self.seq;
+        self.stream = p.stream;
+        self.seq = p.seq;
+        self.header = p.header;
+        self.closed_cache = self.cache.replace(Vec::new()).map(|c| (closed, c));
+        self.cache_bytes = 0;
+        Ok(closed)
     }
+
+    /// Refuse every further append (a half-made newer segment could not be removed).
+    pub fn poison(&mut self, why: String) {
+        self.poisoned = Some(why);
+    }
+}
+
+/// A started journal segment, not yet in use.
+pub struct PreparedSegment {
+    seq: u64,
+    stream: Box<dyn Stream>,
+    header: Vec<u8>,
+}
+
+/// Why a segment could not be prepared; `leftover` is set when a half-made segment stayed
+/// behind (then the writer must stop appending: see [`JournalWriter::rotate`]).
+pub struct PrepareError {
+    pub error: Error,
+    pub leftover: Option<String>,
+}
+
+/// Create segment `next` and write its header (durably), without touching the writer.
+pub fn prepare_segment(
+    repo: &Repository,
+    durability: Durability,
+    next: u64,
+) -> std::result::Result<PreparedSegment, PrepareError> {
+    match start_segment(repo, durability, next) {
+        Ok((stream, header)) => Ok(PreparedSegment {
+            seq: next,
+            stream,
+            header,
+        }),
+        Err((error, false)) => Err(PrepareError {
+            error,
+            leftover: None,
+        }),
+        Err((error, true)) => {
+            let leftover = repo
+                .backend()
+                .stream_delete(&stream_name(next))
+                .err()
+                .map(|e2| {
+                    format!(
+                        "segment {} could not be started ({error}) nor removed ({e2})",
+                        stream_name(next)
+                    )
+                });
+            Err(PrepareError { error, leftover })
+        }
+    }
+}
+
+/// Start segment `next`. The error says whether a new, possibly half-made segment exists.
+fn start_segment(
+    repo: &Repository,
+    durability: Durability,
+    next: u64,
+) -> std::result::Result<NewSegment, (Error, bool)> {
+    let name = stream_name(next);
+    if let Some(s) = repo
+        .backend()
+        .stream_list()
+        .map_err(|e| (e, false))?
+        .iter()
+        .find(|s| s.name == name)
+    {
+        return Err((
+            Error::Invalid(format!(
+                "journal segment {name} already exists ({} bytes); refusing to reuse it",
+                s.size
+            )),
+            false,
+        ));
+    }
+    let mut stream = repo
+        .backend()
+        .stream_open(&name, durability)
+        .map_err(|e| (e, true))?;
+    let header = segment::stream_header(repo.crypto(), repo.repo_id(), next);
+    stream.append(&header).map_err(|e| (e, true))?;
+    Ok((stream, header))
 }

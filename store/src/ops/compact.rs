@@ -169,11 +169,30 @@ pub fn compact(
     let started = Instant::now();
     let _lock = repo.lock(MAINTENANCE_LOCK, &opts.holder)?;
     let before = stats::stats(repo)?;
+    // The next segment is made outside the writer's lock (a file creation and a directory sync);
+    // the hook waits only for the switch itself.
+    let (next, durability) = {
+        let w = writer
+            .lock()
+            .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
+        (w.segment() + 1, w.durability())
+    };
+    let prepared = match crate::journal::writer::prepare_segment(repo, durability, next) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(why) = e.leftover {
+                if let Ok(mut w) = writer.lock() {
+                    w.poison(why);
+                }
+            }
+            return Err(e.error);
+        }
+    };
     let (closed, closed_records) = {
         let mut w = writer
             .lock()
             .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
-        let closed = w.rotate()?;
+        let closed = w.rotate_to(prepared)?;
         (closed, w.take_closed_records(closed))
     };
     let parent = manifest::latest(repo)?;
@@ -278,17 +297,17 @@ pub fn compact(
         closed + 1,
         closed_records.as_deref().map(|r| (closed, r)),
     )?;
-    {
-        let mut w = writer
-            .lock()
-            .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
-        let since: u64 = reader::segments(repo)?
-            .iter()
-            .filter(|s| s.seq > journal_segment && s.seq != w.segment())
-            .map(|s| s.size)
-            .sum();
-        w.reset_bytes_since_snapshot(since);
-    }
+    // Closed segments still after the snapshot (listed outside the writer's lock; only the
+    // compaction rotates, so the current segment is `closed + 1`).
+    let since: u64 = reader::segments(repo)?
+        .iter()
+        .filter(|s| s.seq > journal_segment && s.seq != closed + 1)
+        .map(|s| s.size)
+        .sum();
+    writer
+        .lock()
+        .map_err(|_| Error::Invalid("journal writer poisoned".into()))?
+        .reset_bytes_since_snapshot(since);
     let after = stats::stats(repo)?;
     let dedup_ratio = if m.stored_bytes > 0 {
         m.db_size as f64 / m.stored_bytes as f64
