@@ -12,29 +12,7 @@ pub fn testdata(name: &str) -> PathBuf {
 
 /// Parse a trace (one db_write params object per line), zstd-compressed or not.
 pub fn load_trace(path: &Path) -> anyhow::Result<Vec<Batch>> {
-    let raw = std::fs::read(path)?;
-    let text = if path.extension().is_some_and(|e| e == "zst") {
-        zstd::decode_all(raw.as_slice())?
-    } else {
-        raw
-    };
-    let text = String::from_utf8(text)?;
-    let mut out = Vec::new();
-    for l in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(l)?;
-        out.push(Batch {
-            data_version: v["data_version"].as_u64().unwrap_or(0) as u32,
-            writes: v["writes"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|w| w.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
-    }
-    Ok(out)
+    Ok(store::journal::trace::load(path)?)
 }
 
 pub fn dir_size(p: &Path) -> u64 {

@@ -17,6 +17,7 @@
 pub mod reader;
 pub mod record;
 pub mod segment;
+pub mod trace;
 pub mod writer;
 
 pub use record::{Batch, Record};

@@ -623,23 +623,7 @@ fn load_trace(name: &str) -> Vec<store::Batch> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata")
         .join(name);
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            store::Batch {
-                data_version: v["data_version"].as_u64().unwrap() as u32,
-                writes: v["writes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|w| w.as_str().unwrap().to_string())
-                    .collect(),
-            }
-        })
-        .collect()
+    store::journal::trace::load(&p).unwrap()
 }
 
 /// The real session-1 trace through an encrypted remote repository: a snapshot over the link,

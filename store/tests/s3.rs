@@ -649,22 +649,7 @@ fn testdata(name: &str) -> PathBuf {
 }
 
 fn load_trace(name: &str) -> Vec<store::Batch> {
-    let text = std::fs::read_to_string(testdata(name)).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            store::Batch {
-                data_version: v["data_version"].as_u64().unwrap() as u32,
-                writes: v["writes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|w| w.as_str().unwrap().to_string())
-                    .collect(),
-            }
-        })
-        .collect()
+    store::journal::trace::load(&testdata(name)).unwrap()
 }
 
 #[test]

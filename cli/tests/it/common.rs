@@ -122,22 +122,7 @@ pub fn p(p: &Path) -> &str {
 
 /// The batches of a trace, in order.
 pub fn trace(session: u32) -> Vec<Batch> {
-    let text = std::fs::read_to_string(testdata(&format!("trace-s{session}.jsonl"))).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Batch {
-                data_version: v["data_version"].as_u64().unwrap() as u32,
-                writes: v["writes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|w| w.as_str().unwrap().to_string())
-                    .collect(),
-            }
-        })
-        .collect()
+    store::journal::trace::load(&testdata(&format!("trace-s{session}.jsonl"))).unwrap()
 }
 
 pub fn last_version(session: u32) -> u32 {
