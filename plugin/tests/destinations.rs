@@ -29,6 +29,20 @@ fn trace(n: u32) -> Vec<DbWrite> {
     load_trace(&testdata(&format!("trace-s{n}.jsonl"))).unwrap()
 }
 
+/// A fresh node as lightningd starts it: getmanifest, then its 9 db_write calls before init.
+fn fresh_node_before_init(net: &Path, s1: &[DbWrite]) -> Emulator {
+    let mut ld = Emulator::spawn(&plugin(), net, &[]).unwrap();
+    ld.set_timeout(Duration::from_secs(120));
+    ld.getmanifest().unwrap();
+    for b in &s1[..9] {
+        assert!(ld
+            .db_write(b.data_version, &b.writes)
+            .unwrap()
+            .is_continue());
+    }
+    ld
+}
+
 fn serve(root: &Path, key: &MasterKey, listen: &str) -> ServerHandle {
     let backend: Arc<dyn Backend> = Arc::new(DirBackend::open(root).unwrap());
     ServerHandle::spawn(
@@ -64,15 +78,7 @@ fn server_restarted_mid_session_loses_nothing() {
     std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
 
     let s1 = trace(1);
-    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
-    ld.set_timeout(Duration::from_secs(120));
-    ld.getmanifest().unwrap();
-    for b in &s1[..9] {
-        assert!(ld
-            .db_write(b.data_version, &b.writes)
-            .unwrap()
-            .is_continue());
-    }
+    let mut ld = fresh_node_before_init(&net, &s1);
     let options: Vec<(String, Value)> = vec![
         ("backup-reconnect-tries".into(), json!(20)),
         ("backup-reconnect-wait".into(), json!("0.1")),
@@ -212,15 +218,7 @@ fn retention_keeps_the_backup_bounded() {
     )
     .unwrap();
     let s1 = trace(1);
-    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
-    ld.set_timeout(Duration::from_secs(120));
-    ld.getmanifest().unwrap();
-    for b in &s1[..9] {
-        assert!(ld
-            .db_write(b.data_version, &b.writes)
-            .unwrap()
-            .is_continue());
-    }
+    let mut ld = fresh_node_before_init(&net, &s1);
     let options: Vec<(String, Value)> = vec![
         ("backup-compact-journal-bytes".into(), json!(0)),
         ("backup-retention".into(), json!("last=2")),

@@ -95,6 +95,25 @@ pub trait Stream: Send {
 
 pub trait LockGuard: Send {}
 
+/// Object and stream names every backend accepts: `/`-separated ASCII (letters, digits, `._-`)
+/// without empty, `.` or `..` parts.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.starts_with('/')
+        || name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        return Err(crate::Error::Invalid(format!(
+            "invalid object name '{name}'"
+        )));
+    }
+    Ok(())
+}
+
 /// Open the backend a URL names. `link_key` is the repository key, which remote destinations use
 /// to authenticate (it never leaves this process: only subkeys derived from it are used).
 pub fn open(

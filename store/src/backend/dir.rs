@@ -11,7 +11,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, Durability, LockGuard, ObjectInfo, Stream};
+use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
 
 pub const DIRS: &[&str] = &["snapshots", "packs", "index", "journal", "locks", "tmp"];
@@ -87,21 +87,6 @@ impl DirBackend {
         }
         Ok(tmp)
     }
-}
-
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.starts_with('/')
-        || name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
-    {
-        return Err(Error::Invalid(format!("invalid object name '{name}'")));
-    }
-    Ok(())
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

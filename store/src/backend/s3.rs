@@ -35,7 +35,7 @@ use object_store::{
     ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
-use super::{Backend, Durability, LockGuard, ObjectInfo, Stream};
+use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
 pub use config::{Addressing, S3Config};
 
@@ -347,22 +347,6 @@ impl Inner {
         }
         Ok(())
     }
-}
-
-/// Names are `/`-separated ASCII without empty, `.` or `..` parts (as for the directory backend).
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.starts_with('/')
-        || name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
-    {
-        return Err(Error::Invalid(format!("invalid object name '{name}'")));
-    }
-    Ok(())
 }
 
 fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
