@@ -298,11 +298,16 @@ fn s3_destination_through_the_plugin() {
     std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
     let opts = SessionOptions {
         fresh: true,
+        // Compactions only on request, so none is left running (holding its S3 lease, which
+        // outlives a killed process until it expires) when the session ends.
         init_options: vec![
-            ("backup-compact-journal-bytes".into(), json!(400_000)),
+            ("backup-compact-journal-bytes".into(), json!(0)),
             ("backup-retention".into(), json!("last=1")),
         ],
-        rpc_after: vec![("backup-compact".into(), json!({}))],
+        rpc_after: vec![
+            ("backup-compact".into(), json!({})),
+            ("backup-compact".into(), json!({})),
+        ],
         timeout: Duration::from_secs(300),
         ..Default::default()
     };
