@@ -37,11 +37,15 @@ pub struct ConfigBody {
     pub chunker: ChunkerParams,
     /// Target size of a pack file in bytes.
     pub pack_target: u64,
-    /// zstd level for chunks and sealed journal segments.
+    /// zstd level for chunks (sealed journal segments use [`SEGMENT_ZSTD_LEVEL`]).
     pub zstd_level: i32,
     /// A full (non-delta) manifest at least every this many snapshots.
     pub full_manifest_every: u32,
 }
+
+/// zstd level of sealed journal segments: text-like SQL that compresses well and is written once
+/// per compaction in the background.
+pub const SEGMENT_ZSTD_LEVEL: i32 = 3;
 
 impl Default for ConfigBody {
     fn default() -> Self {
@@ -49,7 +53,10 @@ impl Default for ConfigBody {
             created: now(),
             chunker: ChunkerParams::default(),
             pack_target: 16 << 20,
-            zstd_level: 3,
+            // Level 1 compresses this data 1.8x faster than 3 and stores ~1% more (64 KiB groups
+            // of the generated 1 GiB database: 383 vs 210 MB/s per core, ratio 1.689 vs 1.707);
+            // a first snapshot is bound by compression on small machines.
+            zstd_level: 1,
             full_manifest_every: 16,
         }
     }

@@ -68,6 +68,10 @@ impl PackBuilder {
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// Reserve room for `bytes` more, so a pack of known target size is not regrown.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.data.reserve(bytes);
+    }
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -75,6 +79,16 @@ impl PackBuilder {
     pub fn add_group(&mut self, crypto: &Crypto, group: &CompressedGroup) {
         let off = self.data.len() as u64;
         let sealed = crypto.seal(&blob_aad(&self.prefix, off), &group.zdata);
+        self.add_sealed(group, &sealed);
+    }
+    /// Associated data of a blob sealed to sit at `offset` of this pack.
+    pub fn aad_at(&self, offset: u64) -> Vec<u8> {
+        blob_aad(&self.prefix, offset)
+    }
+    /// Add a group sealed elsewhere with [`Self::aad_at`]`(self.len())` (so that several groups
+    /// can be sealed in parallel once their offsets are planned).
+    pub fn add_sealed(&mut self, group: &CompressedGroup, sealed: &[u8]) {
+        let off = self.data.len() as u64;
         let blob_len = sealed.len() as u32;
         for (id, inner, len) in &group.chunks {
             self.entries.push((
@@ -88,7 +102,7 @@ impl PackBuilder {
                 },
             ));
         }
-        self.data.extend_from_slice(&sealed);
+        self.data.extend_from_slice(sealed);
     }
     pub fn finish(self) -> (PackId, Vec<u8>, Vec<(ChunkId, Location)>) {
         (self.id, self.data, self.entries)
@@ -104,13 +118,48 @@ pub struct CompressedGroup {
 /// Compress a group of chunks (id, bytes) together.
 pub fn compress_group(chunks: &[(ChunkId, &[u8])], level: i32) -> Result<CompressedGroup> {
     let mut raw = Vec::with_capacity(chunks.iter().map(|c| c.1.len()).sum());
-    let mut meta = Vec::with_capacity(chunks.len());
+    let mut ids = Vec::with_capacity(chunks.len());
     for (id, bytes) in chunks {
-        meta.push((*id, raw.len() as u32, bytes.len() as u32));
+        ids.push((*id, bytes.len() as u32));
         raw.extend_from_slice(bytes);
     }
-    let zdata =
-        zstd::bulk::compress(&raw, level).map_err(|e| Error::io("compress", "chunk group", e))?;
+    compress_contiguous(&ids, &raw, level)
+}
+
+/// Compress chunks that lie one after the other in `raw` (ids with lengths, in order), without
+/// copying them first. Each thread keeps one zstd context for all its groups.
+pub fn compress_contiguous(
+    ids: &[(ChunkId, u32)],
+    raw: &[u8],
+    level: i32,
+) -> Result<CompressedGroup> {
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut meta = Vec::with_capacity(ids.len());
+    let mut at = 0u32;
+    for (id, len) in ids {
+        meta.push((*id, at, *len));
+        at += len;
+    }
+    if at as usize != raw.len() {
+        return Err(Error::Invalid(format!(
+            "chunk group of {} bytes holds {at} bytes of chunks",
+            raw.len()
+        )));
+    }
+    let err = |e| Error::io("compress", "chunk group", e);
+    let zdata = CCTX.with(|c| -> Result<Vec<u8>> {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        }
+        match c.as_mut() {
+            Some((_, z)) => z.compress(raw).map_err(err),
+            None => zstd::bulk::compress(raw, level).map_err(err),
+        }
+    })?;
     Ok(CompressedGroup {
         zdata,
         chunks: meta,
@@ -171,10 +220,14 @@ pub fn chunk_from_blob(
     Ok(bytes.to_vec())
 }
 
+/// A map keyed by chunk id. foldhash: several times faster than SipHash on these 32-byte keys,
+/// and seeded per process, so crafted page contents cannot degrade it.
+pub type IdMap<V> = HashMap<ChunkId, V, foldhash::fast::RandomState>;
+
 /// All chunk locations, from every index object.
 #[derive(Default, Clone)]
 pub struct ChunkIndex {
-    pub map: HashMap<ChunkId, Location>,
+    pub map: IdMap<Location>,
     /// Index object names loaded.
     pub objects: Vec<String>,
 }
@@ -194,9 +247,11 @@ impl ChunkIndex {
                 decode_index(repo.crypto(), n, &data)
             })
             .collect();
-        let mut map = HashMap::new();
+        let parts: Vec<Vec<(ChunkId, Location)>> = parts.into_iter().collect::<Result<_>>()?;
+        let mut map =
+            IdMap::with_capacity_and_hasher(parts.iter().map(Vec::len).sum(), Default::default());
         for p in parts {
-            for (id, loc) in p? {
+            for (id, loc) in p {
                 map.entry(id).or_insert(loc);
             }
         }

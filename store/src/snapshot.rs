@@ -86,7 +86,8 @@ pub fn write_snapshot(
     let pack_target = repo.config().body.pack_target as usize;
 
     // New chunks, in file order, each once.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<ChunkId, foldhash::fast::RandomState> =
+        Default::default();
     let mut new: Vec<usize> = Vec::new();
     for (i, (id, _)) in refs.iter().enumerate() {
         if !index.map.contains_key(id) && seen.insert(*id) {
@@ -114,53 +115,139 @@ pub fn write_snapshot(
         groups.push(cur);
     }
 
-    let mut stored = 0u64;
-    let mut entries = Vec::new();
-    let mut builder = PackBuilder::new(repo.crypto());
-    let mut gi = 0;
-    while gi < groups.len() {
-        let mut end = gi;
-        let mut raw = 0;
-        while end < groups.len() && raw < WINDOW {
-            raw += groups
-                .get(end)
-                .map(|g| {
-                    g.iter()
-                        .map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0))
-                        .sum::<usize>()
-                })
-                .unwrap_or(0);
-            end += 1;
-        }
-        let window = groups.get(gi..end).unwrap_or_default();
-        let compressed: Vec<pack::CompressedGroup> = window
-            .par_iter()
-            .map(|g| {
-                let chunks: Vec<(ChunkId, &[u8])> = g
-                    .iter()
-                    .map(|&i| {
-                        let (o, l) = spans.get(i).copied().unwrap_or((0, 0));
-                        (
-                            refs.get(i).map(|r| r.0).unwrap_or(ChunkId([0; 32])),
-                            data.get(o..o + l).unwrap_or_default(),
-                        )
+    // Compression (rayon) and publishing run side by side: full packs go through a short queue
+    // to two publisher threads (mostly waiting on the disk), so the disk writes and syncs one
+    // pack while the next is written and the cores compress the one after.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PackBuilder>(1);
+    let rx = std::sync::Mutex::new(rx);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let (mut stored, entries) = std::thread::scope(|s| -> Result<(u64, Vec<_>)> {
+        let publish = || -> Result<(u64, Vec<_>)> {
+            let mut stored = 0u64;
+            let mut entries = Vec::new();
+            loop {
+                let next = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => break,
+                };
+                let Ok(full) = next else { break };
+                match publish_pack(repo, full, &mut entries) {
+                    Ok(n) => stored += n,
+                    Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok((stored, entries))
+        };
+        let publishers = [s.spawn(publish), s.spawn(publish)];
+        let produced = (|| -> Result<()> {
+            let new_builder = || {
+                let mut b = PackBuilder::new(repo.crypto());
+                b.reserve(pack_target + BLOB_MAX_RAW + 4096);
+                b
+            };
+            let mut builder = new_builder();
+            let mut gi = 0;
+            while gi < groups.len() {
+                let mut end = gi;
+                let mut raw = 0;
+                while end < groups.len() && raw < WINDOW {
+                    raw += groups
+                        .get(end)
+                        .map(|g| {
+                            g.iter()
+                                .map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0))
+                                .sum::<usize>()
+                        })
+                        .unwrap_or(0);
+                    end += 1;
+                }
+                let window = groups.get(gi..end).unwrap_or_default();
+                let compressed: Vec<pack::CompressedGroup> = window
+                    .par_iter()
+                    .map(|g| {
+                        // A group is neighbouring chunks: one contiguous span of the file.
+                        let ids: Vec<(ChunkId, u32)> = g
+                            .iter()
+                            .map(|&i| {
+                                (
+                                    refs.get(i).map(|r| r.0).unwrap_or(ChunkId([0; 32])),
+                                    spans.get(i).map(|s| s.1 as u32).unwrap_or(0),
+                                )
+                            })
+                            .collect();
+                        let start = g.first().and_then(|&i| spans.get(i)).map(|s| s.0);
+                        let end = g.last().and_then(|&i| spans.get(i)).map(|s| s.0 + s.1);
+                        let raw = match (start, end) {
+                            (Some(s), Some(e)) => data.get(s..e).unwrap_or_default(),
+                            _ => &[],
+                        };
+                        pack::compress_contiguous(&ids, raw, level)
+                    })
+                    .collect::<Result<_>>()?;
+                // Plan where each group lands (which pack, which offset: a sealed blob's size
+                // is known in advance), then seal them all in parallel, then append in order.
+                let overhead = repo.crypto().overhead();
+                let mut builders = vec![std::mem::replace(&mut builder, new_builder())];
+                let mut plan = Vec::with_capacity(compressed.len());
+                let mut at = builders.last().map(PackBuilder::len).unwrap_or(0);
+                for g in &compressed {
+                    if at >= pack_target {
+                        builders.push(new_builder());
+                        at = builders.last().map(PackBuilder::len).unwrap_or(0);
+                    }
+                    plan.push((builders.len() - 1, at as u64));
+                    at += g.zdata.len() + overhead;
+                }
+                let sealed: Vec<Vec<u8>> = compressed
+                    .par_iter()
+                    .zip(plan.par_iter())
+                    .map(|(g, &(b, off))| {
+                        let aad = builders.get(b).map(|b| b.aad_at(off)).unwrap_or_default();
+                        repo.crypto().seal(&aad, &g.zdata)
                     })
                     .collect();
-                pack::compress_group(&chunks, level)
-            })
-            .collect::<Result<_>>()?;
-        for g in &compressed {
-            builder.add_group(repo.crypto(), g);
-            if builder.len() >= pack_target {
-                let full = std::mem::replace(&mut builder, PackBuilder::new(repo.crypto()));
-                stored += publish_pack(repo, full, &mut entries)?;
+                for ((g, s), &(b, _)) in compressed.iter().zip(&sealed).zip(&plan) {
+                    if let Some(b) = builders.get_mut(b) {
+                        b.add_sealed(g, s);
+                    }
+                }
+                drop(sealed);
+                builder = builders.pop().unwrap_or_else(new_builder);
+                for full in builders {
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) || tx.send(full).is_err() {
+                        // The publisher stopped on an error: it is returned below.
+                        return Ok(());
+                    }
+                }
+                if builder.len() >= pack_target {
+                    let full = std::mem::replace(&mut builder, new_builder());
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) || tx.send(full).is_err() {
+                        return Ok(());
+                    }
+                }
+                gi = end;
             }
+            if !builder.is_empty() {
+                let _ = tx.send(builder);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let mut published = (0u64, Vec::new());
+        for p in publishers {
+            let (stored, entries) = p
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("a pack publisher panicked".into())))?;
+            published.0 += stored;
+            published.1.extend(entries);
         }
-        gi = end;
-    }
-    if !builder.is_empty() {
-        stored += publish_pack(repo, builder, &mut entries)?;
-    }
+        // A publish error explains a compression stop; otherwise report the compression error.
+        produced?;
+        Ok(published)
+    })?;
     if !entries.is_empty() {
         let name = pack::index_name();
         let idx = pack::encode_index(repo.crypto(), &name, &entries)?;

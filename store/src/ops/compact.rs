@@ -146,8 +146,12 @@ pub fn seal_closed_segments_with(
             _ => reader::read_segment(repo, &seg, Recovery::Strict)?,
         };
         let name = crate::journal::sealed_name(seg.seq);
-        let bytes =
-            segment::encode_sealed(repo.crypto(), &name, &recs, repo.config().body.zstd_level)?;
+        let bytes = segment::encode_sealed(
+            repo.crypto(),
+            &name,
+            &recs,
+            crate::config::SEGMENT_ZSTD_LEVEL,
+        )?;
         repo.backend().put(&name, &bytes)?;
         repo.backend().stream_delete(&stream_name(seg.seq))?;
         sealed += 1;
