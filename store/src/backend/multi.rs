@@ -11,6 +11,10 @@
 //!   where they differ), retrying with back-off until it succeeds, then goes back to the queue.
 //!   A new `MultiBackend` starts every asynchronous destination in catch-up, so a restart also
 //!   repairs what the previous process left behind.
+//! - An asynchronous destination listed by URL ([`open_with`]) is opened by its own thread, never
+//!   on the caller's path: while it cannot be opened (a server down when the node starts) it is
+//!   *down*, its writes are counted as lag, and the thread retries with back-off; once open it
+//!   catches up like after an outage. A synchronous destination that cannot be opened is an error.
 //! - Locks are taken on the synchronous destinations only (an unreachable asynchronous one must
 //!   not stop the node).
 //!
@@ -63,7 +67,8 @@ pub struct Destination {
 pub struct DestStatus {
     pub url: String,
     pub mode: Mode,
-    /// `"live"` (replicating from its queue) or `"catching up"` (comparing with the primary).
+    /// `"live"` (replicating from its queue), `"catching up"` (comparing with the primary),
+    /// `"opening"` (not opened yet) or `"down"` (could not be opened yet: see `last_error`).
     pub state: &'static str,
     /// Writes not yet on this destination, and how many of them are journal appends (batches).
     pub lag_writes: u64,
@@ -117,8 +122,19 @@ impl Op {
 }
 
 enum Phase {
+    /// Not opened yet (its thread retries); writes are counted like in catch-up.
+    Down,
     Live,
     CatchUp,
+}
+
+/// Opens an asynchronous destination from its replication thread (called again until it works).
+pub type Opener = Box<dyn FnMut() -> Result<Arc<dyn Backend>> + Send>;
+
+/// An asynchronous destination as given to the replication thread.
+enum Source {
+    Open(Arc<dyn Backend>),
+    Deferred(Opener),
 }
 
 struct ReplicaState {
@@ -128,6 +144,8 @@ struct ReplicaState {
     /// Catch-up: names written since the outage, compared by content (not only by size).
     dirty_objects: BTreeSet<String>,
     dirty_streams: BTreeSet<String>,
+    /// Failed attempts to open the destination (phase `Down`).
+    open_failures: u64,
     /// Catch-up: writes (and their bytes, appends) since the outage, and when it began.
     missed_writes: u64,
     missed_batches: u64,
@@ -138,7 +156,7 @@ struct ReplicaState {
 }
 
 struct Replica {
-    backend: Arc<dyn Backend>,
+    url: String,
     state: Mutex<ReplicaState>,
     cv: Condvar,
 }
@@ -164,7 +182,7 @@ impl Replica {
                 to_catch_up(&mut st);
                 mark_dirty(&mut st, &op, now);
             }
-            Phase::CatchUp => mark_dirty(&mut st, &op, now),
+            Phase::CatchUp | Phase::Down => mark_dirty(&mut st, &op, now),
         }
         self.cv.notify_all();
     }
@@ -208,6 +226,15 @@ pub struct MultiBackend {
 impl MultiBackend {
     /// The first destination must be synchronous (it is the primary, read by every operation).
     pub fn new(dests: Vec<Destination>) -> Result<MultiBackend> {
+        Self::with_deferred(dests, Vec::new())
+    }
+
+    /// [`MultiBackend::new`], plus asynchronous destinations opened by their replication thread
+    /// (`(url, opener)`, listed after the others): down until the opener succeeds.
+    pub fn with_deferred(
+        dests: Vec<Destination>,
+        deferred: Vec<(String, Opener)>,
+    ) -> Result<MultiBackend> {
         let mut sync = Vec::new();
         let mut asyncs = Vec::new();
         for d in dests {
@@ -219,28 +246,38 @@ impl MultiBackend {
                     d.backend.url()
                 )))
                 }
-                Mode::Async => asyncs.push(d.backend),
+                Mode::Async => asyncs.push((d.backend.url(), Source::Open(d.backend))),
             }
         }
         let Some(primary) = sync.first().cloned() else {
             return Err(Error::Invalid("no destination given".into()));
         };
+        asyncs.extend(
+            deferred
+                .into_iter()
+                .map(|(url, open)| (url, Source::Deferred(open))),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let mut replicas = Vec::new();
         let mut threads = Vec::new();
-        for backend in asyncs {
+        for (url, source) in asyncs {
+            let phase = match source {
+                Source::Open(_) => Phase::CatchUp,
+                Source::Deferred(_) => Phase::Down,
+            };
             let r = Arc::new(Replica {
-                backend,
+                url: url.clone(),
                 state: Mutex::new(ReplicaState {
                     queue: VecDeque::new(),
                     queued_bytes: 0,
-                    phase: Phase::CatchUp,
+                    phase,
                     dirty_objects: BTreeSet::new(),
                     dirty_streams: BTreeSet::new(),
                     missed_writes: 0,
                     missed_batches: 0,
                     missed_bytes: 0,
                     behind_since: Some(Instant::now()),
+                    open_failures: 0,
                     last_error: None,
                     shutdown: false,
                 }),
@@ -249,8 +286,8 @@ impl MultiBackend {
             let (rc, src) = (r.clone(), primary.clone());
             let t = std::thread::Builder::new()
                 .name("cln-backup-replica".into())
-                .spawn(move || worker(&rc, &*src))
-                .map_err(|e| Error::io("start replication", r.backend.url(), e))?;
+                .spawn(move || worker(&rc, &*src, source))
+                .map_err(|e| Error::io("start replication", url, e))?;
             replicas.push(r);
             threads.push(t);
         }
@@ -302,8 +339,12 @@ impl MultiBackend {
                     st.queued_bytes,
                     st.queue.front().map(|(_, t)| *t),
                 ),
-                Phase::CatchUp => (
-                    "catching up",
+                Phase::CatchUp | Phase::Down => (
+                    match st.phase {
+                        Phase::Down if st.open_failures == 0 => "opening",
+                        Phase::Down => "down",
+                        _ => "catching up",
+                    },
                     st.missed_writes,
                     st.missed_batches,
                     st.missed_bytes,
@@ -311,7 +352,7 @@ impl MultiBackend {
                 ),
             };
             out.push(DestStatus {
-                url: r.backend.url(),
+                url: r.url.clone(),
                 mode: Mode::Async,
                 state,
                 lag_writes: writes,
@@ -346,6 +387,35 @@ impl MultiBackend {
         }
         true
     }
+
+    /// Give the destinations that are up (not `down`) until `timeout` to take every queued or
+    /// missed write; returns the status of those still behind (down ones included), for the
+    /// operator. The next start catches up what is left.
+    pub fn drain(&self, timeout: Duration) -> Vec<DestStatus> {
+        let deadline = Instant::now() + timeout;
+        for r in &self.replicas {
+            let mut st = r.lock();
+            loop {
+                let done = match st.phase {
+                    Phase::Live => st.queue.is_empty(),
+                    Phase::Down => true,
+                    Phase::CatchUp => false,
+                };
+                let now = Instant::now();
+                if done || now >= deadline {
+                    break;
+                }
+                st = match r.cv.wait_timeout(st, deadline - now) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+        }
+        self.status()
+            .into_iter()
+            .filter(|d| d.mode == Mode::Async && (d.state != "live" || d.lag_writes > 0))
+            .collect()
+    }
 }
 
 /// Open the primary (synchronous) and the other destinations of a node, as listed in
@@ -377,42 +447,126 @@ pub fn open_with(
         backend: super::open_with(primary, link_key, create, remote)?,
         mode: Mode::Sync,
     }];
+    let mut deferred: Vec<(String, Opener)> = Vec::new();
     for (url, mode) in others {
-        let backend = match super::open_with(url, link_key, create, remote) {
-            Ok(b) => b,
-            // An asynchronous destination that is down at start must not stop the node, but
-            // we have nothing to queue to yet: say so clearly.
-            Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "cannot open {} destination {url}: {e}",
-                    mode.name()
-                )))
+        match mode {
+            // The node must not run without its synchronous copies: fail now, clearly.
+            Mode::Sync => {
+                let backend = super::open_with(url, link_key, create, remote).map_err(|e| {
+                    Error::Invalid(format!("cannot open synchronous destination {url}: {e}"))
+                })?;
+                dests.push(Destination {
+                    backend,
+                    mode: Mode::Sync,
+                });
             }
-        };
-        dests.push(Destination {
-            backend,
-            mode: *mode,
-        });
+            // Opened by its replication thread, so a destination that is down (or slow to
+            // answer, through a reconnect policy) never delays or stops the node.
+            Mode::Async => {
+                let (u, key, remote) = (url.clone(), link_key.cloned(), remote.clone());
+                let open: Opener = Box::new(move || {
+                    super::open_with(&u, key.as_ref(), create, &remote).map_err(|e| {
+                        Error::Invalid(format!("cannot open asynchronous destination {u}: {e}"))
+                    })
+                });
+                deferred.push((display_url(url), open));
+            }
+        }
     }
-    MultiBackend::new(dests)
+    MultiBackend::with_deferred(dests, deferred)
+}
+
+/// The URL as the backend's `url()` shows it once open (no query parameters: they may hold
+/// settings that are not for display).
+fn display_url(url: &crate::url::BackupUrl) -> String {
+    match url {
+        crate::url::BackupUrl::S3 { bucket, prefix, .. } if prefix.is_empty() => {
+            format!("s3://{bucket}")
+        }
+        crate::url::BackupUrl::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        other => other.to_string(),
+    }
 }
 
 impl Drop for MultiBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Give the queues a moment to drain; what is left is caught up at the next start.
-        let _ = self.wait_caught_up(Duration::from_secs(5));
+        let _ = self.drain(Duration::from_secs(5));
         for r in &self.replicas {
             r.lock().shutdown = true;
             r.cv.notify_all();
         }
+        // A thread inside a slow call (a reconnect policy, a timeout) is left behind rather than
+        // waited for without bound: every replication step is safe to cut.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
 
-fn worker(r: &Replica, src: &dyn Backend) {
+/// Wait `d` (new writes wake the condvar but do not end the wait: a retry per write would
+/// hammer a destination that is down); false if shutting down.
+fn pause(r: &Replica, mut st: MutexGuard<'_, ReplicaState>, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        let now = Instant::now();
+        if st.shutdown {
+            return false;
+        }
+        if now >= until {
+            return true;
+        }
+        st = match r.cv.wait_timeout(st, until - now) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
+}
+
+/// Open a deferred destination, retrying with back-off until it opens (None: shutting down).
+fn open_deferred(r: &Replica, open: &mut Opener) -> Option<Arc<dyn Backend>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if r.lock().shutdown {
+            return None;
+        }
+        let res = open();
+        let mut st = r.lock();
+        match res {
+            Ok(b) => {
+                // Everything written meanwhile is dirty already: compare and repair.
+                st.phase = Phase::CatchUp;
+                r.cv.notify_all();
+                return Some(b);
+            }
+            Err(e) => {
+                st.open_failures += 1;
+                st.last_error = Some(e.to_string());
+                if !pause(r, st, backoff) {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn worker(r: &Replica, src: &dyn Backend, source: Source) {
+    let backend = match source {
+        Source::Open(b) => b,
+        Source::Deferred(mut open) => match open_deferred(r, &mut open) {
+            Some(b) => b,
+            None => return,
+        },
+    };
+    let dst = &*backend;
     let mut streams: HashMap<String, Box<dyn Stream>> = HashMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -428,7 +582,7 @@ fn worker(r: &Replica, src: &dyn Backend) {
                     continue;
                 };
                 drop(st);
-                let res = apply(&*r.backend, &mut streams, &op);
+                let res = apply(dst, &mut streams, &op);
                 let mut st = r.lock();
                 match res {
                     Ok(()) => {
@@ -446,13 +600,13 @@ fn worker(r: &Replica, src: &dyn Backend) {
                     }
                 }
             }
-            Phase::CatchUp => {
+            Phase::CatchUp | Phase::Down => {
                 let dirty_objects = std::mem::take(&mut st.dirty_objects);
                 let dirty_streams = std::mem::take(&mut st.dirty_streams);
                 let writes_before = st.missed_writes;
                 drop(st);
                 streams.clear();
-                let res = catch_up(src, &*r.backend, &dirty_objects, &dirty_streams);
+                let res = catch_up(src, dst, &dirty_objects, &dirty_streams);
                 let mut st = r.lock();
                 match res {
                     Ok(()) => {
@@ -471,11 +625,7 @@ fn worker(r: &Replica, src: &dyn Backend) {
                         st.last_error = Some(e.to_string());
                         st.dirty_objects.extend(dirty_objects);
                         st.dirty_streams.extend(dirty_streams);
-                        let (g, _) = match r.cv.wait_timeout(st, backoff) {
-                            Ok(v) => v,
-                            Err(p) => p.into_inner(),
-                        };
-                        drop(g);
+                        pause(r, st, backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
@@ -811,5 +961,123 @@ impl Stream for MultiStream {
             r.enqueue(op.clone());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::backend::dir::DirBackend;
+    use std::sync::atomic::AtomicU32;
+
+    /// An asynchronous destination that cannot be opened at start: the writes go on, it shows as
+    /// down with the opener's error and its lag, and once it opens it catches up.
+    #[test]
+    fn deferred_destination_down_at_start_catches_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let primary: Arc<dyn Backend> =
+            Arc::new(DirBackend::create(&tmp.path().join("primary")).unwrap());
+        let second_dir = tmp.path().join("second");
+        let up = Arc::new(AtomicBool::new(false));
+        let tries = Arc::new(AtomicU32::new(0));
+        let (up2, tries2, dir2) = (up.clone(), tries.clone(), second_dir.clone());
+        let open: Opener = Box::new(move || {
+            tries2.fetch_add(1, Ordering::SeqCst);
+            if !up2.load(Ordering::SeqCst) {
+                return Err(Error::Invalid("server down (test)".into()));
+            }
+            Ok(Arc::new(DirBackend::create(&dir2)?) as Arc<dyn Backend>)
+        });
+        let m = MultiBackend::with_deferred(
+            vec![Destination {
+                backend: primary.clone(),
+                mode: Mode::Sync,
+            }],
+            vec![("file:///second".into(), open)],
+        )
+        .unwrap();
+        m.put("config", b"cfg").unwrap();
+        let mut s = m
+            .stream_open("0000000000000001", Durability::Flush)
+            .unwrap();
+        for i in 0..20u8 {
+            s.append(&[i; 32]).unwrap();
+        }
+        m.put("snapshots/a", b"manifest").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let down = loop {
+            let st = m.status().remove(1);
+            if st.state == "down" {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "never reported down: {st:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(down.url, "file:///second");
+        assert!(
+            down.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("server down (test)")),
+            "{down:?}"
+        );
+        assert_eq!((down.lag_batches, down.lag_writes), (20, 22), "{down:?}");
+        assert!(!m.wait_caught_up(Duration::from_millis(300)));
+        // Drain does not wait for a destination that is down; it reports it.
+        let behind = m.drain(Duration::from_secs(5));
+        assert_eq!(behind.len(), 1);
+        assert_eq!(behind[0].state, "down");
+
+        up.store(true, Ordering::SeqCst);
+        assert!(
+            m.wait_caught_up(Duration::from_secs(30)),
+            "{:?}",
+            m.status()
+        );
+        for i in 20..30u8 {
+            s.append(&[i; 32]).unwrap();
+        }
+        assert!(
+            m.wait_caught_up(Duration::from_secs(30)),
+            "{:?}",
+            m.status()
+        );
+        let second = DirBackend::open(&second_dir).unwrap();
+        for dir in COMPARED_DIRS {
+            assert_eq!(
+                primary.list(dir).unwrap(),
+                second.list(dir).unwrap(),
+                "{dir}"
+            );
+        }
+        assert_eq!(second.get("snapshots/a").unwrap(), b"manifest");
+        assert_eq!(
+            primary.stream_read("0000000000000001").unwrap(),
+            second.stream_read("0000000000000001").unwrap()
+        );
+        assert!(tries.load(Ordering::SeqCst) >= 2);
+        let st = m.status().remove(1);
+        assert_eq!((st.state, st.lag_writes), ("live", 0));
+    }
+
+    /// A synchronous destination that cannot be opened is an error (the node must not run
+    /// without it); an asynchronous one is not.
+    #[test]
+    fn open_fails_only_for_a_synchronous_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let primary = crate::url::BackupUrl::File(tmp.path().join("p"));
+        DirBackend::create(&tmp.path().join("p")).unwrap();
+        let missing = crate::url::BackupUrl::File(tmp.path().join("missing"));
+        let err = open(&primary, &[(missing.clone(), Mode::Sync)], None, false)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("cannot open synchronous destination"),
+            "{err}"
+        );
+        let m = open(&primary, &[(missing, Mode::Async)], None, false).unwrap();
+        m.put("config", b"x").unwrap();
+        let st = m.status().remove(1);
+        assert!(matches!(st.state, "opening" | "down"), "{st:?}");
     }
 }
