@@ -1,10 +1,10 @@
 //! One plugin process, spoken to as lightningd speaks to it.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,12 +57,71 @@ enum Incoming {
     Msg(Value),
     Eof,
     Garbage(String),
+    /// Nothing complete arrived within the wait.
+    Timeout,
+}
+
+/// The plugin's stdout, read on the calling thread as lightningd's poll loop reads it (a reader
+/// thread would add a wake-up to every round trip, which the hook latency benchmark would count).
+struct PluginOutput {
+    out: ChildStdout,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl PluginOutput {
+    /// The next whole JSON message, waiting at most `wait`.
+    fn next(&mut self, wait: Duration) -> Incoming {
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match it.next() {
+                Some(Ok(v)) => {
+                    let used = it.byte_offset();
+                    self.buf.drain(..used);
+                    return Incoming::Msg(v);
+                }
+                Some(Err(e)) if !e.is_eof() => return Incoming::Garbage(e.to_string()),
+                // Incomplete (or only whitespace so far): read more.
+                _ => {}
+            }
+            if self.eof {
+                return Incoming::Eof;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd for a descriptor this struct owns.
+            #[allow(unsafe_code)]
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Incoming::Eof;
+            }
+            if n == 0 {
+                return Incoming::Timeout;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.out.read(&mut chunk) {
+                Ok(0) | Err(_) => self.eof = true,
+                Ok(k) => self
+                    .buf
+                    .extend_from_slice(chunk.get(..k).unwrap_or_default()),
+            }
+        }
+    }
 }
 
 pub struct Emulator {
     child: Child,
     stdin: Option<ChildStdin>,
-    rx: Receiver<Incoming>,
+    rx: PluginOutput,
     /// Replies that arrived while waiting for another id.
     pending: HashMap<String, Value>,
     /// lightningd's id counter (shared by all its calls, like lightningd's).
@@ -102,22 +161,11 @@ impl Emulator {
             .spawn()
             .with_context(|| format!("starting plugin {}", plugin.display()))?;
         let stdout = child.stdout.take().context("plugin stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let de = serde_json::Deserializer::from_reader(BufReader::new(stdout));
-            for v in de.into_iter::<Value>() {
-                let m = match v {
-                    Ok(v) => Incoming::Msg(v),
-                    Err(e) if e.is_eof() => Incoming::Eof,
-                    Err(e) => Incoming::Garbage(e.to_string()),
-                };
-                let stop = !matches!(m, Incoming::Msg(_));
-                if tx.send(m).is_err() || stop {
-                    return;
-                }
-            }
-            let _ = tx.send(Incoming::Eof);
-        });
+        let rx = PluginOutput {
+            out: stdout,
+            buf: Vec::new(),
+            eof: false,
+        };
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut err) = child.stderr.take() {
             let buf = stderr.clone();
@@ -201,15 +249,15 @@ impl Emulator {
                 return Ok(Err(why.clone()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(Incoming::Msg(v)) => self.dispatch(v),
-                Ok(Incoming::Eof) | Err(RecvTimeoutError::Disconnected) => {
+            match self.rx.next(left) {
+                Incoming::Msg(v) => self.dispatch(v),
+                Incoming::Eof => {
                     self.closed = Some(self.exit_reason("closed its stdout"));
                 }
-                Ok(Incoming::Garbage(e)) => {
+                Incoming::Garbage(e) => {
                     self.closed = Some(self.exit_reason(&format!("wrote invalid JSON: {e}")));
                 }
-                Err(RecvTimeoutError::Timeout) => {
+                Incoming::Timeout => {
                     bail!(
                         "no answer to {id} within {:?} (lightningd would wait forever); stderr: {}",
                         self.timeout,
@@ -351,13 +399,16 @@ impl Emulator {
 
     /// Take in messages that arrived without waiting for anything (logs, late replies).
     pub fn drain(&mut self) {
-        while let Ok(m) = self.rx.try_recv() {
-            match m {
+        if self.closed.is_some() {
+            return;
+        }
+        loop {
+            match self.rx.next(Duration::ZERO) {
                 Incoming::Msg(v) => self.dispatch(v),
+                Incoming::Timeout => return,
                 Incoming::Eof | Incoming::Garbage(_) => {
-                    if self.closed.is_none() {
-                        self.closed = Some("closed its stdout".into());
-                    }
+                    self.closed = Some("closed its stdout".into());
+                    return;
                 }
             }
         }
@@ -374,12 +425,10 @@ impl Emulator {
                 // Collect what it wrote just before exiting.
                 let until = Instant::now() + Duration::from_secs(2);
                 while self.closed.is_none() && Instant::now() < until {
-                    match self.rx.recv_timeout(Duration::from_millis(50)) {
-                        Ok(Incoming::Msg(v)) => self.dispatch(v),
-                        Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                            self.closed = Some("exited".into())
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
+                    match self.rx.next(Duration::from_millis(50)) {
+                        Incoming::Msg(v) => self.dispatch(v),
+                        Incoming::Timeout => {}
+                        Incoming::Eof | Incoming::Garbage(_) => self.closed = Some("exited".into()),
                     }
                 }
                 return Ok(st);

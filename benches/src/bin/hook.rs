@@ -87,6 +87,17 @@ fn main() -> anyhow::Result<()> {
             &driver_idle(&cmd, &sessions, None)?,
         );
     }
+    if let (Some(path), true) = (arg("--plugin"), flag("--compacting-only")) {
+        // Only the compaction phases, with plugin options (`--plugin-options JSON`): for
+        // comparing settings of the compaction thread.
+        let (idle, during) = plugin_compacting(&path, &sessions, false)?;
+        row("cln-backup plugin (benches driver), idle phases", &idle);
+        row(
+            "cln-backup plugin (benches driver), hooks overlapping a `backup-compact`",
+            &during,
+        );
+        return Ok(());
+    }
     if let Some(path) = arg("--plugin") {
         let plugin = PathBuf::from(&path);
         for encrypt in [false, true] {
@@ -340,7 +351,9 @@ fn plugin_compacting(
             &net,
             s,
             i == 0,
-            serde_json::json!({}),
+            arg("--plugin-options")
+                .and_then(|o| serde_json::from_str(&o).ok())
+                .unwrap_or_else(|| serde_json::json!({})),
             Some(("backup-compact", PHASE)),
         )?;
         all.hooks.extend(t.hooks);
