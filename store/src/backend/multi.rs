@@ -465,9 +465,19 @@ pub fn open_with(
             Mode::Async => {
                 let (u, key, remote) = (url.clone(), link_key.cloned(), remote.clone());
                 let open: Opener = Box::new(move || {
-                    super::open_with(&u, key.as_ref(), create, &remote).map_err(|e| {
+                    let fail = |e: Error| {
                         Error::Invalid(format!("cannot open asynchronous destination {u}: {e}"))
-                    })
+                    };
+                    if matches!(u, crate::url::BackupUrl::Socket { .. }) {
+                        // One quick try first: the reconnect policy (a minute by default) is for
+                        // a link that drops, not for waiting here; the thread has its back-off.
+                        let once = super::remote::RemoteOptions {
+                            tries: 0,
+                            ..remote.clone()
+                        };
+                        super::open_with(&u, key.as_ref(), create, &once).map_err(fail)?;
+                    }
+                    super::open_with(&u, key.as_ref(), create, &remote).map_err(fail)
                 });
                 deferred.push((display_url(url), open));
             }
@@ -606,7 +616,8 @@ fn worker(r: &Replica, src: &dyn Backend, source: Source) {
                 let writes_before = st.missed_writes;
                 drop(st);
                 streams.clear();
-                let res = catch_up(src, dst, &dirty_objects, &dirty_streams);
+                let stopping = || r.lock().shutdown;
+                let res = catch_up(src, dst, &dirty_objects, &dirty_streams, &stopping);
                 let mut st = r.lock();
                 match res {
                     Ok(()) => {
@@ -692,8 +703,18 @@ fn catch_up(
     dst: &dyn Backend,
     dirty_objects: &BTreeSet<String>,
     dirty_streams: &BTreeSet<String>,
+    stopping: &dyn Fn() -> bool,
 ) -> Result<()> {
+    // Checked before each write, so a pass left behind by a dropped `MultiBackend` (its thread
+    // not joined) stops after at most one more call instead of racing the next one.
+    let stop_check = || -> Result<()> {
+        match stopping() {
+            true => Err(Error::Invalid("replication stopped".into())),
+            false => Ok(()),
+        }
+    };
     let copy = |name: &str| -> Result<()> {
+        stop_check()?;
         match src.get(name) {
             Ok(data) => dst.put(name, &data),
             Err(Error::NotFound { .. }) => dst.delete(name),
@@ -726,6 +747,7 @@ fn catch_up(
     }
     for names in stale.iter().rev() {
         for name in names {
+            stop_check()?;
             dst.delete(name)?;
         }
     }
@@ -746,6 +768,7 @@ fn catch_up(
         .map(|o| (o.name, o.size))
         .collect();
     for (name, &size) in &want {
+        stop_check()?;
         let dst_len = have.get(name).copied().unwrap_or(0);
         let dirty = dirty_streams.contains(name);
         if dst_len == size && !dirty {
