@@ -31,7 +31,7 @@ pub struct Options {
     pub remote: RemoteOptions,
     /// Snapshots kept after each compaction (None: keep everything).
     pub retention: Option<Retention>,
-    /// CPU nice value of the compaction thread (its I/O class is idle whatever this is).
+    /// CPU nice value of the compaction thread.
     pub compaction_nice: i32,
 }
 
@@ -158,7 +158,7 @@ pub fn manifest() -> Value {
                 "name": OPT_COMPACTION_NICE,
                 "type": "int",
                 "default": 10,
-                "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it; its disk I/O runs in the idle class"
+                "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it for a CPU"
             },
             {
                 "name": OPT_RETENTION,

@@ -393,21 +393,15 @@ fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     )?)
 }
 
-/// What the cln-backup plugin does to its compaction thread: nice 10 and the idle I/O class
+/// What the cln-backup plugin does to its compaction thread: nice 10
 /// (`--background-priority` reproduces it in-process, to see its effect on the hook). The
 /// thread's rayon work then runs in a one-thread pool on the same thread.
 #[allow(unsafe_code)]
 fn background_priority() {
-    // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
+    // SAFETY: a plain system call on the calling thread's own id; no memory is passed.
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            1 as libc::c_long,
-            tid as libc::c_long,
-            (3 as libc::c_long) << 13,
-        );
     }
 }
 
