@@ -8,7 +8,9 @@
 //! getmanifest (nothing touched on disk: `lightningd --help` sends it too) -> db_write calls
 //! before init (the first one reads `backup.lock` from the working directory, the node's network
 //! dir, opens the repository and takes its writer lock) -> init (options) -> db_write and RPC
-//! calls -> stdin closes -> exit 0.
+//! calls -> stdin closes (or a `shutdown` notification) -> [`Plugin::shutdown`]: wait (bounded)
+//! for a running compaction, so its locks are released rather than left to expire, close the
+//! backup, drain asynchronous destinations -> exit 0.
 
 mod backup;
 mod options;
@@ -18,6 +20,7 @@ mod rpc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use store::{AppendOutcome, Batch};
@@ -37,13 +40,24 @@ struct Plugin {
     compaction: Arc<rpc::Compaction>,
     /// Automatic compaction waits until the journal passes this (raised after a failed try).
     auto_floor: u64,
+    /// Set by a `shutdown` notification: the main loop ends.
+    exiting: bool,
 }
+
+/// How long shutdown waits for a running compaction. lightningd gives a plugin that subscribed
+/// to `shutdown` 30 s before it closes its pipes (../shared/NOTES.md); the rest is for the drain.
+const SHUTDOWN_COMPACTION_WAIT: Duration = Duration::from_secs(20);
+/// How long shutdown waits for asynchronous destinations to take their queued writes.
+const SHUTDOWN_DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Plugin {
     fn handle(&mut self, m: Incoming) {
         match m {
             Incoming::Request { id, method, params } => self.request(id, &method, params),
-            Incoming::Notification { method, .. } if method == "shutdown" => {}
+            Incoming::Notification { method, .. } if method == "shutdown" => {
+                self.shutdown("lightningd sent shutdown");
+                self.exiting = true;
+            }
             Incoming::Notification { .. } | Incoming::Other(_) => {}
         }
     }
@@ -274,6 +288,81 @@ impl Plugin {
         }
     }
 
+    /// lightningd is stopping: no new work; wait (bounded) for a running compaction so its lock
+    /// guards delete their lease objects (an S3 lease left behind refuses prune and compaction
+    /// for a minute); close the backup (the writer lock); drain asynchronous destinations.
+    /// Every step is logged: to lightningd if it still reads, and to stderr (its own stderr).
+    fn shutdown(&mut self, why: &str) {
+        let say = |level: &str, msg: String| {
+            self.out.log(level, &msg);
+            eprintln!("cln-backup: {msg}");
+        };
+        if self.compaction.running() {
+            say(
+                "info",
+                format!(
+                    "shutdown ({why}): waiting up to {} s for the running compaction to finish, so its locks are released",
+                    SHUTDOWN_COMPACTION_WAIT.as_secs()
+                ),
+            );
+            let t = Instant::now();
+            if self.compaction.close(SHUTDOWN_COMPACTION_WAIT) {
+                say(
+                    "info",
+                    format!(
+                        "shutdown: the compaction ended after {:.1} s; its locks are released",
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+            } else {
+                say(
+                    "unusual",
+                    format!(
+                        "shutdown: the compaction is still running after {} s; exiting anyway (it is crash-safe; its locks expire by themselves, within 60 s on S3)",
+                        SHUTDOWN_COMPACTION_WAIT.as_secs()
+                    ),
+                );
+            }
+        } else {
+            self.compaction.close(Duration::ZERO);
+        }
+        let Some(b) = self.backup.take() else {
+            return;
+        };
+        if let Some(m) = &b.multi {
+            let t = Instant::now();
+            let behind = m.drain(SHUTDOWN_DRAIN_WAIT);
+            for d in &behind {
+                say(
+                    "unusual",
+                    format!(
+                        "shutdown: asynchronous destination {} is {} and {} batches ({} writes) behind{}; it catches up at the next start",
+                        d.url,
+                        d.state,
+                        d.lag_batches,
+                        d.lag_writes,
+                        d.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    ),
+                );
+            }
+            if behind.is_empty() {
+                say(
+                    "info",
+                    format!(
+                        "shutdown: asynchronous destinations caught up ({:.1} s)",
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+        }
+        let url = b.repo.url();
+        drop(b);
+        say(
+            "info",
+            format!("shutdown: backup {url} closed, its locks released"),
+        );
+    }
+
     fn maybe_compact(&mut self, journal_bytes: u64) {
         let limit = self.opts.compact_journal_bytes;
         if journal_bytes < limit {
@@ -331,17 +420,23 @@ fn main() -> ExitCode {
         failed: None,
         compaction: Arc::default(),
         auto_floor: 0,
+        exiting: false,
     };
     for m in protocol::messages(std::io::stdin().lock()) {
         match m {
-            Ok(m) => p.handle(m),
+            Ok(m) => {
+                p.handle(m);
+                if p.exiting {
+                    return ExitCode::SUCCESS;
+                }
+            }
             Err(e) => {
                 eprintln!("cln-backup: unreadable input from lightningd, exiting: {e}");
                 return ExitCode::from(1);
             }
         }
     }
-    // stdin closed: lightningd is shutting down (or gone). A compaction still running is cut
-    // short; every step of it is crash-safe and the next one starts over.
+    // stdin closed: lightningd is shutting down (or gone).
+    p.shutdown("lightningd closed stdin");
     ExitCode::SUCCESS
 }

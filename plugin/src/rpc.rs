@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use store::ops::compact::{compact, CompactOptions, CompactReport};
@@ -21,11 +23,33 @@ pub struct Compaction {
     running: AtomicBool,
     /// The last compaction's reply (or error), for `backup-status`.
     last: Mutex<Option<Value>>,
+    /// The thread of the running (or last) compaction, joined at shutdown.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set at shutdown: no compaction starts after it.
+    closed: AtomicBool,
 }
 
 impl Compaction {
     pub fn running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
+    }
+    /// Refuse new compactions, then wait up to `timeout` for the running one to end (its lock
+    /// guards are dropped with it). True if none is left running.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        let Some(handle) = handle else {
+            return !self.running();
+        };
+        while !handle.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = handle.join();
+        true
     }
     pub fn last(&self) -> Value {
         self.last
@@ -72,10 +96,11 @@ pub fn start_compaction(
     backup_retention: &Option<store::ops::prune::Retention>,
     nice: i32,
 ) -> bool {
-    if state
-        .running
-        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
+    if state.closed.load(Ordering::SeqCst)
+        || state
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
     {
         return false;
     }
@@ -157,7 +182,15 @@ pub fn start_compaction(
                 };
             }
         });
-    spawned.is_ok()
+    match spawned {
+        Ok(handle) => {
+            if let Ok(mut t) = state.thread.lock() {
+                *t = Some(handle);
+            }
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// `backup-status`, answered from its own thread (listing snapshots may take a while remotely).

@@ -140,35 +140,48 @@ fn reconnect_options_are_checked() {
     let _ = ld.kill();
 }
 
-#[test]
-fn async_destination_catches_up_and_restores() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = tmp.path().join("regtest");
+/// A node dir whose backup.lock lists an encrypted local primary and one asynchronous
+/// destination. Returns the node dir, the primary's URL and the key.
+fn node_with_async_destination(tmp: &Path, second_url: &str) -> (PathBuf, BackupUrl, MasterKey) {
+    let net = tmp.join("regtest");
     std::fs::create_dir(&net).unwrap();
-    let primary = tmp.path().join("primary");
-    let second = tmp.path().join("second");
+    let primary = BackupUrl::File(tmp.join("primary"));
     let key = MasterKey::generate();
-    Repository::init(
-        &BackupUrl::File(primary.clone()),
-        Some(&key),
-        true,
-        ConfigBody::default(),
-    )
-    .unwrap();
-    std::fs::create_dir(&second).unwrap();
-    for d in store::backend::dir::DIRS {
-        std::fs::create_dir_all(second.join(d)).unwrap();
-    }
+    Repository::init(&primary, Some(&key), true, ConfigBody::default()).unwrap();
     std::fs::write(
         net.join("backup.lock"),
         json!({
-            "backend_url": format!("file://{}", primary.display()),
-            "destinations": [{"url": format!("file://{}", second.display()), "mode": "async"}],
+            "backend_url": primary.to_string(),
+            "destinations": [{"url": second_url, "mode": "async"}],
         })
         .to_string(),
     )
     .unwrap();
     std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+    (net, primary, key)
+}
+
+/// Restore from each destination: exactly lightningd's database after session 1.
+fn assert_each_restores_s1(tmp: &Path, key: &MasterKey, dests: &[(&str, BackupUrl)]) {
+    let want = store::dump::dump(&testdata("db-s1.sqlite3")).unwrap();
+    for (name, url) in dests {
+        let repo = Repository::open(url, Some(key.clone())).unwrap();
+        let out = tmp.join(format!("{name}.sqlite3"));
+        restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+        assert_eq!(store::dump::dump(&out).unwrap(), want, "{name}");
+    }
+}
+
+#[test]
+fn async_destination_catches_up_and_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let second = tmp.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    for d in store::backend::dir::DIRS {
+        std::fs::create_dir_all(second.join(d)).unwrap();
+    }
+    let (net, primary, key) =
+        node_with_async_destination(tmp.path(), &format!("file://{}", second.display()));
     let opts = SessionOptions {
         fresh: true,
         rpc_after: vec![
@@ -184,16 +197,11 @@ fn async_destination_catches_up_and_restores() {
     let text = status.1.to_string();
     assert!(text.contains("\"mode\":\"async\""), "{text}");
     // Both destinations restore lightningd's database.
-    for (name, root) in [("primary", &primary), ("second", &second)] {
-        let repo = Repository::open(&BackupUrl::File(root.clone()), Some(key.clone())).unwrap();
-        let out = tmp.path().join(format!("{name}.sqlite3"));
-        restore(&repo, &out, &RestoreTarget::Latest).unwrap();
-        assert_eq!(
-            store::dump::dump(&out).unwrap(),
-            store::dump::dump(&testdata("db-s1.sqlite3")).unwrap(),
-            "{name}"
-        );
-    }
+    assert_each_restores_s1(
+        tmp.path(),
+        &key,
+        &[("primary", primary), ("second", BackupUrl::File(second))],
+    );
 }
 
 /// Compaction with a retention policy keeps the backup bounded: only the policy's snapshots
@@ -278,6 +286,16 @@ fn s3_url(test: &str) -> Option<String> {
     }
 }
 
+/// `backup-cli prune --keep-last 1`, in process (it takes the `maintenance` lock).
+fn prune_keep_last_1(repo: &Repository) -> store::Result<store::ops::prune::PruneReport> {
+    let policy = store::ops::prune::Retention {
+        keep_last: 1,
+        ..Default::default()
+    };
+    let plan = store::ops::prune::plan(repo, &policy)?;
+    store::ops::prune::apply(repo, &plan, "test prune")
+}
+
 /// The fixture trace through the real plugin into S3 (synchronous, encrypted), with a
 /// compaction and the retention prune: restore exact, verify clean, and after prune every pack
 /// is one the index names and every indexed chunk one a kept snapshot uses.
@@ -325,15 +343,7 @@ fn s3_destination_through_the_plugin() {
     assert!(v.ok, "{:?}", v.problems);
     assert_eq!(store::ops::snapshots::list(&repo).unwrap().len(), 1);
     // Only referenced objects remain: a prune with the same policy finds nothing to delete.
-    let plan = store::ops::prune::plan(
-        &repo,
-        &store::ops::prune::Retention {
-            keep_last: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let again = store::ops::prune::apply(&repo, &plan, "test").unwrap();
+    let again = prune_keep_last_1(&repo).unwrap();
     assert_eq!(
         (
             again.removed_snapshots,
@@ -348,4 +358,183 @@ fn s3_destination_through_the_plugin() {
         store::dump::dump(&out).unwrap(),
         store::dump::dump(&testdata("db-s1.sqlite3")).unwrap()
     );
+}
+
+/// An asynchronous `socket:` destination whose server is not running when the node starts:
+/// every hook is answered continue (it used to stop the node at the first db_write),
+/// backup-status shows it down with the error and its lag; once the server comes up on the same
+/// port (with an empty, never initialised directory) it is created and caught up, and restoring
+/// from it gives lightningd's database, as from the primary.
+#[test]
+fn async_destination_down_at_start_catches_up_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_root = tmp.path().join("server-repo");
+    // A free port with nothing listening on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket_url = format!("socket:127.0.0.1:{port}");
+    let (net, primary, key) = node_with_async_destination(tmp.path(), &socket_url);
+
+    let s1 = trace(1);
+    let mut ld = fresh_node_before_init(&net, &s1);
+    let options: Vec<(String, Value)> = vec![
+        ("backup-compact-journal-bytes".into(), json!(0)),
+        ("backup-reconnect-tries".into(), json!(2)),
+        ("backup-reconnect-wait".into(), json!("0.1")),
+    ];
+    ld.init(&options, &net).unwrap();
+    let dest_status = |ld: &mut Emulator| {
+        let st = ld.rpc_ok("backup-status", json!({})).unwrap();
+        st["destinations"][1].clone()
+    };
+    let half = s1.len() / 2;
+    for (i, b) in s1.iter().enumerate().skip(9).take(half - 9) {
+        let reply = ld.db_write(b.data_version, &b.writes).unwrap();
+        assert!(
+            reply.is_continue(),
+            "batch {i}: {reply:?}\n{}",
+            ld.log_text()
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let down = loop {
+        let d = dest_status(&mut ld);
+        if d["state"] == "down" {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never shown down: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(down["url"], json!(socket_url), "{down}");
+    assert_eq!(down["mode"], "async", "{down}");
+    let err = down["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains(&socket_url), "{down}");
+    assert!(down["lag_batches"].as_u64().unwrap() > 100, "{down}");
+    assert!(down["lag_seconds"].as_f64().unwrap() > 0.0, "{down}");
+
+    // The server comes up on that port, serving an empty directory.
+    store::backend::dir::DirBackend::create(&server_root).unwrap();
+    let server = serve(&server_root, &key, &format!("127.0.0.1:{port}"));
+    for (i, b) in s1.iter().enumerate().skip(half) {
+        let reply = ld.db_write(b.data_version, &b.writes).unwrap();
+        assert!(
+            reply.is_continue(),
+            "batch {i}: {reply:?}\n{}",
+            ld.log_text()
+        );
+    }
+    let r = ld.rpc_ok("backup-compact", json!({})).unwrap();
+    assert!(r["snapshot"].is_string(), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = dest_status(&mut ld);
+        if d["state"] == "live" && d["lag_writes"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never caught up: {d}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ld.close_stdin_and_wait().unwrap().success());
+
+    assert_each_restores_s1(
+        tmp.path(),
+        &key,
+        &[
+            ("primary", primary),
+            ("socket", BackupUrl::parse(&socket_url).unwrap()),
+        ],
+    );
+    server.stop();
+}
+
+/// lightningd stops (closes the plugin's stdin) while a `backup-compact` runs. The plugin used to
+/// exit at once, leaving the compaction's `maintenance` lock behind; on S3 that is a lease
+/// object that refused every prune and compaction for a minute (seen in CI). Now it waits for
+/// the compaction (bounded), says so in its log, and exits 0 with every lock released: a prune
+/// right after it exits is not refused as locked. `lease_probe` (S3): stdin closes only once the
+/// lease object exists, so the test cannot pass by closing before the lock was taken.
+fn compaction_cut_by_shutdown(
+    url: &str,
+    key: Option<MasterKey>,
+    tmp: &Path,
+    lease_probe: Option<Arc<dyn Backend>>,
+) {
+    let net = tmp.join("regtest");
+    std::fs::create_dir(&net).unwrap();
+    let parsed = BackupUrl::parse(url).unwrap();
+    Repository::init(&parsed, key.as_ref(), key.is_some(), ConfigBody::default()).unwrap();
+    std::fs::write(
+        net.join("backup.lock"),
+        json!({ "backend_url": url }).to_string(),
+    )
+    .unwrap();
+    if let Some(k) = &key {
+        std::fs::write(net.join("backup.key"), k.to_file_text()).unwrap();
+    }
+    let s1 = trace(1);
+    let mut ld = fresh_node_before_init(&net, &s1);
+    let options: Vec<(String, Value)> = vec![("backup-compact-journal-bytes".into(), json!(0))];
+    ld.init(&options, &net).unwrap();
+    for b in &s1[9..] {
+        assert!(ld
+            .db_write(b.data_version, &b.writes)
+            .unwrap()
+            .is_continue());
+    }
+    ld.rpc_start("backup-compact", json!({})).unwrap();
+    if let Some(probe) = lease_probe {
+        // Close stdin once the compaction holds its maintenance lease (so the test fails if
+        // the plugin exits without releasing it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while probe.get("locks/maintenance").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the compaction never took its lease"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let exit = ld.close_stdin_and_wait().unwrap();
+    let log = ld.log_text();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    // It was running when stdin closed, and it was waited for, not cut.
+    assert!(
+        log.contains("waiting up to") && log.contains("for the running compaction"),
+        "{log}"
+    );
+    assert!(log.contains("the compaction ended after"), "{log}");
+    assert!(log.contains("closed, its locks released"), "{log}");
+    let repo = Repository::open(&parsed, key).unwrap();
+    let snaps = store::ops::snapshots::list(&repo).unwrap();
+    assert_eq!(snaps.len(), 1, "the compaction finished its snapshot");
+    // Right after: a prune takes the maintenance lock (an S3 lease left behind would refuse it).
+    match prune_keep_last_1(&repo) {
+        Ok(_) => {}
+        Err(e) => panic!("prune right after the plugin exited: {e}\n{log}"),
+    }
+}
+
+#[test]
+fn shutdown_during_compaction_releases_the_s3_lease() {
+    let Some(url) = s3_url("shutdown") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = store::backend::open(&BackupUrl::parse(&url).unwrap(), None, false).unwrap();
+    compaction_cut_by_shutdown(&url, Some(MasterKey::generate()), tmp.path(), Some(probe));
+}
+
+/// The same on a local directory (its flock goes with the process anyway: a quick check that
+/// the shutdown path works there too).
+#[test]
+fn shutdown_during_compaction_local_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("repo").display());
+    compaction_cut_by_shutdown(&url, None, tmp.path(), None);
 }
