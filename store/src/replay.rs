@@ -138,15 +138,22 @@ impl Replayer {
     }
 
     /// Commit, close, and fsync the file. Returns the foreign_keys state at the end.
-    pub fn finish(mut self, path: &Path) -> Result<bool> {
+    pub fn finish(self, path: &Path) -> Result<bool> {
+        let fk = self.finish_unsynced()?;
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync", path.display().to_string(), e))?;
+        Ok(fk)
+    }
+
+    /// Commit and close without syncing: for a file whose content is checked before it is
+    /// trusted again (the compaction base), so a sync would only make the hook wait for the disk.
+    pub fn finish_unsynced(mut self) -> Result<bool> {
         self.commit()?;
         let fk = self.foreign_keys;
         self.conn
             .close()
             .map_err(|(_, e)| Error::sqlite(&self.object, e))?;
-        std::fs::File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("fsync", path.display().to_string(), e))?;
         Ok(fk)
     }
 }
