@@ -71,6 +71,15 @@ fn main() -> anyhow::Result<()> {
         "bare overwrite in a preallocated file + `fdatasync` (floor)",
         &bare_append(dir.path(), &flat, true)?,
     );
+    // The limit for "hooks during a compaction": any compaction publishes objects durably, so
+    // another thread syncs while hooks run. The lightest such load: 64 KiB written and synced
+    // at a time, into a new file, renamed, directory synced (one small publish after another).
+    let (beside, publishes) =
+        beside_publishes(dir.path(), || bare_append(dir.path(), &flat, false))?;
+    row(
+        &format!("bare append + `fdatasync` while another thread publishes 64 KiB objects back to back ({publishes} publishes: the limit of any hook beside a compaction)"),
+        &beside,
+    );
     let mut verdicts = Vec::new();
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/append_plugin.py");
     let mut py_p50 = None;
@@ -253,6 +262,38 @@ fn bare_append(dir: &Path, batches: &[Batch], prealloc: bool) -> anyhow::Result<
         off += r.len() as u64;
     }
     Ok(out)
+}
+
+/// Run `f` while another thread publishes 64 KiB objects back to back (temp file, fdatasync,
+/// rename, directory fsync), as the smallest possible compaction would. Returns `f`'s result and
+/// the number of publishes.
+fn beside_publishes<T>(
+    dir: &Path,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (dir.join("publishes"), stop.clone());
+    std::fs::create_dir_all(&d)?;
+    let t = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let data = vec![0x5au8; 64 << 10];
+        let mut n = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            let tmp = d.join("obj.tmp");
+            let mut o = std::fs::File::create(&tmp)?;
+            o.write_all(&data)?;
+            o.sync_data()?;
+            std::fs::rename(&tmp, d.join(format!("obj{}", n % 16)))?;
+            std::fs::File::open(&d)?.sync_all()?;
+            n += 1;
+        }
+        Ok(n)
+    });
+    let r = f();
+    stop.store(true, Ordering::Relaxed);
+    let n = t
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+    Ok((r?, n))
 }
 
 /// A network directory (and a cln-backup repository with its backup.lock, and backup.key when
