@@ -81,39 +81,16 @@ pub fn write_snapshot(
     let map = map_file(input.path)?
         .ok_or_else(|| Error::corrupt(&object, "the database file is empty"))?;
     let data: &[u8] = &map;
-    let (page_size, spans, refs) = chunk_refs(repo, data, &object)?;
+    let page_size = chunker::sqlite_page_size(data, &object)?;
+    let spans = chunker::for_params(&repo.config().body.chunker, page_size).spans(data);
     let level = repo.config().body.zstd_level;
     let pack_target = repo.config().body.pack_target as usize;
-
-    // New chunks, in file order, each once.
+    // Filled window by window below: hashing a window overlaps the disk writing the packs of
+    // the previous ones.
+    let mut refs: Vec<ChunkRef> = Vec::with_capacity(spans.len());
+    let mut new_chunks = 0usize;
     let mut seen: std::collections::HashSet<ChunkId, foldhash::fast::RandomState> =
         Default::default();
-    let mut new: Vec<usize> = Vec::new();
-    for (i, (id, _)) in refs.iter().enumerate() {
-        if !index.map.contains_key(id) && seen.insert(*id) {
-            new.push(i);
-        }
-    }
-
-    // Groups of neighbouring new chunks, compressed together; processed window by window.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    let mut cur_raw = 0usize;
-    for &i in &new {
-        let len = spans.get(i).map(|s| s.1).unwrap_or(0);
-        let adjacent = cur.last().is_some_and(|&p| p + 1 == i);
-        if !cur.is_empty()
-            && (!adjacent || cur.len() >= BLOB_CHUNKS || cur_raw + len > BLOB_MAX_RAW)
-        {
-            groups.push(std::mem::take(&mut cur));
-            cur_raw = 0;
-        }
-        cur.push(i);
-        cur_raw += len;
-    }
-    if !cur.is_empty() {
-        groups.push(cur);
-    }
 
     // Compression (rayon) and publishing run side by side: full packs go through a short queue
     // to two publisher threads (mostly waiting on the disk), so the disk writes and syncs one
@@ -149,22 +126,39 @@ pub fn write_snapshot(
                 b
             };
             let mut builder = new_builder();
-            let mut gi = 0;
-            while gi < groups.len() {
-                let mut end = gi;
+            let mut ws = 0;
+            while ws < spans.len() {
+                // The next window of chunks: hash it, find its new chunks (each once, in file
+                // order), group neighbouring new chunks, compress, seal, hand over full packs.
+                let mut we = ws;
                 let mut raw = 0;
-                while end < groups.len() && raw < WINDOW {
-                    raw += groups
-                        .get(end)
-                        .map(|g| {
-                            g.iter()
-                                .map(|&i| spans.get(i).map(|s| s.1).unwrap_or(0))
-                                .sum::<usize>()
-                        })
-                        .unwrap_or(0);
-                    end += 1;
+                while we < spans.len() && raw < WINDOW {
+                    raw += spans.get(we).map(|s| s.1).unwrap_or(0);
+                    we += 1;
                 }
-                let window = groups.get(gi..end).unwrap_or_default();
+                let wrefs: Vec<ChunkRef> = spans
+                    .get(ws..we)
+                    .unwrap_or_default()
+                    .par_iter()
+                    .map(|&(o, l)| {
+                        (
+                            repo.crypto()
+                                .chunk_id(data.get(o..o + l).unwrap_or_default()),
+                            l as u32,
+                        )
+                    })
+                    .collect();
+                let mut new = Vec::new();
+                for (k, (id, _)) in wrefs.iter().enumerate() {
+                    if !index.map.contains_key(id) && seen.insert(*id) {
+                        new.push(ws + k);
+                    }
+                }
+                refs.extend_from_slice(&wrefs);
+                new_chunks += new.len();
+                ws = we;
+                let groups = group_neighbours(&new, &spans);
+                let window = groups.as_slice();
                 let compressed: Vec<pack::CompressedGroup> = window
                     .par_iter()
                     .map(|g| {
@@ -228,7 +222,6 @@ pub fn write_snapshot(
                         return Ok(());
                     }
                 }
-                gi = end;
             }
             if !builder.is_empty() {
                 let _ = tx.send(builder);
@@ -287,7 +280,7 @@ pub fn write_snapshot(
         page_size,
         chunk_count: refs.len() as u64,
         stored_bytes: 0,
-        new_chunks: new.len() as u64,
+        new_chunks: new_chunks as u64,
         list,
         object_size: 0,
     };
@@ -299,6 +292,30 @@ pub fn write_snapshot(
     repo.backend()
         .put(&manifest::manifest_name(&m.id), &bytes)?;
     Ok(m)
+}
+
+/// Groups of neighbouring new chunks (indexes into `spans`, ascending), compressed together: at
+/// most [`BLOB_CHUNKS`] chunks and [`BLOB_MAX_RAW`] bytes each.
+fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut cur_raw = 0usize;
+    for &i in new {
+        let len = spans.get(i).map(|s| s.1).unwrap_or(0);
+        let adjacent = cur.last().is_some_and(|&p| p + 1 == i);
+        if !cur.is_empty()
+            && (!adjacent || cur.len() >= BLOB_CHUNKS || cur_raw + len > BLOB_MAX_RAW)
+        {
+            groups.push(std::mem::take(&mut cur));
+            cur_raw = 0;
+        }
+        cur.push(i);
+        cur_raw += len;
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+    groups
 }
 
 fn publish_pack(
