@@ -403,7 +403,22 @@ fn parse_batch(params: &Value) -> Option<Batch> {
     })
 }
 
+/// lightningd ends a plugin by closing its stdin. A service manager's stop (systemd sends SIGTERM
+/// to every process of the service once `lightning-cli stop` returns) or Ctrl-C in a terminal
+/// (SIGINT to the whole process group) would kill the plugin in the middle of its shutdown,
+/// leaving a compaction's S3 lease behind for a minute: both are ignored, and the plugin exits
+/// when its stdin closes (lightningd shuts down on these signals itself). SIGKILL still ends it.
+fn ignore_stop_signals() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler and passes no memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
+    ignore_stop_signals();
     let dir = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {

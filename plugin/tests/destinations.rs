@@ -457,7 +457,8 @@ fn async_destination_down_at_start_catches_up_later() {
 /// exit at once, leaving the compaction's `maintenance` lock behind; on S3 that is a lease
 /// object that refused every prune and compaction for a minute (seen in CI). Now it waits for
 /// the compaction (bounded), says so in its log, and exits 0 with every lock released: a prune
-/// right after it exits is not refused as locked. `lease_probe` (S3): stdin closes only once the
+/// right after it exits is not refused as locked. A SIGTERM meanwhile (systemd's stop) does not
+/// cut that short. `lease_probe` (S3): stdin closes only once the
 /// lease object exists, so the test cannot pass by closing before the lock was taken.
 fn compaction_cut_by_shutdown(
     url: &str,
@@ -500,6 +501,13 @@ fn compaction_cut_by_shutdown(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    // What systemd does at `systemctl stop` once lightningd is gone: SIGTERM to every process
+    // of the service. The plugin must still finish its shutdown (it used to die at once).
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &ld.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
     let exit = ld.close_stdin_and_wait().unwrap();
     let log = ld.log_text();
     assert!(exit.success(), "{exit:?}\n{log}");
