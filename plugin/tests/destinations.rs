@@ -465,6 +465,7 @@ fn compaction_cut_by_shutdown(
     key: Option<MasterKey>,
     tmp: &Path,
     lease_probe: Option<Arc<dyn Backend>>,
+    stop: Stop,
 ) {
     let net = tmp.join("regtest");
     std::fs::create_dir(&net).unwrap();
@@ -501,19 +502,29 @@ fn compaction_cut_by_shutdown(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    // What systemd does at `systemctl stop` once lightningd is gone: SIGTERM to every process
-    // of the service. The plugin must still finish its shutdown (it used to die at once).
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &ld.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    let why = match stop {
+        Stop::SigtermThenEof => {
+            // What systemd does at `systemctl stop` once lightningd is gone: SIGTERM to every
+            // process of the service. The plugin must still finish its shutdown.
+            let term = std::process::Command::new("kill")
+                .args(["-TERM", &ld.pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(term.success());
+            "lightningd closed stdin"
+        }
+        Stop::Notification => {
+            ld.notify("shutdown", json!({"shutdown": {}})).unwrap();
+            "lightningd sent shutdown"
+        }
+    };
     let exit = ld.close_stdin_and_wait().unwrap();
     let log = ld.log_text();
     assert!(exit.success(), "{exit:?}\n{log}");
-    // It was running when stdin closed, and it was waited for, not cut.
+    // It was running when the plugin was told to stop, and it was waited for, not cut.
     assert!(
-        log.contains("waiting up to") && log.contains("for the running compaction"),
+        log.contains(&format!("shutdown ({why}): waiting up to"))
+            && log.contains("for the running compaction"),
         "{log}"
     );
     assert!(log.contains("the compaction ended after"), "{log}");
@@ -528,6 +539,15 @@ fn compaction_cut_by_shutdown(
     }
 }
 
+/// How the plugin is told to stop.
+enum Stop {
+    /// SIGTERM (ignored), then stdin closes: lightningd's way with a plugin that did not
+    /// subscribe to `shutdown`, under systemd.
+    SigtermThenEof,
+    /// The `shutdown` notification (sent to subscribers; handled the same way).
+    Notification,
+}
+
 #[test]
 fn shutdown_during_compaction_releases_the_s3_lease() {
     let Some(url) = s3_url("shutdown") else {
@@ -535,14 +555,25 @@ fn shutdown_during_compaction_releases_the_s3_lease() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let probe = store::backend::open(&BackupUrl::parse(&url).unwrap(), None, false).unwrap();
-    compaction_cut_by_shutdown(&url, Some(MasterKey::generate()), tmp.path(), Some(probe));
+    compaction_cut_by_shutdown(
+        &url,
+        Some(MasterKey::generate()),
+        tmp.path(),
+        Some(probe),
+        Stop::SigtermThenEof,
+    );
 }
 
 /// The same on a local directory (its flock goes with the process anyway: a quick check that
-/// the shutdown path works there too).
+/// the shutdown path works there too), once per way of stopping.
 #[test]
 fn shutdown_during_compaction_local_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", tmp.path().join("repo").display());
-    compaction_cut_by_shutdown(&url, None, tmp.path(), None);
+    for (n, stop) in [Stop::SigtermThenEof, Stop::Notification]
+        .into_iter()
+        .enumerate()
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().join(format!("repo{n}")).display());
+        compaction_cut_by_shutdown(&url, None, tmp.path(), None, stop);
+    }
 }
