@@ -13,13 +13,16 @@
 //! - conditional writes (`put_if_absent`, stream parts, locks) use If-None-Match / If-Match.
 //!   They are probed once at open (create a random key twice: the second must fail). Services
 //!   that silently ignore them (Garage 2.x) get a best-effort fallback, announced on stderr and
-//!   in lock errors: check then write then read back.
+//!   in lock errors: check then write then read back. `conditional=off` in the URL forces the
+//!   fallback, `conditional=on` refuses to open where the probe finds them ignored.
+//! - every HTTP request is counted by kind ([`S3Backend::request_counts`], see [`counter`]).
 //!
 //! The [`Backend`] trait is synchronous: the backend owns a small tokio runtime and blocks on
 //! each request (on a helper thread when called from inside another runtime). Every request has a
 //! connect timeout, a request timeout and a few retries with back-off.
 
 pub mod config;
+pub mod counter;
 mod lock;
 mod stream;
 
@@ -37,7 +40,8 @@ use object_store::{
 
 use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
-pub use config::{Addressing, S3Config};
+pub use config::{Addressing, Conditional, S3Config};
+pub use counter::RequestCounts;
 
 /// Shared by the backend, its streams and its lock renewal threads.
 pub(crate) struct Inner {
@@ -45,8 +49,11 @@ pub(crate) struct Inner {
     pub(crate) cfg: S3Config,
     /// `Some` until drop; `shutdown_background` then, so that dropping never blocks or panics.
     rt: Option<tokio::runtime::Runtime>,
-    /// If-None-Match / If-Match are honoured (probed at open).
+    /// If-None-Match / If-Match are in use (honoured by the probe, and not `conditional=off`).
     pub(crate) conditional: bool,
+    /// What the probe at open found: the service honours If-None-Match.
+    honoured: bool,
+    counters: Arc<counter::Counters>,
 }
 
 pub struct S3Backend {
@@ -97,7 +104,9 @@ impl S3Backend {
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
+        let counters = Arc::new(counter::Counters::default());
         b = b
+            .with_http_connector(counter::CountingConnector(counters.clone()))
             .with_allow_http(cfg.allow_http)
             .with_virtual_hosted_style_request(cfg.addressing == Addressing::VirtualHosted)
             .with_client_options(
@@ -132,24 +141,51 @@ impl S3Backend {
             cfg,
             rt: Some(rt),
             conditional: true,
+            honoured: true,
+            counters,
         };
-        inner.conditional = inner.probe_conditional()?;
-        if !inner.conditional {
-            eprintln!(
-                "cln-backup: warning: {} ignores conditional writes (If-None-Match): locks and \
+        inner.honoured = inner.probe_conditional()?;
+        inner.conditional = inner.honoured && inner.cfg.conditional != Conditional::Off;
+        let url = inner.cfg.short_url();
+        match (inner.cfg.conditional, inner.honoured) {
+            (Conditional::Required, false) => {
+                return Err(Error::Invalid(format!(
+                    "{url} ignores conditional writes (If-None-Match), and the URL says \
+                     conditional=on: use a service that honours them, or conditional=auto to accept \
+                     the best-effort fallback"
+                )))
+            }
+            (Conditional::Off, _) => eprintln!(
+                "cln-backup: warning: conditional writes are off for {url} (conditional=off): locks \
+                 and create-if-absent use write-then-read-back, which is best-effort: make sure only \
+                 one node writes to this repository"
+            ),
+            (_, false) => eprintln!(
+                "cln-backup: warning: {url} ignores conditional writes (If-None-Match): locks and \
                  create-if-absent fall back to write-then-read-back, which is best-effort: make sure \
-                 only one node writes to this repository",
-                inner.cfg.short_url()
-            );
+                 only one node writes to this repository"
+            ),
+            _ => {}
         }
         Ok(S3Backend {
             inner: Arc::new(inner),
         })
     }
 
-    /// Whether the service honours If-None-Match (false: the best-effort fallback is in use).
+    /// Whether conditional writes are in use (false: the best-effort fallback is in use, because
+    /// the service ignores them or the URL says `conditional=off`).
     pub fn conditional_writes(&self) -> bool {
         self.inner.conditional
+    }
+
+    /// Whether the probe at open found that the service honours If-None-Match.
+    pub fn service_honours_conditional(&self) -> bool {
+        self.inner.honoured
+    }
+
+    /// The HTTP requests this backend (and its streams and locks) has sent so far, by kind.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.inner.counters.read()
     }
 
     pub fn config(&self) -> &S3Config {

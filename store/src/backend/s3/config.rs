@@ -15,7 +15,21 @@ pub const KNOWN_KEYS: &[&str] = &[
     "addressing",
     "profile",
     "lock_lease",
+    "conditional",
 ];
+
+/// `conditional=`: whether locks, stream parts and create-if-absent rely on the service's
+/// conditional writes (If-None-Match, If-Match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conditional {
+    /// Probe at open (create a random key twice); use them if honoured, else the fallback.
+    Auto,
+    /// Never use them: the best-effort fallback (check, write, read back), for a service whose
+    /// conditional writes are unreliable.
+    Off,
+    /// Use them, and refuse to open if the probe finds them ignored.
+    Required,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Addressing {
@@ -37,6 +51,7 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// How long a lock stays valid without renewal (renewed every third of it).
     pub lock_lease: Duration,
+    pub conditional: Conditional,
 }
 
 impl S3Config {
@@ -51,6 +66,7 @@ impl S3Config {
             addressing: Addressing::VirtualHosted,
             profile: None,
             lock_lease: Duration::from_secs(60),
+            conditional: Conditional::Auto,
         };
         let mut addressing = None;
         for (k, v) in params {
@@ -87,6 +103,18 @@ impl S3Config {
                             bad(format!("lock_lease is seconds in 2..=3600, not '{v}'"))
                         })?;
                     c.lock_lease = Duration::from_secs(secs);
+                }
+                "conditional" => {
+                    c.conditional = match v.as_str() {
+                        "auto" => Conditional::Auto,
+                        "off" => Conditional::Off,
+                        "on" => Conditional::Required,
+                        _ => {
+                            return Err(bad(format!(
+                                "conditional must be auto, on or off, not '{v}'"
+                            )))
+                        }
+                    }
                 }
                 other => {
                     return Err(bad(format!(
@@ -253,6 +281,17 @@ mod test {
         let e = S3Config::from_url("b", "", &p(&[("endpoint", "http://h:1")])).unwrap_err();
         assert!(e.to_string().contains("allow_http=true"), "{e}");
         assert!(S3Config::from_url("b", "", &p(&[("lock_lease", "0")])).is_err());
+        assert_eq!(c.conditional, Conditional::Auto);
+        for (v, want) in [
+            ("auto", Conditional::Auto),
+            ("off", Conditional::Off),
+            ("on", Conditional::Required),
+        ] {
+            let c = S3Config::from_url("b", "", &p(&[("conditional", v)])).unwrap();
+            assert_eq!(c.conditional, want);
+        }
+        let e = S3Config::from_url("b", "", &p(&[("conditional", "no")])).unwrap_err();
+        assert!(e.to_string().contains("auto, on or off"), "{e}");
     }
 
     #[test]

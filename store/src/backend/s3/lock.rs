@@ -177,7 +177,9 @@ fn take_best_effort(inner: &Inner, name: &str, token: &str, body: &[u8]) -> Resu
     inner
         .put_mode(name, body, PutMode::Overwrite)?
         .map_err(|e| inner.err("lock", name, e))?;
-    std::thread::sleep(Duration::from_secs(2));
+    // Let a racing taker's write land before reading back; well inside our lease, which is not
+    // renewed until we return.
+    std::thread::sleep(Duration::from_secs(2).min(inner.cfg.lock_lease / 4));
     match read()? {
         Some(l) if l.token == token => {
             eprintln!(
