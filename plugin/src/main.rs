@@ -145,6 +145,7 @@ impl Plugin {
                 match Backup::open(&self.dir, self.opts.durability, &self.opts.remote) {
                     Ok(mut b) => {
                         b.first_done = first_done;
+                        rpc::watch_destinations(&b.multi, &self.out);
                         self.backup = Some(b);
                     }
                     Err(e) => {
@@ -245,6 +246,7 @@ impl Plugin {
                     ),
                 );
             }
+            rpc::watch_destinations(&b.multi, &self.out);
             self.backup = Some(b);
         }
         let Some(b) = self.backup.as_mut() else {

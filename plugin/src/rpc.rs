@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use store::backend::multi::{Mode, MultiBackend};
 use store::ops::compact::{compact, CompactOptions, CompactReport};
 use store::ops::stats::Stats;
 
@@ -249,6 +250,70 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
         };
         let _ = reply;
     });
+}
+
+/// Log the state changes of asynchronous destinations (down, behind after an error, caught up)
+/// to lightningd, where operators look; `backup-status` has the details. The thread holds only a
+/// weak reference and ends with the backup.
+pub fn watch_destinations(multi: &Option<Arc<MultiBackend>>, out: &Out) {
+    let Some(m) = multi else {
+        return;
+    };
+    let weak = Arc::downgrade(m);
+    let out = out.clone();
+    let _ = std::thread::Builder::new()
+        .name("destinations".into())
+        .spawn(move || {
+            // Per destination: the last state seen, and whether a problem was logged since it
+            // was last live.
+            let mut seen: Vec<(&'static str, bool)> = Vec::new();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let Some(m) = weak.upgrade() else {
+                    return;
+                };
+                let status = m.status();
+                drop(m);
+                let dests = status.iter().filter(|d| d.mode == Mode::Async);
+                for (i, d) in dests.enumerate() {
+                    if seen.len() <= i {
+                        seen.push(("opening", false));
+                    }
+                    let Some((prev, troubled)) = seen.get_mut(i) else {
+                        continue;
+                    };
+                    if *prev == d.state {
+                        continue;
+                    }
+                    let err = d.last_error.as_deref().unwrap_or("no error recorded");
+                    match d.state {
+                        "down" => {
+                            *troubled = true;
+                            out.log("unusual", &format!(
+                                "asynchronous destination {} is down ({err}); lightningd goes on, and it is caught up once it opens",
+                                d.url
+                            ));
+                        }
+                        "catching up" if d.last_error.is_some() => {
+                            *troubled = true;
+                            out.log("unusual", &format!(
+                                "asynchronous destination {} is {} batches behind ({err}); catching up by comparison",
+                                d.url, d.lag_batches
+                            ));
+                        }
+                        "live" if *troubled => {
+                            *troubled = false;
+                            out.log(
+                                "info",
+                                &format!("asynchronous destination {} caught up", d.url),
+                            );
+                        }
+                        _ => {}
+                    }
+                    *prev = d.state;
+                }
+            }
+        });
 }
 
 /// `backup-snapshots`: every snapshot, oldest first.

@@ -417,6 +417,13 @@ fn async_destination_down_at_start_catches_up_later() {
     assert!(err.contains(&socket_url), "{down}");
     assert!(down["lag_batches"].as_u64().unwrap() > 100, "{down}");
     assert!(down["lag_seconds"].as_f64().unwrap() > 0.0, "{down}");
+    let down_line = format!("asynchronous destination {socket_url} is down");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ld.log_text().contains(&down_line) {
+        assert!(std::time::Instant::now() < deadline, "{}", ld.log_text());
+        dest_status(&mut ld);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The server comes up on that port, serving an empty directory.
     store::backend::dir::DirBackend::create(&server_root).unwrap();
@@ -431,10 +438,12 @@ fn async_destination_down_at_start_catches_up_later() {
     }
     let r = ld.rpc_ok("backup-compact", json!({})).unwrap();
     assert!(r["snapshot"].is_string(), "{r}");
+    // Caught up, as backup-status and lightningd's log say.
+    let caught_up = format!("asynchronous destination {socket_url} caught up");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let d = dest_status(&mut ld);
-        if d["state"] == "live" && d["lag_writes"] == 0 {
+        if d["state"] == "live" && d["lag_writes"] == 0 && ld.log_text().contains(&caught_up) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never caught up: {d}");
