@@ -165,4 +165,32 @@ disk_dev=$(df --output=source /work | tail -1)
     echo "cargo bench -p cln-backup-benches --bench micro   # criterion micro-benchmarks"
     echo '```'
 } >"$OUT"
+
+# 6. S3 destinations (benches/src/bin/s3.rs), only with an S3 server: CLN_BACKUP_S3_URL and its
+# AWS_* keys from the environment, or BENCH_S3=start to start .ci/s3-server.sh (SeaweedFS on
+# 127.0.0.1) for this section and stop it after. Without either the report has no section 6.
+if [[ -z "${CLN_BACKUP_S3_URL:-}" && "${BENCH_S3:-}" == "start" ]]; then
+    trap 'rm -rf "$T"; .ci/s3-server.sh stop >/dev/null 2>&1 || true' EXIT
+    .ci/s3-server.sh start >&2
+    . target/ci-s3.env
+fi
+if [[ -n "${CLN_BACKUP_S3_URL:-}" ]]; then
+    S3_ARGS=(--scale)
+    [[ "$SIZE" == 64 ]] && S3_ARGS=()
+    if run s3 $B/s3 "${S3_ARGS[@]}" "${PLUGIN_ARGS[@]}"; then
+        {
+            echo
+            echo "## 6. S3 destinations"
+            echo
+            echo "The S3 server of the run (SeaweedFS from .ci/s3-server.sh: on this machine, over loopback,"
+            echo "so a PUT costs the server's own work, not a network). Hook rows as in section 1, through"
+            echo "the benches driver, encrypted; the bare rows are paired per batch in one loop. Requests are"
+            echo "counted where they leave the HTTP client (S3Backend::request_counts)."
+            echo
+            body s3
+        } >>"$OUT"
+    else
+        echo "the S3 benchmark failed: no section 6" >&2
+    fi
+fi
 echo "wrote $OUT" >&2

@@ -108,6 +108,18 @@ impl Driver {
         self.wait(&id)
     }
 
+    /// The `init` call, as lightningd v26.06.6 sends it on regtest, with these plugin options.
+    pub fn init(&mut self, network_dir: &Path, options: &Value) -> anyhow::Result<Value> {
+        self.call(
+            "init",
+            json!({"options": options, "configuration": {"lightning-dir": network_dir.display().to_string(),
+              "rpc-file": "lightning-rpc", "startup": true, "network": "regtest",
+              "feature_set": {"init": "800898880a8a59a1", "node": "808898880a8a59a1", "channel": "",
+              "invoice": "02000002024100", "bolt12_offer": "", "bolt12_invreq": "", "bolt12_invoice": "020000",
+              "channel_type": "08800000800000"}}}),
+        )
+    }
+
     /// One db_write round trip; fails unless the answer is `{"result":"continue"}`.
     pub fn db_write(&mut self, b: &Batch) -> anyhow::Result<Duration> {
         let t = Instant::now();
@@ -172,14 +184,7 @@ pub fn session(
     let (mut on, mut count) = (true, 0usize);
     for (i, b) in batches.iter().enumerate() {
         if i == pre {
-            d.call(
-                "init",
-                json!({"options": options, "configuration": {"lightning-dir": network_dir.display().to_string(),
-                  "rpc-file": "lightning-rpc", "startup": true, "network": "regtest",
-                  "feature_set": {"init": "800898880a8a59a1", "node": "808898880a8a59a1", "channel": "",
-                  "invoice": "02000002024100", "bolt12_offer": "", "bolt12_invreq": "", "bolt12_invoice": "020000",
-                  "channel_type": "08800000800000"}}}),
-            )?;
+            d.init(network_dir, &options)?;
         }
         if let (Some((m, phase)), true) = (compact_rpc, i >= pre) {
             if let Some((id, sent)) = &pending {

@@ -152,3 +152,24 @@ pub fn target(what: &str, ratio: f64, limit: f64) -> String {
         if ratio <= limit { "met" } else { "**not met**" }
     )
 }
+
+/// A markdown row `| what | n | p50 µs | p99 µs | max µs | p50 / base_p50 |` of a latency sample.
+pub fn latency_row(what: &str, v: &[Duration], base_p50: f64) -> String {
+    let (a, b, c) = summary(v);
+    format!(
+        "| {what} | {} | {a:.0} | {b:.0} | {c:.0} | {:.2}x |",
+        v.len(),
+        a / base_p50
+    )
+}
+
+/// One bare durable append, what any journal pays: `rec` written at `*off` of `f` and
+/// `fdatasync`'ed; `*off` advances. Returns the time taken.
+pub fn bare_append_one(f: &std::fs::File, rec: &[u8], off: &mut u64) -> std::io::Result<Duration> {
+    use std::os::unix::fs::FileExt;
+    let t = Instant::now();
+    f.write_all_at(rec, *off)?;
+    f.sync_data()?;
+    *off += rec.len() as u64;
+    Ok(t.elapsed())
+}
