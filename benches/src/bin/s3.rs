@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("Per snapshot on S3 (S3 the primary, encrypted; requests as sent, retries and list pages included):");
     println!();
-    println!("| trace | snapshot | batches journaled before | objects created | objects deleted (stream parts not counted) | MB of stream parts folded into a sealed segment and deleted | requests | PUT | PUT If-None-Match | GET | GET range | HEAD | LIST pages | DELETE (bulk POST) | MB uploaded | seconds |");
+    println!("| trace | snapshot | batches journaled in all | objects created | objects deleted (stream parts not counted) | MB of stream parts folded into a sealed segment and deleted | requests | PUT | PUT If-None-Match | GET | GET range | HEAD | LIST pages | DELETE (bulk POST) | MB uploaded | seconds |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let tmp = tempfile::tempdir_in(bench_data())?;
     snapshots_on_s3(
