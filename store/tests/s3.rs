@@ -163,6 +163,27 @@ fn request_counts_by_kind() {
             (1, 1, 1, 3),
             "{c3:?}"
         );
+
+        // A stream read back by the process that appended it: its LIST page, no GET per part;
+        // by another process (a second backend): one GET per part, same bytes.
+        let mut s = b
+            .stream_open("0000000000000003", Durability::Fsync)
+            .unwrap();
+        for rec in [&b"one"[..], b"two", b"three"] {
+            s.append(rec).unwrap();
+        }
+        let before = b.request_counts();
+        assert_eq!(b.stream_read("0000000000000003").unwrap(), b"onetwothree");
+        let c4 = b.request_counts().since(&before);
+        assert_eq!((c4.list, c4.get, c4.total()), (1, 0, 1), "{c4:?}");
+        let other = S3Backend::with_config(b.config().clone()).unwrap();
+        let before = other.request_counts();
+        assert_eq!(
+            other.stream_read("0000000000000003").unwrap(),
+            b"onetwothree"
+        );
+        let c5 = other.request_counts().since(&before);
+        assert_eq!((c5.list, c5.get), (1, 3), "{c5:?}");
     }
 }
 

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// What the probe at open found: the service honours If-None-Match.
     honoured: bool,
     counters: Arc<counter::Counters>,
+    /// The stream parts this process appended (see [`stream`]).
+    pub(crate) part_cache: stream::PartCache,
 }
 
 pub struct S3Backend {
@@ -143,6 +145,7 @@ impl S3Backend {
             conditional: true,
             honoured: true,
             counters,
+            part_cache: stream::PartCache::default(),
         };
         inner.honoured = inner.probe_conditional()?;
         inner.conditional = inner.honoured && inner.cfg.conditional != Conditional::Off;

@@ -10,8 +10,12 @@
 //! - Truncate deletes the parts above the new length, highest first (a crash leaves a shorter
 //!   but whole stream), then rewrites the part the new length falls inside, if any.
 //! - An empty stream has no objects: it is absent from `stream_list` until its first append.
+//! - The parts this process appended are kept in memory ([`PartCache`], bounded), so reading
+//!   the stream back (compaction sealing it) costs its LIST pages, not one GET per batch. A
+//!   listed part is taken from memory only if its offset and size are the ones we wrote.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutMode};
@@ -22,6 +26,58 @@ use crate::error::{Error, Result};
 
 /// How many part GETs a stream read keeps in flight.
 const READ_PARALLELISM: usize = 16;
+
+/// Bytes of appended parts kept in memory per backend (beyond it, reads GET the parts).
+const PART_CACHE_BYTES: usize = 128 << 20;
+
+/// The parts this process wrote, by (stream, offset): what a PUT that succeeded stored.
+#[derive(Default)]
+pub(crate) struct PartCache {
+    parts: Mutex<Parts>,
+}
+
+#[derive(Default)]
+struct Parts {
+    by_key: BTreeMap<(String, u64), Vec<u8>>,
+    bytes: usize,
+}
+
+impl PartCache {
+    fn insert(&self, stream: &str, offset: u64, data: &[u8]) {
+        if let Ok(mut g) = self.parts.lock() {
+            if g.bytes + data.len() <= PART_CACHE_BYTES {
+                g.bytes += data.len();
+                if let Some(old) = g.by_key.insert((stream.to_string(), offset), data.to_vec()) {
+                    g.bytes = g.bytes.saturating_sub(old.len());
+                }
+            }
+        }
+    }
+
+    fn get(&self, stream: &str, offset: u64, size: u64) -> Option<Vec<u8>> {
+        let g = self.parts.lock().ok()?;
+        g.by_key
+            .get(&(stream.to_string(), offset))
+            .filter(|d| d.len() as u64 == size)
+            .cloned()
+    }
+
+    /// Forget the parts of `stream` at or above `from`.
+    fn forget_from(&self, stream: &str, from: u64) {
+        if let Ok(mut g) = self.parts.lock() {
+            let gone: Vec<(String, u64)> = g
+                .by_key
+                .range((stream.to_string(), from)..=(stream.to_string(), u64::MAX))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                if let Some(d) = g.by_key.remove(&k) {
+                    g.bytes = g.bytes.saturating_sub(d.len());
+                }
+            }
+        }
+    }
+}
 
 pub(crate) fn part_name(stream: &str, offset: u64) -> String {
     format!("journal/{stream}/{offset:016x}")
@@ -101,6 +157,9 @@ pub(crate) fn read(inner: &Inner, stream: &str) -> Result<Vec<u8>> {
     let fetched: Vec<(Part, std::result::Result<Vec<u8>, object_store::Error>)> = inner.run(
         futures::stream::iter(paths)
             .map(|(p, path)| async move {
+                if let Some(d) = inner.part_cache.get(stream, p.offset, p.size) {
+                    return (p, Ok(d));
+                }
                 let r = match inner.store.get(&path).await {
                     Ok(g) => g.bytes().await.map(|b| b.to_vec()),
                     Err(e) => Err(e),
@@ -156,6 +215,7 @@ pub(crate) fn list(inner: &Inner) -> Result<Vec<ObjectInfo>> {
 
 pub(crate) fn delete(inner: &Inner, stream: &str) -> Result<()> {
     let names = parts(inner, stream)?.into_iter().map(|p| p.name).collect();
+    inner.part_cache.forget_from(stream, 0);
     inner.delete_many(&format!("journal/{stream}"), names)
 }
 
@@ -210,6 +270,7 @@ impl Stream for S3Stream {
     fn append(&mut self, data: &[u8]) -> Result<()> {
         let inner = self.inner.clone();
         if let Some(off) = self.pending_cleanup {
+            inner.part_cache.forget_from(&self.stream, off);
             if off >= self.len {
                 let name = part_name(&self.stream, off);
                 let path = inner.path(&name)?;
@@ -249,6 +310,7 @@ impl Stream for S3Stream {
                 return Err(inner.err("append", &self.object(), e));
             }
         }
+        inner.part_cache.insert(&self.stream, self.len, data);
         self.len = self.len.saturating_add(data.len() as u64);
         Ok(())
     }
@@ -276,6 +338,12 @@ impl Stream for S3Stream {
                 above.push(part_name(&self.stream, off));
             }
         }
+        // Forget from the first part that changes: the one the new end falls inside, if any.
+        let first_changed = parts
+            .iter()
+            .find(|p| p.offset.saturating_add(p.size) > len)
+            .map_or(len, |p| p.offset.min(len));
+        inner.part_cache.forget_from(&self.stream, first_changed);
         inner.delete_many(&self.object(), above)?;
         if let Some(p) = parts
             .iter()
