@@ -7,8 +7,9 @@
 #
 # Starts `garage server` (single node, sqlite metadata, everything on 127.0.0.1, data in a fresh
 # temp directory), assigns the layout, creates a key and a bucket, then runs the store test
-# `garage_ignores_conditional_writes_and_the_fallback_holds` (store/tests/s3.rs) with Garage's
-# URL and keys, and stops Garage and removes its data whatever happens. Without GARAGE it says
+# `garage_ignores_conditional_writes_and_the_fallback_holds` (store/tests/s3.rs) and the plugin
+# test `s3_destination_through_the_plugin` with Garage's URL and keys, and stops Garage and
+# removes its data whatever happens. Without GARAGE it says
 # "skipped" and exits 0. Ports: CLN_BACKUP_GARAGE_PORT (default 29900) for S3, the next three
 # for RPC, web (unused) and admin.
 set -euo pipefail
@@ -78,3 +79,7 @@ export CLN_BACKUP_GARAGE_URL="s3://${bucket}/check?endpoint=http://127.0.0.1:${p
 unset CLN_BACKUP_S3_URL CLN_BACKUP_WEED CI
 cd "${root}"
 cargo test -p cln-backup-store --test s3 garage_ -- --nocapture
+# The s1 trace through the real plugin into Garage: compaction, retention prune, verify clean,
+# only referenced objects left, restore exact (plugin/tests/destinations.rs, pointed at Garage).
+CLN_BACKUP_S3_URL="${CLN_BACKUP_GARAGE_URL}" \
+  cargo test -p cln-backup --test destinations s3_destination_through_the_plugin -- --exact --nocapture
