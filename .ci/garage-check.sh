@@ -26,6 +26,8 @@ pid=""
 cleanup() {
   if [ -n "${pid}" ]; then
     kill -TERM "${pid}" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "${pid}" 2>/dev/null || true
     wait "${pid}" 2>/dev/null || true
   fi
   rm -rf "${dir}"
@@ -52,7 +54,8 @@ admin_token = "$(hex 16)"
 EOF
 g() { "${GARAGE}" -c "${dir}/garage.toml" "$@"; }
 echo "garage: $(g --version 2>/dev/null || true)"
-RUST_LOG=warn g server >"${dir}/server.log" 2>&1 &
+# Started directly (not through `g`), so that $! is garage itself and cleanup stops it.
+RUST_LOG=warn "${GARAGE}" -c "${dir}/garage.toml" server >"${dir}/server.log" 2>&1 &
 pid=$!
 up=""
 for _ in $(seq 1 60); do
