@@ -165,3 +165,99 @@ fn survivors_restore_and_garbage_goes() {
         (0, 0, 0)
     );
 }
+
+/// A backend whose listing of `snapshots/` still names a manifest that is gone by the time it
+/// is read: what a planning prune (which lists without the maintenance lock) sees while another
+/// prune deletes. Found by the long crash campaign (seed 0x18eb43791ad812e2).
+struct ListsADeletedManifest(std::sync::Arc<dyn store::backend::Backend>);
+
+impl store::backend::Backend for ListsADeletedManifest {
+    fn url(&self) -> String {
+        self.0.url()
+    }
+    fn put(&self, n: &str, d: &[u8]) -> store::Result<()> {
+        self.0.put(n, d)
+    }
+    fn put_if_absent(&self, n: &str, d: &[u8]) -> store::Result<bool> {
+        self.0.put_if_absent(n, d)
+    }
+    fn get(&self, n: &str) -> store::Result<Vec<u8>> {
+        self.0.get(n)
+    }
+    fn get_range(&self, n: &str, o: u64, l: u64) -> store::Result<Vec<u8>> {
+        self.0.get_range(n, o, l)
+    }
+    fn list(&self, p: &str) -> store::Result<Vec<store::backend::ObjectInfo>> {
+        let mut l = self.0.list(p)?;
+        if p == "snapshots/" {
+            l.insert(
+                0,
+                store::backend::ObjectInfo {
+                    name: "snapshots/0123456789abcdef".into(),
+                    size: 100,
+                },
+            );
+        }
+        Ok(l)
+    }
+    fn delete(&self, n: &str) -> store::Result<()> {
+        self.0.delete(n)
+    }
+    fn stream_open(
+        &self,
+        n: &str,
+        d: store::Durability,
+    ) -> store::Result<Box<dyn store::backend::Stream>> {
+        self.0.stream_open(n, d)
+    }
+    fn stream_read(&self, n: &str) -> store::Result<Vec<u8>> {
+        self.0.stream_read(n)
+    }
+    fn stream_list(&self) -> store::Result<Vec<store::backend::ObjectInfo>> {
+        self.0.stream_list()
+    }
+    fn stream_delete(&self, n: &str) -> store::Result<()> {
+        self.0.stream_delete(n)
+    }
+    fn lock(&self, n: &str, h: &str) -> store::Result<Box<dyn store::backend::LockGuard>> {
+        self.0.lock(n, h)
+    }
+}
+
+#[test]
+fn a_snapshot_deleted_while_listing_is_left_out_not_an_error() {
+    let env = Env::new(false);
+    let s1 = load_trace("trace-s1.jsonl");
+    let w = Mutex::new(env.writer());
+    for part in s1.chunks(800) {
+        append_all(&mut w.lock().unwrap(), part);
+        env.compact(&w);
+    }
+    drop(w);
+    let root = env.path("repo");
+    let racing = store::Repository::open_backend(
+        std::sync::Arc::new(ListsADeletedManifest(std::sync::Arc::new(
+            store::backend::dir::DirBackend::open(&root).unwrap(),
+        ))),
+        None,
+    )
+    .unwrap();
+    let real = store::manifest::list(&env.repo).unwrap();
+    assert!(real.len() >= 2);
+    let seen = store::manifest::list(&racing).unwrap();
+    assert_eq!(
+        seen.iter().map(|m| m.id).collect::<Vec<_>>(),
+        real.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    let plan = prune::plan(
+        &racing,
+        &Retention {
+            keep_last: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(plan.keep.len() + plan.remove.len(), real.len());
+    prune::apply(&racing, &plan, "test prune").unwrap();
+    assert_eq!(store::manifest::list(&env.repo).unwrap().len(), 1);
+}
