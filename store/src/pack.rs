@@ -234,19 +234,32 @@ pub struct ChunkIndex {
 
 impl ChunkIndex {
     pub fn load(repo: &Repository) -> Result<ChunkIndex> {
-        let names: Vec<String> = repo
-            .backend()
-            .list("index/")?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
-        let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
-            .par_iter()
-            .map(|n| {
-                let data = repo.backend().get(n)?;
-                decode_index(repo.crypto(), n, &data)
-            })
-            .collect();
+        // A prune's garbage collection (under the maintenance lock, which readers do not take)
+        // publishes a replacement index and then deletes the old ones: an index listed and then
+        // gone means the listing is stale, so list again (its replacement is there by then).
+        let mut tries = 0;
+        let (names, parts) = loop {
+            tries += 1;
+            let names: Vec<String> = repo
+                .backend()
+                .list("index/")?
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
+                .par_iter()
+                .map(|n| {
+                    let data = repo.backend().get(n)?;
+                    decode_index(repo.crypto(), n, &data)
+                })
+                .collect();
+            let vanished = parts
+                .iter()
+                .any(|p| matches!(p, Err(Error::NotFound { .. })));
+            if !vanished || tries >= 5 {
+                break (names, parts);
+            }
+        };
         let parts: Vec<Vec<(ChunkId, Location)>> = parts.into_iter().collect::<Result<_>>()?;
         let mut map =
             IdMap::with_capacity_and_hasher(parts.iter().map(Vec::len).sum(), Default::default());

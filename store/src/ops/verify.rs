@@ -36,6 +36,17 @@ pub struct VerifyReport {
 }
 
 pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
+    // Verify lists without the maintenance lock (so it never stops a node's compaction), and a
+    // prune may delete objects it listed, or replace them, while it reads. Damage stays put and a
+    // race does not: a report with problems is confirmed by a second pass before it is believed.
+    let first = verify_once(repo, opts)?;
+    if first.problems.is_empty() {
+        return Ok(first);
+    }
+    verify_once(repo, opts)
+}
+
+fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut rep = VerifyReport::default();
     let b = repo.backend();
 
