@@ -24,8 +24,9 @@ use super::Inner;
 use crate::backend::{Durability, ObjectInfo, Stream};
 use crate::error::{Error, Result};
 
-/// How many part GETs a stream read keeps in flight.
-const READ_PARALLELISM: usize = 16;
+/// GETs in flight when a stream is read back (a restart reads the open segment: one object per
+/// batch since the last compaction).
+const READ_PARALLELISM: usize = 64;
 
 /// Bytes of appended parts kept in memory per backend (beyond it, reads GET the parts).
 const PART_CACHE_BYTES: usize = 128 << 20;
