@@ -22,6 +22,8 @@ pub struct Driver {
     >,
     next_id: u64,
     pub logs: Vec<String>,
+    /// When each of `logs` arrived.
+    pub log_times: Vec<Instant>,
     /// Replies to requests sent with [`Driver::send`], with the time they arrived.
     pub replies: Vec<(String, Value, Instant)>,
 }
@@ -54,6 +56,7 @@ impl Driver {
             out,
             next_id: 100,
             logs: Vec::new(),
+            log_times: Vec::new(),
             replies: Vec::new(),
         })
     }
@@ -96,6 +99,7 @@ impl Driver {
                                 .unwrap_or_default()
                                 .to_string(),
                         );
+                        self.log_times.push(Instant::now());
                     }
                 }
             }
@@ -138,19 +142,29 @@ impl Driver {
         Ok(d)
     }
 
-    pub fn close(mut self) -> anyhow::Result<()> {
+    /// Close stdin, wait for the exit; returns every log message with its arrival time.
+    pub fn close(mut self) -> anyhow::Result<Vec<(Instant, String)>> {
         drop(self.stdin.take());
-        // Drain what is left (a pending RPC's reply), then wait for the exit.
+        // Drain what is left (a pending RPC's reply, logs), then wait for the exit.
         while let Some(Ok(v)) = self.out.next() {
             if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
                 self.replies.push((id.to_string(), v, Instant::now()));
+            } else if v.get("method").and_then(|m| m.as_str()) == Some("log") {
+                let m = v["params"]["message"].as_str().unwrap_or_default();
+                self.logs.push(m.to_string());
+                self.log_times.push(Instant::now());
             }
         }
         let st = self.child.wait()?;
         if !st.success() {
             anyhow::bail!("plugin exited with {st}");
         }
-        Ok(())
+        Ok(self
+            .log_times
+            .iter()
+            .copied()
+            .zip(self.logs.iter().cloned())
+            .collect())
     }
 }
 
@@ -161,6 +175,8 @@ pub struct SessionTimes {
     pub hooks: Vec<(Instant, Duration)>,
     /// Each compaction RPC: sent, answered.
     pub compactions: Vec<(Instant, Instant)>,
+    /// The plugin's log messages with their arrival times.
+    pub logs: Vec<(Instant, String)>,
 }
 
 /// Run one lightningd session of `batches` through the plugin, timing each db_write round trip.
@@ -216,6 +232,6 @@ pub fn session(
         d.wait(&id)?;
         t.compactions.push((sent, Instant::now()));
     }
-    d.close()?;
+    t.logs = d.close()?;
     Ok(t)
 }

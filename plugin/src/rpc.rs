@@ -121,9 +121,10 @@ pub fn start_compaction(
         .name("compaction".into())
         .spawn(move || {
             let what = if reply_to.is_some() { "backup-compact" } else { "automatic compaction" };
+            out.log("debug", &format!("{what}: started"));
             remove_stale_bases(&opts.cache_dir, &repo.repo_id().to_string());
-            // The hook must not wait for CPU or disk behind a compaction: it runs on one thread at
-            // the lowest CPU and I/O priority.
+            // The hook must not wait for a CPU behind a compaction: it runs on one thread at a
+            // low CPU priority.
             background_priority(nice);
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)

@@ -96,6 +96,31 @@ fn main() -> anyhow::Result<()> {
             &driver_idle(&cmd, &sessions, None)?,
         );
     }
+    let automatic = |path: &str, verdicts: &mut Vec<String>| -> anyhow::Result<()> {
+        let (idle, during, n) = plugin_automatic(path, AUTO_THRESHOLD)?;
+        row(
+            "cln-backup plugin (benches driver), scale trace, automatic compaction every 8 MiB of journal: hooks overlapping none",
+            &idle,
+        );
+        row(
+            &format!("same run: hooks overlapping one of the {n} automatic compactions (27 MB database by the end)"),
+            &during,
+        );
+        verdicts.push(target(
+            "plugin hook p99 during an automatic compaction (scale trace, 8 MiB threshold) <= 2x idle p99",
+            summary(&during).1 / summary(&idle).1,
+            2.0,
+        ));
+        Ok(())
+    };
+    if let (Some(path), true) = (arg("--plugin"), flag("--automatic-only")) {
+        let mut v = Vec::new();
+        automatic(&path, &mut v)?;
+        for l in v {
+            println!("{l}");
+        }
+        return Ok(());
+    }
     if let (Some(path), true) = (arg("--plugin"), flag("--compacting-only")) {
         // Only the compaction phases, with plugin options (`--plugin-options JSON`): for
         // comparing settings of the compaction thread.
@@ -153,6 +178,7 @@ fn main() -> anyhow::Result<()> {
                 2.0,
             ));
         }
+        automatic(&path, &mut verdicts)?;
         if let Some(py) = py_p50 {
             let all = emulator_sessions(&python, &sessions, None)?;
             row(
@@ -406,6 +432,43 @@ fn plugin_compacting(
         all.hooks.len()
     );
     Ok(split(&all.hooks, &all.compactions))
+}
+
+/// Journal bytes between automatic compactions in [`plugin_automatic`]: the scale trace's ~40 MB
+/// journal gives a handful of compactions (the plugin's default, 64 MiB, would give none).
+const AUTO_THRESHOLD: u64 = 8 << 20;
+
+/// The scale trace (30,014 batches of a real node's invoice load) as one fresh session through the
+/// plugin, with automatic compaction every `threshold` bytes of journal, as a node runs: hooks
+/// overlapping an automatic compaction (from its "started" log line to its result line) against
+/// the others, and how many compactions ran.
+fn plugin_automatic(
+    plugin: &str,
+    threshold: u64,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
+    let batches = load_trace(&testdata("trace-scale-30k.jsonl.zst"))?;
+    let (_dir, net) = network_dir(Some(false))?;
+    let t = driver::session(
+        &[plugin.to_string()],
+        &net,
+        &batches,
+        true,
+        serde_json::json!({ "backup-compact-journal-bytes": threshold }),
+        None,
+    )?;
+    let mut intervals = Vec::new();
+    let mut started = None;
+    for (at, m) in &t.logs {
+        if m == "automatic compaction: started" {
+            started = Some(*at);
+        } else if m.starts_with("automatic compaction") {
+            if let Some(s) = started.take() {
+                intervals.push((s, *at));
+            }
+        }
+    }
+    let (idle, during) = split(&t.hooks, &intervals);
+    Ok((idle, during, intervals.len()))
 }
 
 /// Split samples into (overlapping no interval, overlapping one).
