@@ -205,9 +205,12 @@ impl Backend for DirBackend {
             if !fname.starts_with(file_prefix) || fname.ends_with(".tmp") {
                 continue;
             }
-            let meta = ent
-                .metadata()
-                .map_err(|e| Error::io("list", fname.clone(), e))?;
+            let meta = match ent.metadata() {
+                Ok(m) => m,
+                // Deleted since the directory was read: not there any more.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", fname.clone(), e)),
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -280,10 +283,12 @@ impl Backend for DirBackend {
             let ent = ent.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
             let fname = ent.file_name().to_string_lossy().into_owned();
             if let Some(stem) = fname.strip_suffix(".log") {
-                let size = ent
-                    .metadata()
-                    .map_err(|e| Error::io("list", fname.clone(), e))?
-                    .len();
+                let size = match ent.metadata() {
+                    Ok(m) => m.len(),
+                    // Deleted (sealed, or pruned) since the directory was read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("list", fname.clone(), e)),
+                };
                 out.push(ObjectInfo {
                     name: stem.to_string(),
                     size,

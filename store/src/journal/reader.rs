@@ -3,7 +3,7 @@
 use super::record::Record;
 use super::segment::{self, Recovery};
 use super::{parse_sealed_name, parse_stream_name, sealed_name, stream_name};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::Repository;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,29 +27,35 @@ impl SegmentRef {
 /// Every segment, oldest first. Where a segment exists both sealed and as a stream (a crash
 /// between sealing and deleting the stream), the sealed one is listed and the stream is not.
 pub fn segments(repo: &Repository) -> Result<Vec<SegmentRef>> {
-    let mut out: Vec<SegmentRef> = Vec::new();
-    for o in repo.backend().list("journal/")? {
-        if let Some(seq) = parse_sealed_name(&o.name) {
-            out.push(SegmentRef {
-                seq,
-                sealed: true,
-                size: o.size,
-            });
-        }
-    }
+    // Streams first, then sealed objects: a compaction sealing a segment meanwhile publishes the
+    // sealed copy before deleting the stream, so every segment is seen in one form or the other
+    // (the other order could miss one sealed between the two listings).
+    let mut by_seq: std::collections::BTreeMap<u64, SegmentRef> = Default::default();
     for s in repo.backend().stream_list()? {
         if let Some(seq) = parse_stream_name(&s.name) {
-            if !out.iter().any(|r| r.seq == seq) {
-                out.push(SegmentRef {
+            by_seq.insert(
+                seq,
+                SegmentRef {
                     seq,
                     sealed: false,
                     size: s.size,
-                });
-            }
+                },
+            );
         }
     }
-    out.sort_by_key(|r| r.seq);
-    Ok(out)
+    for o in repo.backend().list("journal/")? {
+        if let Some(seq) = parse_sealed_name(&o.name) {
+            by_seq.insert(
+                seq,
+                SegmentRef {
+                    seq,
+                    sealed: true,
+                    size: o.size,
+                },
+            );
+        }
+    }
+    Ok(by_seq.into_values().collect())
 }
 
 /// Streams that also exist sealed: left by a crash between sealing and deleting; safe to delete.
@@ -90,7 +96,18 @@ pub fn read_segment_checked(
         let data = repo.backend().get(&name)?;
         return Ok((segment::decode_sealed(repo.crypto(), &name, &data)?, None));
     }
-    let data = repo.backend().stream_read(&stream_name(seg.seq))?;
+    let data = match repo.backend().stream_read(&stream_name(seg.seq)) {
+        Ok(d) => d,
+        // Sealed by a compaction since it was listed: the sealed copy was published first.
+        Err(Error::NotFound { .. }) => {
+            let sealed = SegmentRef {
+                sealed: true,
+                ..seg.clone()
+            };
+            return read_segment_checked(repo, &sealed, recovery);
+        }
+        Err(e) => return Err(e),
+    };
     let parsed = segment::parse_stream(
         &data,
         repo.crypto(),
