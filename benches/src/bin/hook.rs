@@ -231,11 +231,13 @@ fn main() -> anyhow::Result<()> {
                     &format!("same, overlapping a compaction of the 27 MB database{enc}"),
                     &during,
                 );
-                verdicts.push(target(
-                    &format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}"),
-                    summary(&during).1 / summary(&idle).1,
-                    2.0,
-                ));
+                let what = format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}");
+                verdicts.push(if idle.len() < 100 {
+                    // The first compaction (the whole backlog) outlasted the appends.
+                    format!("TARGET| {what} | - | not measured in this run: {} appends outside a compaction |", idle.len())
+                } else {
+                    target(&what, summary(&during).1 / summary(&idle).1, 2.0)
+                });
             }
         }
     }
