@@ -213,12 +213,12 @@ fn main() -> anyhow::Result<()> {
                 &format!("`JournalWriter::append` in-process, overlapping a compaction{enc}"),
                 &during,
             );
-            verdicts.push(target(
+            verdicts.push(p99_verdict(
                 &format!(
                     "in-process append p99 during compaction <= 2x idle p99 (fixture traces){enc}"
                 ),
-                summary(&during).1 / summary(&idle).1,
-                2.0,
+                &idle,
+                &during,
             ));
         }
         if let Some(n) = arg("--scale-tail") {
@@ -231,13 +231,11 @@ fn main() -> anyhow::Result<()> {
                     &format!("same, overlapping a compaction of the 27 MB database{enc}"),
                     &during,
                 );
-                let what = format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}");
-                verdicts.push(if idle.len() < 100 {
-                    // The first compaction (the whole backlog) outlasted the appends.
-                    format!("TARGET| {what} | - | not measured in this run: {} appends outside a compaction |", idle.len())
-                } else {
-                    target(&what, summary(&during).1 / summary(&idle).1, 2.0)
-                });
+                verdicts.push(p99_verdict(
+                    &format!("in-process append p99 during compaction of the 27 MB database <= 2x idle p99{enc}"),
+                    &idle,
+                    &during,
+                ));
             }
         }
     }
@@ -434,6 +432,19 @@ fn plugin_compacting(
         all.hooks.len()
     );
     Ok(split(&all.hooks, &all.compactions))
+}
+
+/// The "p99 during compaction <= 2x idle p99" verdict; none when a run had no idle phase to
+/// compare with (a compaction outlasted the appends of its idle phases).
+fn p99_verdict(what: &str, idle: &[Duration], during: &[Duration]) -> String {
+    if idle.len() < 100 {
+        format!(
+            "TARGET| {what} | - | not measured in this run: {} samples outside a compaction |",
+            idle.len()
+        )
+    } else {
+        target(what, summary(during).1 / summary(idle).1, 2.0)
+    }
 }
 
 /// Journal bytes between automatic compactions in [`plugin_automatic`]: the scale trace's ~40 MB
