@@ -303,7 +303,7 @@ impl Plugin {
             say(
                 "info",
                 format!(
-                    "shutdown ({why}): waiting up to {} s for the running compaction to finish, so its locks are released",
+                    "shutdown ({why}): stopping the running compaction at its next safe point (waiting up to {} s), so its locks are released",
                     SHUTDOWN_COMPACTION_WAIT.as_secs()
                 ),
             );

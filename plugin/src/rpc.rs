@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use store::backend::multi::{Mode, MultiBackend};
-use store::ops::compact::{compact, CompactOptions, CompactReport};
+use store::ops::compact::{compact_cancellable, CompactOptions, CompactReport};
 use store::ops::stats::Stats;
 
 use crate::backup::Backup;
@@ -28,16 +28,20 @@ pub struct Compaction {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set at shutdown: no compaction starts after it.
     closed: AtomicBool,
+    /// Set at shutdown: the running compaction stops at its next safe point.
+    cancel: AtomicBool,
 }
 
 impl Compaction {
     pub fn running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
     }
-    /// Refuse new compactions, then wait up to `timeout` for the running one to end (its lock
-    /// guards are dropped with it). True if none is left running.
+    /// Refuse new compactions, ask the running one to stop at its next safe point, then wait up
+    /// to `timeout` for it to end (its lock guards are dropped with it). True if none is left
+    /// running.
     pub fn close(&self, timeout: Duration) -> bool {
         self.closed.store(true, Ordering::SeqCst);
+        self.cancel.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         let Some(handle) = handle else {
@@ -131,15 +135,17 @@ pub fn start_compaction(
                 .thread_name(|_| "compaction-worker".into())
                 .start_handler(move |_| background_priority(nice))
                 .build();
+            let cancel = &guard.0.cancel;
             let mut res = match &pool {
-                Ok(p) => p.install(|| compact(&repo, &writer, &opts)),
-                Err(_) => compact(&repo, &writer, &opts),
+                Ok(p) => p.install(|| compact_cancellable(&repo, &writer, &opts, cancel)),
+                Err(_) => compact_cancellable(&repo, &writer, &opts, cancel),
             };
             // Retention: after a new snapshot, prune what the policy no longer keeps, so the
             // backup stays bounded (the old plugin's users saw it grow without end).
             let mut pruned = Value::Null;
             if let (Ok(r), Some(policy)) = (&mut res, &retention) {
-                if r.snapshot.is_some() {
+                // Not at shutdown: the next compaction prunes.
+                if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
                     match store::ops::prune::plan(&repo, policy)
                         .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
                     {
@@ -167,6 +173,10 @@ pub fn start_compaction(
                     };
                     (v, ("info", line))
                 }
+                Err(e @ store::Error::Cancelled(_)) => (
+                    json!({"error": e.to_string()}),
+                    ("info", format!("{what} stopped for shutdown: {e}")),
+                ),
                 Err(e) => (
                     json!({"error": e.to_string()}),
                     ("unusual", format!("{what} failed: {e}. The journal keeps every change; hooks are not affected.")),

@@ -530,17 +530,42 @@ fn compaction_cut_by_shutdown(
     let exit = ld.close_stdin_and_wait().unwrap();
     let log = ld.log_text();
     assert!(exit.success(), "{exit:?}\n{log}");
-    // It was running when the plugin was told to stop, and it was waited for, not cut.
+    // It was running when the plugin was told to stop; it was stopped at a safe point (or had
+    // passed the last one and finished), and waited for, never cut off.
     assert!(
-        log.contains(&format!("shutdown ({why}): waiting up to"))
-            && log.contains("for the running compaction"),
+        log.contains(&format!(
+            "shutdown ({why}): stopping the running compaction at its next safe point"
+        )),
         "{log}"
     );
     assert!(log.contains("the compaction ended after"), "{log}");
     assert!(log.contains("closed, its locks released"), "{log}");
     let repo = Repository::open(&parsed, key).unwrap();
     let snaps = store::ops::snapshots::list(&repo).unwrap();
-    assert_eq!(snaps.len(), 1, "the compaction finished its snapshot");
+    let stopped = log.contains("backup-compact stopped for shutdown: compaction was cancelled");
+    println!(
+        "the compaction at shutdown {}",
+        if stopped {
+            "was stopped at a safe point"
+        } else {
+            "had passed its last safe point and finished"
+        }
+    );
+    assert_eq!(
+        snaps.len(),
+        usize::from(!stopped),
+        "a stopped compaction leaves no snapshot, a finished one leaves one\n{log}"
+    );
+    // Nothing half-done is visible either way.
+    let v = store::ops::verify::verify(
+        &repo,
+        &store::ops::verify::VerifyOptions {
+            read_data: true,
+            scratch_dir: tmp.to_path_buf(),
+        },
+    )
+    .unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
     // Right after: a prune takes the maintenance lock (an S3 lease left behind would refuse it).
     match prune_keep_last_1(&repo) {
         Ok(_) => {}

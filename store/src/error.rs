@@ -90,6 +90,10 @@ pub enum Error {
     Remote(String),
     #[error("{0}")]
     Invalid(String),
+    /// An operation stopped at a safe point because its caller asked it to (the plugin at
+    /// shutdown): nothing half-done is visible, the next run starts over.
+    #[error("{0} was cancelled before it finished; nothing it did is visible, and the next one starts over")]
+    Cancelled(&'static str),
 }
 
 fn io_hint(e: &io::Error) -> &'static str {

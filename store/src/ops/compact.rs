@@ -14,6 +14,7 @@
 //!    objects replacing the streams).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -172,8 +173,29 @@ pub fn compact(
     writer: &Mutex<JournalWriter>,
     opts: &CompactOptions,
 ) -> Result<CompactReport> {
+    compact_cancellable(repo, writer, opts, &AtomicBool::new(false))
+}
+
+/// [`compact`], stopping with [`Error::Cancelled`] at the next safe point once `cancel` is set:
+/// before the journal rotates, between replayed batches, and before the snapshot is written. A
+/// stop leaves no partial snapshot (the base it was bringing forward is rebuilt or re-checked by
+/// the next compaction), and the maintenance lock is released on return.
+pub fn compact_cancellable(
+    repo: &Repository,
+    writer: &Mutex<JournalWriter>,
+    opts: &CompactOptions,
+    cancel: &AtomicBool,
+) -> Result<CompactReport> {
+    let check = || {
+        if cancel.load(Ordering::SeqCst) {
+            Err(Error::Cancelled("compaction"))
+        } else {
+            Ok(())
+        }
+    };
     let started = Instant::now();
     let _lock = repo.lock(MAINTENANCE_LOCK, &opts.holder)?;
+    check()?;
     let before = stats::stats(repo)?;
     // The next segment is made outside the writer's lock (a file creation and a directory sync);
     // the hook waits only for the switch itself.
@@ -253,6 +275,7 @@ pub fn compact(
         });
     };
 
+    check()?;
     let mut index = ChunkIndex::load(repo)?;
     let base = prepare_base(repo, &opts.cache_dir, parent.as_ref(), &index)?;
     let (_, state_path) = base_paths(repo, &opts.cache_dir);
@@ -261,10 +284,14 @@ pub fn compact(
         &base,
         parent.as_ref().map(|m| m.foreign_keys).unwrap_or(true),
     )?;
-    for r in recs
+    for (k, r) in recs
         .iter()
         .filter(|r| r.batch.data_version > pv && r.batch.data_version <= target)
+        .enumerate()
     {
+        if k % 256 == 0 {
+            check()?;
+        }
         rp.apply(r)?;
     }
     let got = rp.data_version()?;
@@ -286,6 +313,7 @@ pub fn compact(
         Some(p) => Some(manifest::resolve(repo, p)?),
         None => None,
     };
+    check()?;
     let m = snapshot::write_snapshot(
         repo,
         &SnapshotInput {

@@ -257,3 +257,43 @@ fn crash_at_every_step_of_compaction_and_prune() {
     }
     assert!(crashes >= 8, "crashed at only {crashes} points");
 }
+
+/// A compaction told to stop (the plugin at shutdown) stops with `Cancelled` at its first safe
+/// point, publishes no snapshot, leaves a repository that verifies and restores exactly, and the
+/// next compaction works. (Stops at later safe points, mid-replay, are what
+/// `shutdown_during_compaction_*` in plugin/tests/destinations.rs hit with the real plugin.)
+#[test]
+fn a_cancelled_compaction_leaves_nothing_half_done() {
+    let env = Env::new(true);
+    let s1 = load_trace("trace-s1.jsonl");
+    let w = Mutex::new(env.writer());
+    append_all(&mut w.lock().unwrap(), &s1[..1200]);
+    let first = env.compact(&w).snapshot.expect("a first snapshot");
+    append_all(&mut w.lock().unwrap(), &s1[1200..]);
+    let opts = CompactOptions {
+        cache_dir: env.path("cache"),
+        holder: "test compaction".into(),
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let err = store::ops::compact::compact_cancellable(&env.repo, &w, &opts, &cancel).unwrap_err();
+    assert!(matches!(err, store::Error::Cancelled(_)), "{err}");
+    let snaps = store::ops::snapshots::list(&env.repo).unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].id, first.id);
+    let v = verify(
+        &env.repo,
+        &VerifyOptions {
+            read_data: true,
+            scratch_dir: env.path(""),
+        },
+    )
+    .unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    // The next compaction (not cancelled) makes the snapshot, and the newest state is exact.
+    let second = compact(&env.repo, &w, &opts).unwrap();
+    assert!(second.snapshot.is_some(), "{:?}", second.note);
+    drop(w);
+    let out = env.path("restored.sqlite3");
+    restore(&env.repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(dump(&out), dump(&testdata("db-s1.sqlite3")));
+}
