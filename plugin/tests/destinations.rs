@@ -70,12 +70,11 @@ fn server_restarted_mid_session_loses_nothing() {
     .unwrap();
     let server = serve(&root, &key, "127.0.0.1:0");
     let addr = server.addr();
-    std::fs::write(
-        net.join("backup.lock"),
-        json!({"backend_url": format!("socket:127.0.0.1:{}", addr.port())}).to_string(),
-    )
-    .unwrap();
-    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+    configure_node(
+        &net,
+        json!({"backend_url": format!("socket:127.0.0.1:{}", addr.port())}),
+        Some(&key),
+    );
 
     let s1 = trace(1);
     let mut ld = fresh_node_before_init(&net, &s1);
@@ -148,16 +147,14 @@ fn node_with_async_destination(tmp: &Path, second_url: &str) -> (PathBuf, Backup
     let primary = BackupUrl::File(tmp.join("primary"));
     let key = MasterKey::generate();
     Repository::init(&primary, Some(&key), true, ConfigBody::default()).unwrap();
-    std::fs::write(
-        net.join("backup.lock"),
+    configure_node(
+        &net,
         json!({
             "backend_url": primary.to_string(),
             "destinations": [{"url": second_url, "mode": "async"}],
-        })
-        .to_string(),
-    )
-    .unwrap();
-    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+        }),
+        Some(&key),
+    );
     (net, primary, key)
 }
 
@@ -220,11 +217,11 @@ fn retention_keeps_the_backup_bounded() {
         ConfigBody::default(),
     )
     .unwrap();
-    std::fs::write(
-        net.join("backup.lock"),
-        json!({"backend_url": format!("file://{}", root.display())}).to_string(),
-    )
-    .unwrap();
+    configure_node(
+        &net,
+        json!({"backend_url": format!("file://{}", root.display())}),
+        None,
+    );
     let s1 = trace(1);
     let mut ld = fresh_node_before_init(&net, &s1);
     let options: Vec<(String, Value)> = vec![
@@ -308,12 +305,7 @@ fn s3_destination_through_the_plugin() {
     let key = MasterKey::generate();
     let parsed = BackupUrl::parse(&url).unwrap();
     Repository::init(&parsed, Some(&key), true, ConfigBody::default()).unwrap();
-    std::fs::write(
-        net.join("backup.lock"),
-        json!({ "backend_url": url }).to_string(),
-    )
-    .unwrap();
-    std::fs::write(net.join("backup.key"), key.to_file_text()).unwrap();
+    configure_node(&net, json!({ "backend_url": url }), Some(&key));
     let opts = SessionOptions {
         fresh: true,
         // Compactions only on request, so none is left running (holding its S3 lease, which
@@ -480,14 +472,7 @@ fn compaction_cut_by_shutdown(
     std::fs::create_dir(&net).unwrap();
     let parsed = BackupUrl::parse(url).unwrap();
     Repository::init(&parsed, key.as_ref(), key.is_some(), ConfigBody::default()).unwrap();
-    std::fs::write(
-        net.join("backup.lock"),
-        json!({ "backend_url": url }).to_string(),
-    )
-    .unwrap();
-    if let Some(k) = &key {
-        std::fs::write(net.join("backup.key"), k.to_file_text()).unwrap();
-    }
+    configure_node(&net, json!({ "backend_url": url }), key.as_ref());
     let s1 = trace(1);
     let mut ld = fresh_node_before_init(&net, &s1);
     let options: Vec<(String, Value)> = vec![("backup-compact-journal-bytes".into(), json!(0))];
@@ -570,6 +555,15 @@ fn compaction_cut_by_shutdown(
     match prune_keep_last_1(&repo) {
         Ok(_) => {}
         Err(e) => panic!("prune right after the plugin exited: {e}\n{log}"),
+    }
+}
+
+/// The node's `backup.lock` (and `backup.key` when the repository is encrypted), as `backup-cli
+/// init` writes them.
+fn configure_node(net: &Path, lock: Value, key: Option<&MasterKey>) {
+    std::fs::write(net.join("backup.lock"), lock.to_string()).unwrap();
+    if let Some(k) = key {
+        std::fs::write(net.join("backup.key"), k.to_file_text()).unwrap();
     }
 }
 
