@@ -8,9 +8,9 @@
 //! getmanifest (nothing touched on disk: `lightningd --help` sends it too) -> db_write calls
 //! before init (the first one reads `backup.lock` from the working directory, the node's network
 //! dir, opens the repository and takes its writer lock) -> init (options) -> db_write and RPC
-//! calls -> stdin closes (or a `shutdown` notification) -> [`Plugin::shutdown`]: wait (bounded)
-//! for a running compaction, so its locks are released rather than left to expire, close the
-//! backup, drain asynchronous destinations -> exit 0.
+//! calls -> stdin closes (or a `shutdown` notification) -> [`Plugin::shutdown`]: stop a running
+//! compaction at its next safe point and wait for it (bounded), so its locks are released rather
+//! than left to expire, close the backup, drain asynchronous destinations -> exit 0.
 
 mod backup;
 mod options;
@@ -290,8 +290,8 @@ impl Plugin {
         }
     }
 
-    /// lightningd is stopping: no new work; wait (bounded) for a running compaction so its lock
-    /// guards delete their lease objects (an S3 lease left behind refuses prune and compaction
+    /// lightningd is stopping: no new work; stop a running compaction at its next safe point and
+    /// wait for it (bounded) so its lock guards delete their lease objects (an S3 lease left behind refuses prune and compaction
     /// for a minute); close the backup (the writer lock); drain asynchronous destinations.
     /// Every step is logged: to lightningd if it still reads, and to stderr (its own stderr).
     fn shutdown(&mut self, why: &str) {

@@ -210,15 +210,12 @@ pub fn write_snapshot(
                 }
                 drop(sealed);
                 builder = builders.pop().unwrap_or_else(new_builder);
+                if builder.len() >= pack_target {
+                    builders.push(std::mem::replace(&mut builder, new_builder()));
+                }
                 for full in builders {
                     if failed.load(std::sync::atomic::Ordering::SeqCst) || tx.send(full).is_err() {
-                        // The publisher stopped on an error: it is returned below.
-                        return Ok(());
-                    }
-                }
-                if builder.len() >= pack_target {
-                    let full = std::mem::replace(&mut builder, new_builder());
-                    if failed.load(std::sync::atomic::Ordering::SeqCst) || tx.send(full).is_err() {
+                        // A publisher stopped on an error: it is returned below.
                         return Ok(());
                     }
                 }
