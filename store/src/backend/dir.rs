@@ -5,11 +5,25 @@
 //! `put_if_absent`), fsync of the directory. Append is `pwrite` at the end then `fdatasync`.
 //! After a failed fdatasync a stream refuses further appends: the kernel may have dropped the dirty
 //! pages, so a retried sync could report success for data that is gone.
+//!
+//! A stream appended with [`Durability::Fsync`] is written ahead with zeros (up to [`ZERO_AHEAD`]
+//! at a time, synced) so that an append overwrites blocks already allocated and written: its
+//! `fdatasync` then writes the data and nothing else, where an append at the end of the file
+//! also waits for the new block to be allocated (and, on ext4, for its unwritten extent to be
+//! converted by a single shared worker, behind every other file being written) and for the
+//! inode's new size. That is the wait a hook saw beside a compaction (benches/REPORT.md). The
+//! file is then longer than the stream: while a stream is open in this process its length is
+//! known (every `DirStream` of one file shares it, and `stream_read` and `stream_list` report
+//! it); the zeros are cut when the last one closes. After a crash they stay, and the journal's
+//! framing ends a segment at a run of zeros that reaches the end of the file
+//! (`journal::segment`); the writer cuts them when it resumes that segment.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
@@ -18,6 +32,42 @@ pub const DIRS: &[&str] = &["snapshots", "packs", "index", "journal", "locks", "
 
 pub struct DirBackend {
     root: PathBuf,
+    /// `root` resolved: the key of its streams among those open in this process.
+    canonical: PathBuf,
+}
+
+/// Most bytes of zeros a synced stream is written ahead by at a time. A new stream starts with
+/// [`ZERO_AHEAD_FIRST`], and each extension doubles it up to this: a segment that takes a few
+/// batches before compaction closes it costs a few blocks, a busy one an extension every 4 MiB.
+pub const ZERO_AHEAD: u64 = 4 << 20;
+pub const ZERO_AHEAD_FIRST: u64 = 128 << 10;
+
+/// The length of a stream open in this process, shared by every [`DirStream`] of its file.
+struct Tail {
+    /// Bytes of the stream.
+    len: u64,
+    /// Bytes of the file: `len..filled` are zeros, written and synced.
+    filled: u64,
+}
+
+/// Streams open in this process, by file path (the directory resolved).
+fn open_streams() -> MutexGuard<'static, HashMap<PathBuf, Weak<Mutex<Tail>>>> {
+    static OPEN: std::sync::OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Tail>>>>> =
+        std::sync::OnceLock::new();
+    OPEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_tail(t: &Mutex<Tail>) -> MutexGuard<'_, Tail> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The length of the stream at `path` if it is open in this process.
+fn open_len(path: &Path) -> Option<u64> {
+    let t = open_streams().get(path).and_then(Weak::upgrade)?;
+    let len = lock_tail(&t).len;
+    Some(len)
 }
 
 impl DirBackend {
@@ -33,6 +83,7 @@ impl DirBackend {
         }
         Ok(DirBackend {
             root: root.to_path_buf(),
+            canonical: canonical(root),
         })
     }
 
@@ -49,6 +100,7 @@ impl DirBackend {
         }
         Ok(DirBackend {
             root: root.to_path_buf(),
+            canonical: canonical(root),
         })
     }
 
@@ -59,6 +111,11 @@ impl DirBackend {
     fn path(&self, name: &str) -> Result<PathBuf> {
         check_name(name)?;
         Ok(self.root.join(name))
+    }
+
+    /// Where the stream `name` is open in this process, if it is (see [`open_streams`]).
+    fn stream_key(&self, name: &str) -> PathBuf {
+        self.canonical.join("journal").join(format!("{name}.log"))
     }
 
     fn stream_path(&self, name: &str) -> Result<PathBuf> {
@@ -97,6 +154,12 @@ impl DirBackend {
         }
         Ok(tmp)
     }
+}
+
+/// One spelling of a directory's path, so that two backends of one directory share the lengths
+/// of its open streams.
+fn canonical(root: &Path) -> PathBuf {
+    fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
 }
 
 /// Bytes of a large object written back at a time.
@@ -253,13 +316,25 @@ impl Backend for DirBackend {
         if !existed {
             sync_dir(parent_of(&p))?;
         }
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?
-            .len();
+        let key = self.stream_key(name);
+        let mut open = open_streams();
+        let tail = match open.get(&key).and_then(Weak::upgrade) {
+            Some(t) => t,
+            None => {
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?
+                    .len();
+                let t = Arc::new(Mutex::new(Tail { len, filled: len }));
+                open.insert(key.clone(), Arc::downgrade(&t));
+                t
+            }
+        };
+        drop(open);
         Ok(Box::new(DirStream {
             file,
-            len,
+            tail,
+            key,
             name: format!("journal/{name}.log"),
             durability,
             poisoned: None,
@@ -268,10 +343,15 @@ impl Backend for DirBackend {
 
     fn stream_read(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.stream_path(name)?;
+        // The length first: what lies below it no longer changes.
+        let len = open_len(&self.stream_key(name));
         let mut v = Vec::new();
         File::open(&p)
             .and_then(|mut f| f.read_to_end(&mut v))
             .map_err(|e| Error::io("read", format!("journal/{name}.log"), e))?;
+        if let Some(len) = len {
+            v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        }
         Ok(v)
     }
 
@@ -283,8 +363,10 @@ impl Backend for DirBackend {
             let ent = ent.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
             let fname = ent.file_name().to_string_lossy().into_owned();
             if let Some(stem) = fname.strip_suffix(".log") {
-                let size = match ent.metadata() {
-                    Ok(m) => m.len(),
+                let size = match open_len(&self.stream_key(stem))
+                    .map_or_else(|| ent.metadata().map(|m| m.len()), Ok)
+                {
+                    Ok(n) => n,
                     // Deleted (sealed, or pruned) since the directory was read.
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io("list", fname.clone(), e)),
@@ -301,6 +383,8 @@ impl Backend for DirBackend {
 
     fn stream_delete(&self, name: &str) -> Result<()> {
         let p = self.stream_path(name)?;
+        // A stream opened under this name from now on is a new file.
+        open_streams().remove(&self.stream_key(name));
         match fs::remove_file(&p) {
             Ok(()) => sync_dir(parent_of(&p)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -361,15 +445,50 @@ impl LockGuard for DirLock {}
 
 struct DirStream {
     file: File,
-    len: u64,
+    tail: Arc<Mutex<Tail>>,
+    /// Its key in [`open_streams`].
+    key: PathBuf,
     name: String,
     durability: Durability,
     poisoned: Option<String>,
 }
 
+impl DirStream {
+    /// Make sure `len..end` lies in zeros written ahead, extending them if not. Only a speed-up: on failure (a nearly full disk) the zeros written are cut and the
+    /// append goes on at the end of the file.
+    fn zero_ahead(&self, t: &mut Tail, end: u64) {
+        if self.durability != Durability::Fsync || end <= t.filled {
+            return;
+        }
+        let from = t.filled.max(t.len);
+        let to = (end + t.filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)).next_multiple_of(64 << 10);
+        let zeros = vec![0u8; WRITEBACK_SLICE];
+        let res = (|| {
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(WRITEBACK_SLICE as u64);
+                self.file
+                    .write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
+                writeback(&self.file, at, n);
+                at += n;
+            }
+            self.file.sync_data()
+        })();
+        match res {
+            Ok(()) => t.filled = to,
+            Err(_) => {
+                // Back to the stream's own length; a failure here leaves zeros past it, which
+                // readers take for the end of the stream.
+                let _ = self.file.set_len(t.len);
+                t.filled = t.len;
+            }
+        }
+    }
+}
+
 impl Stream for DirStream {
     fn len(&self) -> u64 {
-        self.len
+        lock_tail(&self.tail).len
     }
 
     fn append(&mut self, data: &[u8]) -> Result<()> {
@@ -379,16 +498,21 @@ impl Stream for DirStream {
                 self.name
             )));
         }
-        if let Err(e) = self.file.write_all_at(data, self.len) {
-            // Cut whatever part was written, so no partial record stays in the middle.
+        let tail = self.tail.clone();
+        let mut t = lock_tail(&tail);
+        let end = t.len + data.len() as u64;
+        self.zero_ahead(&mut t, end);
+        if let Err(e) = self.file.write_all_at(data, t.len) {
+            // Cut whatever part was written (and the zeros ahead), so no partial record stays.
             if self
                 .file
-                .set_len(self.len)
+                .set_len(t.len)
                 .and_then(|_| self.file.sync_data())
                 .is_err()
             {
                 self.poisoned = Some(format!("write failed: {e}"));
             }
+            t.filled = t.len;
             return Err(Error::io("append", self.name.clone(), e));
         }
         if self.durability == Durability::Fsync {
@@ -397,16 +521,41 @@ impl Stream for DirStream {
                 return Err(Error::io("fdatasync", self.name.clone(), e));
             }
         }
-        self.len += data.len() as u64;
+        t.len += data.len() as u64;
+        t.filled = t.filled.max(t.len);
         Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> Result<()> {
+        let tail = self.tail.clone();
+        let mut t = lock_tail(&tail);
         self.file
             .set_len(len)
             .and_then(|_| self.file.sync_all())
             .map_err(|e| Error::io("truncate", self.name.clone(), e))?;
-        self.len = len;
+        t.len = len;
+        t.filled = len;
         Ok(())
+    }
+}
+
+impl Drop for DirStream {
+    /// The last stream of a file closing cuts the zeros written ahead (not synced: a crash
+    /// leaves them, which readers take for the end of the stream).
+    fn drop(&mut self) {
+        let mut open = open_streams();
+        if Arc::strong_count(&self.tail) == 1 {
+            let t = lock_tail(&self.tail);
+            if t.filled > t.len {
+                let _ = self.file.set_len(t.len);
+            }
+            drop(t);
+            if open
+                .get(&self.key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.tail)))
+            {
+                open.remove(&self.key);
+            }
+        }
     }
 }

@@ -997,6 +997,17 @@ mod test {
     /// down with the opener's error and its lag, and once it opens it catches up.
     #[test]
     fn deferred_destination_down_at_start_catches_up() {
+        deferred_destination_catches_up(Durability::Flush);
+    }
+
+    /// The same with synced streams, which a local directory writes ahead with zeros: the
+    /// catch-up copies the stream, not the zeros.
+    #[test]
+    fn deferred_destination_catches_up_a_stream_written_ahead() {
+        deferred_destination_catches_up(Durability::Fsync);
+    }
+
+    fn deferred_destination_catches_up(durability: Durability) {
         let tmp = tempfile::tempdir().unwrap();
         let primary: Arc<dyn Backend> =
             Arc::new(DirBackend::create(&tmp.path().join("primary")).unwrap());
@@ -1020,9 +1031,7 @@ mod test {
         )
         .unwrap();
         m.put("config", b"cfg").unwrap();
-        let mut s = m
-            .stream_open("0000000000000001", Durability::Flush)
-            .unwrap();
+        let mut s = m.stream_open("0000000000000001", durability).unwrap();
         for i in 0..20u8 {
             s.append(&[i; 32]).unwrap();
         }
@@ -1073,10 +1082,9 @@ mod test {
             );
         }
         assert_eq!(second.get("snapshots/a").unwrap(), b"manifest");
-        assert_eq!(
-            primary.stream_read("0000000000000001").unwrap(),
-            second.stream_read("0000000000000001").unwrap()
-        );
+        let stream: Vec<u8> = (0..30u8).flat_map(|i| [i; 32]).collect();
+        assert_eq!(primary.stream_read("0000000000000001").unwrap(), stream);
+        assert_eq!(second.stream_read("0000000000000001").unwrap(), stream);
         assert!(tries.load(Ordering::SeqCst) >= 2);
         let st = m.status().remove(1);
         assert_eq!((st.state, st.lag_writes), ("live", 0));

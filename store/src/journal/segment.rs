@@ -13,6 +13,11 @@
 //! valid frame follows it anywhere in the stream; then it is cut. Otherwise the segment is corrupt
 //! and reading fails naming it: a damaged record is never skipped over.
 //!
+//! End: the stream ends after the last frame, or where only zero bytes remain to its end (a
+//! local directory writes a synced stream ahead with zeros, see `backend::dir`, and a crash leaves
+//! them). No frame starts with four zero bytes (its length is never 0), so the zeros are never
+//! mistaken for a record, and a record written over them but torn is still a torn tail.
+//!
 //! Sealed segment object `journal/<seq>.seg` (written at compaction, replacing the stream):
 //! ```text
 //! envelope header (16, kind SealedSegment) | sealed(zstd(frames of u32 len | record body)))
@@ -99,12 +104,16 @@ pub fn parse_stream(
     recovery: Recovery,
 ) -> Result<Parsed> {
     let expected = stream_header(crypto, repo, seq);
-    if data.len() < STREAM_HEADER_LEN {
+    // Bytes up to the last non-zero one: past them lie only zeros written ahead.
+    let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let whole_header = data.get(..STREAM_HEADER_LEN) == Some(expected.as_slice());
+    if data.len() < STREAM_HEADER_LEN || (used < STREAM_HEADER_LEN && !whole_header) {
         // A crash while the header itself was being written: nothing was ever acknowledged here.
-        let torn = if data.is_empty() {
-            None
-        } else {
-            Some(format!("{} bytes of a torn stream header", data.len()))
+        let torn = match used.min(data.len()) {
+            0 if data.len() >= STREAM_HEADER_LEN => None,
+            0 if data.is_empty() => None,
+            0 => Some(format!("{} bytes of a torn stream header", data.len())),
+            n => Some(format!("{n} bytes of a torn stream header")),
         };
         if torn.is_some() && recovery == Recovery::Strict {
             return Err(Error::corrupt(object, "torn stream header"));
@@ -131,6 +140,7 @@ pub fn parse_stream(
                 records.push(rec);
                 pos = next;
             }
+            Err(_) if data.get(pos..).unwrap_or_default().iter().all(|&b| b == 0) => break,
             Err(why) => {
                 if let Some(later) = find_valid_frame_after(data, pos, crypto, header, seq, object)
                 {
@@ -196,7 +206,9 @@ fn find_valid_frame_after(
     seq: u64,
     object: &str,
 ) -> Option<usize> {
+    // A frame's length is never 0: zeros written ahead are skipped without a hash each.
     (pos + 1..data.len().saturating_sub(FRAME_HEADER_LEN - 1))
+        .filter(|&p| data.get(p..p + 4).is_some_and(|l| l != [0u8; 4]))
         .find(|&p| try_frame(data, p, crypto, header, seq, object).is_ok())
 }
 
@@ -226,4 +238,57 @@ pub fn decode_sealed(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<Rec
         out.push(Record::decode(d.blob()?, name)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::journal::record::Batch;
+
+    fn parse(data: &[u8], recovery: Recovery) -> Result<Parsed> {
+        parse_stream(
+            data,
+            &Crypto::plaintext(),
+            RepoId([7; 16]),
+            5,
+            "s",
+            recovery,
+        )
+    }
+
+    /// A local stream is written ahead with zeros; a crash can leave them after the header, or
+    /// before it was written, or after part of it (the u64 seq ends in zero bytes, so "the last
+    /// non-zero byte" alone cannot say whether a header is whole).
+    #[test]
+    fn zeros_after_the_header_or_instead_of_it_are_an_empty_stream() {
+        let header = stream_header(&Crypto::plaintext(), RepoId([7; 16]), 5);
+        let zeros = vec![0u8; 4096];
+        let whole = [header.as_slice(), &zeros].concat();
+        for recovery in [Recovery::Strict, Recovery::TruncateTornTail] {
+            let p = parse(&whole, recovery).unwrap();
+            assert_eq!((p.records.len(), p.valid_len, p.torn), (0, 40, None));
+            let p = parse(&zeros, recovery).unwrap();
+            assert_eq!((p.records.len(), p.valid_len, p.torn), (0, 0, None));
+        }
+        let torn = [header.get(..20).unwrap_or_default(), &zeros].concat();
+        assert!(parse(&torn, Recovery::Strict)
+            .err()
+            .is_some_and(|e| e.is_corruption()));
+        let p = parse(&torn, Recovery::TruncateTornTail).unwrap();
+        assert_eq!(p.valid_len, 0);
+        assert!(p.torn.is_some_and(|t| t.contains("torn stream header")));
+
+        let rec = Record {
+            batch: Batch {
+                data_version: 9,
+                writes: vec!["UPDATE vars SET intval=9".into()],
+            },
+            supersedes: false,
+        };
+        let frame = encode_frame(&Crypto::plaintext(), &header, 5, 40, &rec);
+        let with_record = [header.as_slice(), &frame, &zeros].concat();
+        let p = parse(&with_record, Recovery::Strict).unwrap();
+        assert_eq!(p.records, vec![rec]);
+        assert_eq!(p.valid_len, (40 + frame.len()) as u64);
+    }
 }

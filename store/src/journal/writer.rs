@@ -101,6 +101,9 @@ impl JournalWriter {
                 if let Some(t) = parsed.torn {
                     stream.truncate(parsed.valid_len)?;
                     recovery_note = Some(format!("cut {t} from {}", s.object_name()));
+                } else if parsed.valid_len < stream.len() {
+                    // Zeros written ahead, left by a crash: the appends go where the records end.
+                    stream.truncate(parsed.valid_len)?;
                 }
                 cache = Some(parsed.records);
                 (s.seq, stream)
@@ -303,7 +306,7 @@ impl JournalWriter {
     /// the newest segment, so nothing may be appended to an older one).
     pub fn rotate(&mut self) -> Result<u64> {
         match prepare_segment(&self.repo, self.durability, self.seq + 1) {
-            Ok(p) => self.rotate_to(p),
+            Ok(p) => self.rotate_to(p).map(|(closed, _)| closed),
             Err(e) => {
                 if let Some(why) = e.leftover {
                     self.poisoned = Some(why);
@@ -314,8 +317,10 @@ impl JournalWriter {
     }
 
     /// Switch to a segment made by [`prepare_segment`] for the number after the current one.
-    /// No I/O: compaction prepares the segment first and holds the writer only for this.
-    pub fn rotate_to(&mut self, p: PreparedSegment) -> Result<u64> {
+    /// No I/O: compaction prepares the segment first and holds the writer only for this. Returns
+    /// the closed segment's number and its stream, for the caller to drop once it has let go of
+    /// the writer (closing a stream can free disk space).
+    pub fn rotate_to(&mut self, p: PreparedSegment) -> Result<(u64, Box<dyn Stream>)> {
         if p.seq != self.seq + 1 {
             return Err(Error::Invalid(format!(
                 "prepared journal segment {} does not follow the current one {}",
@@ -324,12 +329,12 @@ impl JournalWriter {
             )));
         }
         let closed = self.seq;
-        self.stream = p.stream;
+        let old = std::mem::replace(&mut self.stream, p.stream);
         self.seq = p.seq;
         self.header = p.header;
         self.closed_cache = self.cache.replace(Vec::new()).map(|c| (closed, c));
         self.cache_bytes = 0;
-        Ok(closed)
+        Ok((closed, old))
     }
 
     /// Refuse every further append (a half-made newer segment could not be removed).

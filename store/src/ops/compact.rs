@@ -216,13 +216,14 @@ pub fn compact_cancellable(
             return Err(e.error);
         }
     };
-    let (closed, closed_records) = {
+    let (closed, closed_records, closed_stream) = {
         let mut w = writer
             .lock()
             .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
-        let closed = w.rotate_to(prepared)?;
-        (closed, w.take_closed_records(closed))
+        let (closed, stream) = w.rotate_to(prepared)?;
+        (closed, w.take_closed_records(closed), stream)
     };
+    drop(closed_stream);
     let parent = manifest::latest(repo)?;
     let from = parent.as_ref().map(|m| m.journal_segment).unwrap_or(0);
     let segs: Vec<SegmentRef> = reader::segments(repo)?

@@ -2,7 +2,7 @@
 //! and a crash at every mutating step of compaction and prune. After each: no acknowledged
 //! batch is lost, nothing half-published is visible, verify passes, restore is exact.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use store::backend::dir::DirBackend;
@@ -12,7 +12,7 @@ use store::ops::compact::{compact, CompactOptions};
 use store::ops::prune::{self, Retention};
 use store::ops::restore::{restore, RestoreTarget};
 use store::ops::verify::{verify, VerifyOptions};
-use store::{Durability, Repository};
+use store::{Batch, Durability, Repository};
 
 use crate::common::*;
 
@@ -25,7 +25,7 @@ fn plain(root: &Path) -> Repository {
     Repository::open_backend(Arc::new(DirBackend::open(root).unwrap()), None).unwrap()
 }
 
-fn new_repo(dir: &Path) -> std::path::PathBuf {
+fn new_repo(dir: &Path) -> PathBuf {
     let root = dir.join("repo");
     Repository::init_backend(
         Arc::new(DirBackend::create(&root).unwrap()),
@@ -35,6 +35,22 @@ fn new_repo(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     root
+}
+
+/// A repository in a new directory whose journal holds the first `n` batches of trace s1, and
+/// that trace.
+fn journaled(
+    n: usize,
+    durability: Durability,
+) -> (tempfile::TempDir, PathBuf, Repository, Vec<Batch>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_repo(dir.path());
+    let s1 = load_trace("trace-s1.jsonl");
+    let repo = plain(&root);
+    let mut w = repo.writer("w", durability).unwrap();
+    append_all(&mut w, &s1[..n]);
+    drop(w);
+    (dir, root, repo, s1)
 }
 
 fn expect_state(repo: &Repository, dir: &Path, tag: &str, expected_version: u32) {
@@ -83,13 +99,7 @@ fn torn_tail_is_cut_and_nothing_acknowledged_is_lost() {
 
 #[test]
 fn damaged_record_followed_by_valid_ones_is_an_error_not_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = new_repo(dir.path());
-    let s1 = load_trace("trace-s1.jsonl");
-    let repo = plain(&root);
-    let mut w = repo.writer("w", Durability::Flush).unwrap();
-    append_all(&mut w, &s1[..50]);
-    drop(w);
+    let (dir, root, repo, _) = journaled(50, Durability::Flush);
     let seg = root.join("journal/0000000000000000.log");
     let mut bytes = std::fs::read(&seg).unwrap();
     let mid = bytes.len() / 2;
@@ -296,4 +306,98 @@ fn a_cancelled_compaction_leaves_nothing_half_done() {
     let out = env.path("restored.sqlite3");
     restore(&env.repo, &out, &RestoreTarget::Latest).unwrap();
     assert_eq!(dump(&out), dump(&testdata("db-s1.sqlite3")));
+}
+
+fn segment_file(root: &Path) -> PathBuf {
+    root.join("journal/0000000000000000.log")
+}
+
+#[test]
+fn a_synced_journal_is_written_ahead_with_zeros_that_readers_never_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_repo(dir.path());
+    let s1 = load_trace("trace-s1.jsonl");
+    let repo = plain(&root);
+    let mut w = repo.writer("w", Durability::Fsync).unwrap();
+    append_all(&mut w, &s1[..200]);
+    let listed = repo.backend().stream_list().unwrap();
+    let len = listed[0].size;
+    let file = std::fs::read(segment_file(&root)).unwrap();
+    assert!(
+        file.len() as u64 > len,
+        "appends overwrite zeros written ahead: file {} bytes, stream {len}",
+        file.len()
+    );
+    assert!(file[len as usize..].iter().all(|&b| b == 0));
+    // Another backend of the same directory (the server, a status call) sees the stream only.
+    let other = DirBackend::open(&dir.path().join("repo/../repo")).unwrap();
+    assert_eq!(
+        other.stream_read("0000000000000000").unwrap(),
+        &file[..len as usize]
+    );
+    assert_eq!(other.stream_list().unwrap()[0].size, len);
+    drop(w);
+    assert_eq!(
+        std::fs::metadata(segment_file(&root)).unwrap().len(),
+        len,
+        "closing cuts the zeros"
+    );
+    expect_state(&repo, dir.path(), "closed", s1[199].data_version);
+}
+
+#[test]
+fn zeros_left_by_a_crash_end_the_journal_and_appends_resume_where_the_records_end() {
+    let (dir, root, repo, s1) = journaled(200, Durability::Fsync);
+    let records = std::fs::metadata(segment_file(&root)).unwrap().len();
+    // What a SIGKILL leaves: the zeros written ahead stay.
+    let zeros_after_crash = |extra: &[u8]| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(segment_file(&root))
+            .unwrap();
+        use std::io::Write;
+        f.write_all(extra).unwrap();
+        f.write_all(&vec![0u8; 300 << 10]).unwrap();
+    };
+    zeros_after_crash(&[]);
+    // Readers in another process take the zeros for the end.
+    expect_state(&repo, dir.path(), "zeros", s1[199].data_version);
+    let mut w = repo.writer("w", Durability::Fsync).unwrap();
+    assert_eq!(w.recovery_note(), None, "zeros are not damage");
+    assert_eq!(w.last_version(), Some(s1[199].data_version));
+    assert_eq!(repo.backend().stream_list().unwrap()[0].size, records);
+    append_all(&mut w, &s1[200..300]);
+    drop(w);
+    expect_state(&repo, dir.path(), "resumed", s1[299].data_version);
+
+    // A record torn while it was written over the zeros: cut, like any torn tail.
+    let before = std::fs::metadata(segment_file(&root)).unwrap().len();
+    let whole = std::fs::read(segment_file(&root)).unwrap();
+    zeros_after_crash(&whole[(records as usize)..(records as usize + 100)]);
+    let v = verify(
+        &repo,
+        &VerifyOptions {
+            read_data: false,
+            scratch_dir: dir.path().join("scratch"),
+        },
+    )
+    .unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("torn tail")),
+        "verify names the torn record: {:?}",
+        v.problems
+    );
+    let out = dir.path().join("torn.sqlite3");
+    let rep = restore(&repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(rep.data_version, s1[299].data_version);
+    let mut w = repo.writer("w", Durability::Fsync).unwrap();
+    assert!(
+        w.recovery_note().is_some_and(|n| n.contains("torn tail")),
+        "{:?}",
+        w.recovery_note()
+    );
+    assert_eq!(repo.backend().stream_list().unwrap()[0].size, before);
+    append_all(&mut w, &s1[300..400]);
+    drop(w);
+    expect_state(&repo, dir.path(), "after-torn", s1[399].data_version);
 }
