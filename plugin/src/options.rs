@@ -78,7 +78,7 @@ impl Default for Options {
             durability: Durability::Fsync,
             remote: RemoteOptions::default(),
             retention: parse_retention(DEFAULT_RETENTION).unwrap_or_default(),
-            compaction_nice: 10,
+            compaction_nice: 19,
         }
     }
 }

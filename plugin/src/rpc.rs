@@ -354,8 +354,12 @@ fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
     }
 }
 
-/// A low CPU priority (`nice`, 10 by default) for the calling thread only (Linux applies it per
-/// thread). Best effort: on failure the compaction runs at normal priority.
+/// A low CPU priority (`nice`, 19 by default) for the calling thread only (Linux applies it per
+/// thread). Best effort: on failure the compaction runs at normal priority. Nice 19 rather than
+/// 10: on two cores the hook's thread waited behind a nice-10 compaction for a CPU often enough
+/// to show in p99 (`hook --compacting-only`, seven runs each: p99 during back-to-back
+/// compactions 1.4-2.8x the idle p99 at 19, 2.1-6.7x at 10). `SCHED_IDLE` was tried too: as
+/// good in most runs, 10x in one (the compaction then holds what the hook waits for).
 ///
 /// Its disk I/O deliberately stays in the normal class. The idle class was tried and made the
 /// hook *slower*: a hook's fdatasync waits for the filesystem journal commit, and that commit can

@@ -391,7 +391,7 @@ impl Node {
             json!(rng.range(20_000, 300_000)),
         )];
         // Compactions must be able to finish inside the kill windows on a machine busy with
-        // the other tests: normal priority here (the default is nice 10).
+        // the other tests: normal priority here (the default is nice 19).
         init_options.push(("backup-compaction-nice".into(), json!(0)));
         if rng.chance(1, 4) {
             init_options.push(("backup-durability".into(), json!("flush")));
