@@ -13,7 +13,7 @@
 //! to another name, or a record moved to another offset, fails authentication.
 //! In plaintext repositories the seal is a 16-byte blake3 checksum over (associated data, body).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::{Error, Result};
@@ -225,6 +225,38 @@ impl Crypto {
         }
     }
 
+    /// [`Self::seal`] into `out`, which must be exactly `plaintext.len() + self.overhead()`
+    /// bytes (the same bytes `seal` returns): a pack's blobs are sealed in parallel straight into
+    /// the pack, without a copy each.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<()> {
+        if out.len() != plaintext.len() + self.overhead() {
+            return Err(Error::Invalid(format!(
+                "sealing {} bytes into {} (overhead {})",
+                plaintext.len(),
+                out.len(),
+                self.overhead()
+            )));
+        }
+        match &self.aead {
+            None => {
+                let (body, tag) = out.split_at_mut(plaintext.len());
+                body.copy_from_slice(plaintext);
+                tag.copy_from_slice(&checksum(aad, plaintext));
+            }
+            Some(aead) => {
+                let (nonce, rest) = out.split_at_mut(NONCE_LEN);
+                let (body, tag) = rest.split_at_mut(plaintext.len());
+                fill_random(nonce);
+                body.copy_from_slice(plaintext);
+                let t = aead
+                    .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
+                    .map_err(|_| Error::Invalid("sealing failed".into()))?;
+                tag.copy_from_slice(&t);
+            }
+        }
+        Ok(())
+    }
+
     pub fn open(&self, object: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         match &self.aead {
             None => {
@@ -285,6 +317,13 @@ mod test {
         ] {
             let s = c.seal(b"aad", b"hello world");
             assert_eq!(c.open("o", b"aad", &s).unwrap(), b"hello world");
+            let mut into = vec![0u8; s.len()];
+            c.seal_into(b"aad", b"hello world", &mut into).unwrap();
+            assert_eq!(c.open("o", b"aad", &into).unwrap(), b"hello world");
+            if c.overhead() == TAG_LEN {
+                assert_eq!(into, s, "a plaintext seal is the same bytes either way");
+            }
+            assert!(c.seal_into(b"aad", b"hello world", &mut into[1..]).is_err());
             assert!(c.open("o", b"other", &s).unwrap_err().is_corruption());
             let mut t = s.clone();
             t[3] ^= 1;

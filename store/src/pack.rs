@@ -55,13 +55,19 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     pub fn new(crypto: &Crypto) -> Self {
+        Self::in_buffer(crypto, Vec::new())
+    }
+    /// A new pack built in `buffer` (its contents dropped, its capacity reused: memory a
+    /// published pack is done with is already mapped, so the next one does not fault it in).
+    pub fn in_buffer(crypto: &Crypto, mut buffer: Vec<u8>) -> Self {
         let id = PackId::random();
-        let mut data = Header::new(Kind::Pack, crypto).encode().to_vec();
-        data.extend_from_slice(&id.0);
+        buffer.clear();
+        buffer.extend_from_slice(&Header::new(Kind::Pack, crypto).encode());
+        buffer.extend_from_slice(&id.0);
         PackBuilder {
             id,
-            prefix: data.clone(),
-            data,
+            prefix: buffer.clone(),
+            data: buffer,
             entries: Vec::new(),
         }
     }
@@ -76,33 +82,37 @@ impl PackBuilder {
         self.entries.is_empty()
     }
     /// Add an already compressed group (see [`compress_group`]).
-    pub fn add_group(&mut self, crypto: &Crypto, group: &CompressedGroup) {
-        let off = self.data.len() as u64;
-        let sealed = crypto.seal(&blob_aad(&self.prefix, off), &group.zdata);
-        self.add_sealed(group, &sealed);
+    pub fn add_group(&mut self, crypto: &Crypto, group: &CompressedGroup) -> Result<()> {
+        let off = self.place(group, group.zdata.len() + crypto.overhead());
+        let aad = self.aad_at(off);
+        crypto.seal_into(&aad, &group.zdata, self.tail_mut(off as usize))
     }
     /// Associated data of a blob sealed to sit at `offset` of this pack.
     pub fn aad_at(&self, offset: u64) -> Vec<u8> {
         blob_aad(&self.prefix, offset)
     }
-    /// Add a group sealed elsewhere with [`Self::aad_at`]`(self.len())` (so that several groups
-    /// can be sealed in parallel once their offsets are planned).
-    pub fn add_sealed(&mut self, group: &CompressedGroup, sealed: &[u8]) {
+    /// Make room at the end for `group` sealed (`sealed_len` bytes), to be filled by
+    /// [`Crypto::seal_into`] with [`Self::aad_at`] of the returned offset (see [`Self::tail_mut`]).
+    pub fn place(&mut self, group: &CompressedGroup, sealed_len: usize) -> u64 {
         let off = self.data.len() as u64;
-        let blob_len = sealed.len() as u32;
         for (id, inner, len) in &group.chunks {
             self.entries.push((
                 *id,
                 Location {
                     pack: self.id,
                     blob_offset: off,
-                    blob_len,
+                    blob_len: sealed_len as u32,
                     inner_offset: *inner,
                     len: *len,
                 },
             ));
         }
-        self.data.extend_from_slice(sealed);
+        self.data.resize(self.data.len() + sealed_len, 0);
+        off
+    }
+    /// The pack's bytes from `from` on (the room made by [`Self::place`]).
+    pub fn tail_mut(&mut self, from: usize) -> &mut [u8] {
+        self.data.get_mut(from..).unwrap_or_default()
     }
     pub fn finish(self) -> (PackId, Vec<u8>, Vec<(ChunkId, Location)>) {
         (self.id, self.data, self.entries)

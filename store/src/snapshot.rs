@@ -97,6 +97,8 @@ pub fn write_snapshot(
     // pack while the next is written and the cores compress the one after.
     let (tx, rx) = std::sync::mpsc::sync_channel::<PackBuilder>(1);
     let rx = std::sync::Mutex::new(rx);
+    // The buffers of published packs come back to build the next ones in.
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let failed = std::sync::atomic::AtomicBool::new(false);
     let (mut stored, entries) = std::thread::scope(|s| -> Result<(u64, Vec<_>)> {
         let publish = || -> Result<(u64, Vec<_>)> {
@@ -109,7 +111,10 @@ pub fn write_snapshot(
                 };
                 let Ok(full) = next else { break };
                 match publish_pack(repo, full, &mut entries) {
-                    Ok(n) => stored += n,
+                    Ok(buffer) => {
+                        stored += buffer.len() as u64;
+                        let _ = pool_tx.send(buffer);
+                    }
                     Err(e) => {
                         failed.store(true, std::sync::atomic::Ordering::SeqCst);
                         return Err(e);
@@ -121,7 +126,8 @@ pub fn write_snapshot(
         let publishers = [s.spawn(publish), s.spawn(publish)];
         let produced = (|| -> Result<()> {
             let new_builder = || {
-                let mut b = PackBuilder::new(repo.crypto());
+                let mut b =
+                    PackBuilder::in_buffer(repo.crypto(), pool_rx.try_recv().unwrap_or_default());
                 b.reserve(pack_target + BLOB_MAX_RAW + 4096);
                 b
             };
@@ -182,33 +188,41 @@ pub fn write_snapshot(
                     })
                     .collect::<Result<_>>()?;
                 // Plan where each group lands (which pack, which offset: a sealed blob's size
-                // is known in advance), then seal them all in parallel, then append in order.
+                // is known in advance) and make room for it there, then seal them all in
+                // parallel straight into the packs.
                 let overhead = repo.crypto().overhead();
                 let mut builders = vec![std::mem::replace(&mut builder, new_builder())];
+                let mut starts = vec![builders.first().map(PackBuilder::len).unwrap_or(0)];
                 let mut plan = Vec::with_capacity(compressed.len());
-                let mut at = builders.last().map(PackBuilder::len).unwrap_or(0);
                 for g in &compressed {
-                    if at >= pack_target {
-                        builders.push(new_builder());
-                        at = builders.last().map(PackBuilder::len).unwrap_or(0);
+                    if builders.last().map(PackBuilder::len).unwrap_or(0) >= pack_target {
+                        let b = new_builder();
+                        starts.push(b.len());
+                        builders.push(b);
                     }
-                    plan.push((builders.len() - 1, at as u64));
-                    at += g.zdata.len() + overhead;
-                }
-                let sealed: Vec<Vec<u8>> = compressed
-                    .par_iter()
-                    .zip(plan.par_iter())
-                    .map(|(g, &(b, off))| {
-                        let aad = builders.get(b).map(|b| b.aad_at(off)).unwrap_or_default();
-                        repo.crypto().seal(&aad, &g.zdata)
-                    })
-                    .collect();
-                for ((g, s), &(b, _)) in compressed.iter().zip(&sealed).zip(&plan) {
-                    if let Some(b) = builders.get_mut(b) {
-                        b.add_sealed(g, s);
+                    let index = builders.len() - 1;
+                    if let Some(b) = builders.last_mut() {
+                        let off = b.place(g, g.zdata.len() + overhead);
+                        plan.push((index, b.aad_at(off)));
                     }
                 }
-                drop(sealed);
+                let mut placed = compressed.iter().zip(&plan).peekable();
+                let mut jobs = Vec::with_capacity(compressed.len());
+                for ((index, b), &start) in builders.iter_mut().enumerate().zip(&starts) {
+                    let mut room = b.tail_mut(start);
+                    while let Some((g, (_, aad))) = placed.next_if(|(_, p)| p.0 == index) {
+                        let (blob, rest) = std::mem::take(&mut room)
+                            .split_at_mut_checked(g.zdata.len() + overhead)
+                            .ok_or_else(|| {
+                                Error::Invalid("a pack is shorter than planned".into())
+                            })?;
+                        jobs.push((g, aad, blob));
+                        room = rest;
+                    }
+                }
+                jobs.into_par_iter()
+                    .map(|(g, aad, blob)| repo.crypto().seal_into(aad, &g.zdata, blob))
+                    .collect::<Result<()>>()?;
                 builder = builders.pop().unwrap_or_else(new_builder);
                 if builder.len() >= pack_target {
                     builders.push(std::mem::replace(&mut builder, new_builder()));
@@ -315,15 +329,16 @@ fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> 
     groups
 }
 
+/// Publish a full pack; returns its buffer (the pack's bytes, to be built over).
 fn publish_pack(
     repo: &Repository,
     b: PackBuilder,
     entries: &mut Vec<(ChunkId, pack::Location)>,
-) -> Result<u64> {
+) -> Result<Vec<u8>> {
     let (id, data, es) = b.finish();
     repo.backend().put(&pack::pack_name(&id), &data)?;
     entries.extend(es);
-    Ok(data.len() as u64)
+    Ok(data)
 }
 
 /// Write the chunks of a snapshot into a new file at `dest` (which must not exist), checking

@@ -264,7 +264,7 @@ fn gc(repo: &Repository, live: &HashSet<ChunkId>, rep: &mut PruneReport) -> Resu
                 let refs: Vec<(ChunkId, &[u8])> =
                     group.iter().map(|(i, b)| (*i, b.as_slice())).collect();
                 let g = pack::compress_group(&refs, repo.config().body.zstd_level)?;
-                builder.add_group(repo.crypto(), &g);
+                builder.add_group(repo.crypto(), &g)?;
                 group.clear();
                 Ok(())
             };
