@@ -454,8 +454,10 @@ struct DirStream {
 }
 
 impl DirStream {
-    /// Make sure `len..end` lies in zeros written ahead, extending them if not. Only a speed-up: on failure (a nearly full disk) the zeros written are cut and the
-    /// append goes on at the end of the file.
+    /// Make sure `len..end` lies in zeros written ahead, extending them if not (by as much as
+    /// the file already holds, between [`ZERO_AHEAD_FIRST`] and [`ZERO_AHEAD`]). Only a
+    /// speed-up: on failure (a nearly full disk) the zeros are cut and the append goes on at
+    /// the end of the file.
     fn zero_ahead(&self, t: &mut Tail, end: u64) {
         if self.durability != Durability::Fsync || end <= t.filled {
             return;
