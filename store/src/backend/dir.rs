@@ -133,6 +133,20 @@ impl DirBackend {
 
     fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
         let tmp = self.temp_path(name);
+        if data.len() >= DIRECT_MIN && name.starts_with("packs/") {
+            match write_direct(&tmp, data) {
+                Ok(()) => return Ok(tmp),
+                // The filesystem does not take direct I/O (or not at this alignment): write
+                // through the page cache below.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let _ = fs::remove_file(&tmp);
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(Error::io("write", name, e));
+                }
+            }
+        }
         let res = (|| {
             let mut f = File::create(&tmp)?;
             // Large objects go to the disk slice by slice, each written back before the next
@@ -160,6 +174,57 @@ impl DirBackend {
 /// of its open streams.
 fn canonical(root: &Path) -> PathBuf {
     fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+}
+
+/// Packs from this size on are written with `O_DIRECT`. Only packs: they are read back only by
+/// restore, verify and prune, while the index and the manifests are read by the next compaction,
+/// which finds them in the page cache (an incremental snapshot of 1 GiB took 0.04 s longer with
+/// them written direct).
+///
+/// Through the page cache, the kernel copies every byte of a pack and manages its pages on the
+/// same two cores that compress the next packs; a 1 GiB first snapshot took 2.41-2.44 s that
+/// way and 1.77-1.79 s with direct writes (three runs each, benches/REPORT.md). The object is
+/// copied once into an aligned buffer (direct I/O needs aligned memory, offsets and lengths),
+/// written in [`DIRECT_SLICE`] writes, cut to its length, and synced as any other.
+const DIRECT_MIN: usize = 1 << 20;
+const DIRECT_SLICE: usize = 1 << 20;
+
+/// One aligned block of a direct write's buffer.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(4096))]
+struct Block([u8; 4096]);
+
+/// Write `data` to a new file at `path` with `O_DIRECT`, then sync it. `EINVAL` means the
+/// filesystem refused direct I/O.
+fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    BUFFER.with(|b| -> std::io::Result<()> {
+        let mut blocks = b.borrow_mut();
+        let n = data.len().div_ceil(size_of::<Block>());
+        if blocks.len() < n {
+            blocks.resize(n, Block([0; 4096]));
+        }
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(blocks.get_mut(..n).unwrap_or_default());
+        let (body, pad) = buf.split_at_mut(data.len());
+        body.copy_from_slice(data);
+        pad.fill(0);
+        let mut at = 0;
+        for slice in buf.chunks(DIRECT_SLICE) {
+            f.write_all_at(slice, at)?;
+            at += slice.len() as u64;
+        }
+        Ok(())
+    })?;
+    f.set_len(data.len() as u64)?;
+    f.sync_all()
 }
 
 /// Bytes of a large object written back at a time.
@@ -559,5 +624,33 @@ impl Drop for DirStream {
                 open.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// Packs of [`DIRECT_MIN`] bytes and more are written with `O_DIRECT` (or through the page
+    /// cache where the filesystem refuses it): what is read back is exactly what was put,
+    /// whatever its length, and no temporary file stays behind.
+    #[test]
+    fn large_packs_round_trip_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::create(&tmp.path().join("r")).unwrap();
+        for len in [DIRECT_MIN, DIRECT_MIN + 1, 3 * DIRECT_MIN + 4095, 5 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + len / 3) as u8).collect();
+            let name = format!("packs/{len}");
+            b.put(&name, &data).unwrap();
+            assert_eq!(b.get(&name).unwrap(), data, "{name}");
+            let listed = b.list("packs/").unwrap();
+            assert!(listed
+                .iter()
+                .any(|o| o.name == name && o.size == len as u64));
+        }
+        assert!(std::fs::read_dir(tmp.path().join("r/tmp"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }
