@@ -291,8 +291,9 @@ impl Plugin {
     }
 
     /// lightningd is stopping: no new work; stop a running compaction at its next safe point and
-    /// wait for it (bounded) so its lock guards delete their lease objects (an S3 lease left behind refuses prune and compaction
-    /// for a minute); close the backup (the writer lock); drain asynchronous destinations.
+    /// wait for it (bounded) so its lock guards delete their lease objects (an S3 lease left
+    /// behind refuses prune and compaction for a minute); close the backup (the writer lock);
+    /// drain asynchronous destinations.
     /// Every step is logged: to lightningd if it still reads, and to stderr (its own stderr).
     fn shutdown(&mut self, why: &str) {
         let say = |level: &str, msg: String| {

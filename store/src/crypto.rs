@@ -198,36 +198,18 @@ impl Crypto {
     }
 
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        match &self.aead {
-            None => {
-                let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-                out.extend_from_slice(plaintext);
-                out.extend_from_slice(&checksum(aad, plaintext));
-                out
-            }
-            Some(aead) => {
-                let mut nonce = [0u8; NONCE_LEN];
-                fill_random(&mut nonce);
-                let ct = aead
-                    .encrypt(
-                        XNonce::from_slice(&nonce),
-                        Payload {
-                            msg: plaintext,
-                            aad,
-                        },
-                    )
-                    .unwrap_or_default(); // encryption of an in-memory buffer cannot fail
-                let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&ct);
-                out
-            }
+        let mut out = vec![0u8; plaintext.len() + self.overhead()];
+        // Cannot fail: `out` has the size `seal_into` asks for, and encrypting an in-memory
+        // buffer does not fail.
+        match self.seal_into(aad, plaintext, &mut out) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
         }
     }
 
-    /// [`Self::seal`] into `out`, which must be exactly `plaintext.len() + self.overhead()`
-    /// bytes (the same bytes `seal` returns): a pack's blobs are sealed in parallel straight into
-    /// the pack, without a copy each.
+    /// Seal `plaintext` into `out`, which must be exactly `plaintext.len() + self.overhead()`
+    /// bytes: a pack's blobs are sealed in parallel straight into the pack, without a copy each.
+    /// Plaintext: body ‖ checksum; encrypted: nonce ‖ ciphertext ‖ tag.
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<()> {
         if out.len() != plaintext.len() + self.overhead() {
             return Err(Error::Invalid(format!(

@@ -518,37 +518,34 @@ struct DirStream {
     poisoned: Option<String>,
 }
 
-impl DirStream {
-    /// Make sure `len..end` lies in zeros written ahead, extending them if not (by as much as
-    /// the file already holds, between [`ZERO_AHEAD_FIRST`] and [`ZERO_AHEAD`]). Only a
-    /// speed-up: on failure (a nearly full disk) the zeros are cut and the append goes on at
-    /// the end of the file.
-    fn zero_ahead(&self, t: &mut Tail, end: u64) {
-        if self.durability != Durability::Fsync || end <= t.filled {
-            return;
+/// Make sure `len..end` lies in zeros written ahead, extending them if not (by as much as
+/// the file already holds, between [`ZERO_AHEAD_FIRST`] and [`ZERO_AHEAD`]). Only a
+/// speed-up: on failure (a nearly full disk) the zeros are cut and the append goes on at
+/// the end of the file.
+fn zero_ahead(file: &File, durability: Durability, t: &mut Tail, end: u64) {
+    if durability != Durability::Fsync || end <= t.filled {
+        return;
+    }
+    let from = t.filled.max(t.len);
+    let to = (end + t.filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)).next_multiple_of(64 << 10);
+    let zeros = vec![0u8; WRITEBACK_SLICE];
+    let res = (|| {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(WRITEBACK_SLICE as u64);
+            file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
+            writeback(file, at, n);
+            at += n;
         }
-        let from = t.filled.max(t.len);
-        let to = (end + t.filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)).next_multiple_of(64 << 10);
-        let zeros = vec![0u8; WRITEBACK_SLICE];
-        let res = (|| {
-            let mut at = from;
-            while at < to {
-                let n = (to - at).min(WRITEBACK_SLICE as u64);
-                self.file
-                    .write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
-                writeback(&self.file, at, n);
-                at += n;
-            }
-            self.file.sync_data()
-        })();
-        match res {
-            Ok(()) => t.filled = to,
-            Err(_) => {
-                // Back to the stream's own length; a failure here leaves zeros past it, which
-                // readers take for the end of the stream.
-                let _ = self.file.set_len(t.len);
-                t.filled = t.len;
-            }
+        file.sync_data()
+    })();
+    match res {
+        Ok(()) => t.filled = to,
+        Err(_) => {
+            // Back to the stream's own length; a failure here leaves zeros past it, which
+            // readers take for the end of the stream.
+            let _ = file.set_len(t.len);
+            t.filled = t.len;
         }
     }
 }
@@ -565,10 +562,9 @@ impl Stream for DirStream {
                 self.name
             )));
         }
-        let tail = self.tail.clone();
-        let mut t = lock_tail(&tail);
+        let mut t = lock_tail(&self.tail);
         let end = t.len + data.len() as u64;
-        self.zero_ahead(&mut t, end);
+        zero_ahead(&self.file, self.durability, &mut t, end);
         if let Err(e) = self.file.write_all_at(data, t.len) {
             // Cut whatever part was written (and the zeros ahead), so no partial record stays.
             if self
@@ -594,8 +590,7 @@ impl Stream for DirStream {
     }
 
     fn truncate(&mut self, len: u64) -> Result<()> {
-        let tail = self.tail.clone();
-        let mut t = lock_tail(&tail);
+        let mut t = lock_tail(&self.tail);
         self.file
             .set_len(len)
             .and_then(|_| self.file.sync_all())

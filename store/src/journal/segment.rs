@@ -109,9 +109,8 @@ pub fn parse_stream(
     let whole_header = data.get(..STREAM_HEADER_LEN) == Some(expected.as_slice());
     if data.len() < STREAM_HEADER_LEN || (used < STREAM_HEADER_LEN && !whole_header) {
         // A crash while the header itself was being written: nothing was ever acknowledged here.
-        let torn = match used.min(data.len()) {
-            0 if data.len() >= STREAM_HEADER_LEN => None,
-            0 if data.is_empty() => None,
+        let torn = match used {
+            0 if data.is_empty() || data.len() >= STREAM_HEADER_LEN => None,
             0 => Some(format!("{} bytes of a torn stream header", data.len())),
             n => Some(format!("{n} bytes of a torn stream header")),
         };

@@ -98,12 +98,13 @@ impl JournalWriter {
                     &s.object_name(),
                     Recovery::TruncateTornTail,
                 )?;
+                // A torn tail, or zeros written ahead left by a crash: appends go where the
+                // records end.
+                if parsed.valid_len < stream.len() {
+                    stream.truncate(parsed.valid_len)?;
+                }
                 if let Some(t) = parsed.torn {
-                    stream.truncate(parsed.valid_len)?;
                     recovery_note = Some(format!("cut {t} from {}", s.object_name()));
-                } else if parsed.valid_len < stream.len() {
-                    // Zeros written ahead, left by a crash: the appends go where the records end.
-                    stream.truncate(parsed.valid_len)?;
                 }
                 cache = Some(parsed.records);
                 (s.seq, stream)
