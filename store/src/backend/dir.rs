@@ -14,8 +14,9 @@
 //! inode's new size. That is the wait a hook saw beside a compaction (benches/REPORT.md). The
 //! file is then longer than the stream: while a stream is open in this process its length is
 //! known (every `DirStream` of one file shares it, and `stream_read` and `stream_list` report
-//! it); the zeros are cut when the last one closes. After a crash they stay, and the journal's
-//! framing ends a segment at a run of zeros that reaches the end of the file
+//! it); the zeros are cut when the last one closes. A background thread extends them once half
+//! are used ([`extender`]), so appends do not wait for it. After a crash they stay, and the
+//! journal's framing ends a segment at a run of zeros that reaches the end of the file
 //! (`journal::segment`); the writer cuts them when it resumes that segment.
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
@@ -48,25 +49,54 @@ struct Tail {
     len: u64,
     /// Bytes of the file: `len..filled` are zeros, written and synced.
     filled: u64,
+    /// Open [`DirStream`]s of the file: the last to close cuts the zeros.
+    handles: usize,
+    /// Zeros are being written past `filled` by the [`extender`] thread.
+    extending: bool,
+    /// An extension by that thread failed: later ones are made by the append that needs them
+    /// (which goes on without zeros if they fail too).
+    extender_failed: bool,
+}
+
+/// A [`Tail`] and the signal that an extension of it ended.
+struct Shared {
+    tail: Mutex<Tail>,
+    extended: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait until no extension of the file is under way.
+    fn settled(&self) -> MutexGuard<'_, Tail> {
+        let mut t = self.lock();
+        while t.extending {
+            t = self
+                .extended
+                .wait(t)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        t
+    }
 }
 
 /// Streams open in this process, by file path (the directory resolved).
-fn open_streams() -> MutexGuard<'static, HashMap<PathBuf, Weak<Mutex<Tail>>>> {
-    static OPEN: std::sync::OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Tail>>>>> =
+fn open_streams() -> MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
+    static OPEN: std::sync::OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> =
         std::sync::OnceLock::new();
     OPEN.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn lock_tail(t: &Mutex<Tail>) -> MutexGuard<'_, Tail> {
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The length of the stream at `path` if it is open in this process.
 fn open_len(path: &Path) -> Option<u64> {
     let t = open_streams().get(path).and_then(Weak::upgrade)?;
-    let len = lock_tail(&t).len;
+    let len = t.lock().len;
     Some(len)
 }
 
@@ -390,11 +420,21 @@ impl Backend for DirBackend {
                     .metadata()
                     .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?
                     .len();
-                let t = Arc::new(Mutex::new(Tail { len, filled: len }));
+                let t = Arc::new(Shared {
+                    tail: Mutex::new(Tail {
+                        len,
+                        filled: len,
+                        handles: 0,
+                        extending: false,
+                        extender_failed: false,
+                    }),
+                    extended: Condvar::new(),
+                });
                 open.insert(key.clone(), Arc::downgrade(&t));
                 t
             }
         };
+        tail.lock().handles += 1;
         drop(open);
         Ok(Box::new(DirStream {
             file,
@@ -510,7 +550,7 @@ impl LockGuard for DirLock {}
 
 struct DirStream {
     file: File,
-    tail: Arc<Mutex<Tail>>,
+    tail: Arc<Shared>,
     /// Its key in [`open_streams`].
     key: PathBuf,
     name: String,
@@ -518,27 +558,36 @@ struct DirStream {
     poisoned: Option<String>,
 }
 
-/// Make sure `len..end` lies in zeros written ahead, extending them if not (by as much as
-/// the file already holds, between [`ZERO_AHEAD_FIRST`] and [`ZERO_AHEAD`]). Only a
-/// speed-up: on failure (a nearly full disk) the zeros are cut and the append goes on at
-/// the end of the file.
-fn zero_ahead(file: &File, durability: Durability, t: &mut Tail, end: u64) {
-    if durability != Durability::Fsync || end <= t.filled {
+/// How far past `filled` the next extension of the zeros reaches: as far again as the file
+/// already holds, between [`ZERO_AHEAD_FIRST`] and [`ZERO_AHEAD`].
+fn extension(filled: u64) -> u64 {
+    filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)
+}
+
+/// Write zeros over `from..to` and sync them.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; WRITEBACK_SLICE.min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
+        writeback(file, at, n);
+        at += n;
+    }
+    file.sync_data()
+}
+
+/// Make sure `len..end` lies in zeros written ahead, extending them now if not: the fallback
+/// for an append that outruns the [`extender`] (or follows its failure). Only a speed-up: on
+/// failure (a nearly full disk) the zeros are cut and the append goes on at the end of the
+/// file.
+fn zero_ahead(file: &File, t: &mut Tail, end: u64) {
+    if end <= t.filled {
         return;
     }
     let from = t.filled.max(t.len);
-    let to = (end + t.filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)).next_multiple_of(64 << 10);
-    let zeros = vec![0u8; WRITEBACK_SLICE];
-    let res = (|| {
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(WRITEBACK_SLICE as u64);
-            file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
-            writeback(file, at, n);
-            at += n;
-        }
-        file.sync_data()
-    })();
+    let to = (end + extension(t.filled)).next_multiple_of(64 << 10);
+    let res = write_zeros(file, from, to);
     match res {
         Ok(()) => t.filled = to,
         Err(_) => {
@@ -552,7 +601,7 @@ fn zero_ahead(file: &File, durability: Durability, t: &mut Tail, end: u64) {
 
 impl Stream for DirStream {
     fn len(&self) -> u64 {
-        lock_tail(&self.tail).len
+        self.tail.lock().len
     }
 
     fn append(&mut self, data: &[u8]) -> Result<()> {
@@ -562,9 +611,15 @@ impl Stream for DirStream {
                 self.name
             )));
         }
-        let mut t = lock_tail(&self.tail);
+        let fsync = self.durability == Durability::Fsync;
+        let mut t = self.tail.lock();
         let end = t.len + data.len() as u64;
-        zero_ahead(&self.file, self.durability, &mut t, end);
+        if fsync && end > t.filled {
+            // Past the zeros: wait for an extension under way, or make one.
+            drop(t);
+            t = self.tail.settled();
+            zero_ahead(&self.file, &mut t, end);
+        }
         if let Err(e) = self.file.write_all_at(data, t.len) {
             // Cut whatever part was written (and the zeros ahead), so no partial record stays.
             if self
@@ -578,7 +633,7 @@ impl Stream for DirStream {
             t.filled = t.len;
             return Err(Error::io("append", self.name.clone(), e));
         }
-        if self.durability == Durability::Fsync {
+        if fsync {
             if let Err(e) = self.file.sync_data() {
                 self.poisoned = Some(format!("fdatasync failed: {e}"));
                 return Err(Error::io("fdatasync", self.name.clone(), e));
@@ -586,11 +641,29 @@ impl Stream for DirStream {
         }
         t.len += data.len() as u64;
         t.filled = t.filled.max(t.len);
+        // Half the zeros ahead used: the extender writes the next ones, after this append
+        // has answered.
+        if fsync && !t.extending && !t.extender_failed && t.filled - t.len < extension(t.filled) / 2
+        {
+            if let Ok(file) = self.file.try_clone() {
+                let job = Extension {
+                    file,
+                    shared: Arc::clone(&self.tail),
+                    from: t.filled,
+                    to: t.filled + extension(t.filled),
+                };
+                t.extending = true;
+                if extender().send(job).is_err() {
+                    t.extending = false;
+                    t.extender_failed = true;
+                }
+            }
+        }
         Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> Result<()> {
-        let mut t = lock_tail(&self.tail);
+        let mut t = self.tail.settled();
         self.file
             .set_len(len)
             .and_then(|_| self.file.sync_all())
@@ -601,13 +674,63 @@ impl Stream for DirStream {
     }
 }
 
+/// Zeros to write past a stream's `filled` (see [`extender`]).
+struct Extension {
+    file: File,
+    shared: Arc<Shared>,
+    from: u64,
+    to: u64,
+}
+
+/// The thread that extends the zeros of synced streams ahead of their appends, so that no
+/// append waits for it (each extension is a write and a sync: up to [`ZERO_AHEAD`] of zeros).
+/// An append asks for the next extension once half the zeros ahead are used, and waits for it
+/// only if it reaches their end before it is done. Until the extension is synced, `filled`
+/// stays where it was: no append writes into zeros not yet durable, and a crash leaves zeros
+/// (all or part of them) past the stream, as any crash does.
+fn extender() -> MutexGuard<'static, std::sync::mpsc::Sender<Extension>> {
+    static TX: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Extension>>> =
+        std::sync::OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Extension>();
+        // Without the thread, the receiver is dropped and every send fails: appends then
+        // extend the zeros themselves.
+        let _ = std::thread::Builder::new()
+            .name("zero-ahead".into())
+            .spawn(move || {
+                for job in rx {
+                    let res = write_zeros(&job.file, job.from, job.to);
+                    let mut t = job.shared.lock();
+                    match res {
+                        Ok(()) if t.filled == job.from => t.filled = job.to,
+                        Ok(()) => {}
+                        Err(_) => {
+                            // Cut what part was written; appends extend from now on.
+                            let _ = job.file.set_len(t.filled);
+                            t.extender_failed = true;
+                        }
+                    }
+                    t.extending = false;
+                    drop(t);
+                    job.shared.extended.notify_all();
+                }
+            });
+        Mutex::new(tx)
+    })
+    .lock()
+    .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for DirStream {
     /// The last stream of a file closing cuts the zeros written ahead (not synced: a crash
     /// leaves them, which readers take for the end of the stream).
     fn drop(&mut self) {
         let mut open = open_streams();
-        if Arc::strong_count(&self.tail) == 1 {
-            let t = lock_tail(&self.tail);
+        let mut t = self.tail.lock();
+        t.handles -= 1;
+        if t.handles == 0 {
+            drop(t);
+            let t = self.tail.settled();
             if t.filled > t.len {
                 let _ = self.file.set_len(t.len);
             }

@@ -345,6 +345,67 @@ fn a_synced_journal_is_written_ahead_with_zeros_that_readers_never_see() {
     expect_state(&repo, dir.path(), "closed", s1[199].data_version);
 }
 
+/// The zeros ahead are extended by a background thread once half are used, so no append waits
+/// for that write and sync; across extensions of every size (up to 4 MiB) readers see exactly the
+/// records, and closing right after an append, whether or not an extension is under way, leaves
+/// the file exactly as long as the stream.
+#[test]
+fn the_zeros_ahead_are_extended_in_the_background_and_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = DirBackend::create(&dir.path().join("r")).unwrap();
+    let other = DirBackend::open(&dir.path().join("r")).unwrap();
+    let path = dir.path().join("r/journal/s.log");
+    let file_len = || std::fs::metadata(&path).unwrap().len();
+    let record = |i: u64| -> Vec<u8> {
+        (0..1000u64)
+            .map(|k| ((i * 31 + k) % 251 + 1) as u8)
+            .collect()
+    };
+    let mut s = b.stream_open("s", Durability::Fsync).unwrap();
+    let mut expected = Vec::new();
+    let append = |s: &mut Box<dyn store::backend::Stream>, expected: &mut Vec<u8>, i: u64| {
+        let r = record(i);
+        s.append(&r).unwrap();
+        expected.extend_from_slice(&r);
+    };
+    append(&mut s, &mut expected, 0);
+    let first = file_len();
+    assert!(
+        first > s.len(),
+        "a new synced stream is written ahead with zeros"
+    );
+    let mut i = 1;
+    while s.len() <= first / 2 {
+        append(&mut s, &mut expected, i);
+        i += 1;
+    }
+    let asked = std::time::Instant::now();
+    while file_len() <= first && asked.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(
+        file_len() > first,
+        "half the zeros used: the next ones are written with no append waiting for them"
+    );
+    // Past 4 MiB: extensions of 128 KiB up to 4 MiB.
+    while s.len() < 6 << 20 {
+        append(&mut s, &mut expected, i);
+        if i % 700 == 0 {
+            assert_eq!(
+                other.stream_read("s").unwrap(),
+                expected,
+                "after {i} appends"
+            );
+            assert_eq!(other.stream_list().unwrap()[0].size, expected.len() as u64);
+        }
+        i += 1;
+    }
+    assert!(file_len() >= expected.len() as u64);
+    drop(s);
+    assert_eq!(file_len(), expected.len() as u64, "closing cuts every zero");
+    assert_eq!(std::fs::read(&path).unwrap(), expected);
+}
+
 #[test]
 fn zeros_left_by_a_crash_end_the_journal_and_appends_resume_where_the_records_end() {
     let (dir, root, repo, s1) = journaled(200, Durability::Fsync);
