@@ -422,6 +422,13 @@ fn ignore_stop_signals() {
 
 fn main() -> ExitCode {
     ignore_stop_signals();
+    // Parallel steps outside a compaction's own pool (opening the backup, `backup-status`)
+    // run on rayon's global threads: at low priority too, so their spinning between jobs never
+    // takes a CPU from the hook (seen in kernel traces of `hook --compacting-only`).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("background-{i}"))
+        .start_handler(|_| rpc::background_priority(19))
+        .build_global();
     let dir = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {

@@ -31,7 +31,7 @@ pub struct Options {
     pub remote: RemoteOptions,
     /// Snapshots kept after each compaction (None: keep everything).
     pub retention: Option<Retention>,
-    /// CPU nice value of the compaction thread.
+    /// CPU nice value of the compaction thread (above 0, with `SCHED_IDLE` too).
     pub compaction_nice: i32,
 }
 
@@ -158,7 +158,7 @@ pub fn manifest() -> Value {
                 "name": OPT_COMPACTION_NICE,
                 "type": "int",
                 "default": 10,
-                "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it for a CPU"
+                "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it for a CPU; above 0 it also runs under SCHED_IDLE"
             },
             {
                 "name": OPT_RETENTION,

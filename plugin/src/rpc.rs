@@ -136,29 +136,35 @@ pub fn start_compaction(
                 .start_handler(move |_| background_priority(nice))
                 .build();
             let cancel = &guard.0.cancel;
-            let mut res = match &pool {
-                Ok(p) => p.install(|| compact_cancellable(&repo, &writer, &opts, cancel)),
-                Err(_) => compact_cancellable(&repo, &writer, &opts, cancel),
-            };
-            // Retention: after a new snapshot, prune what the policy no longer keeps, so the
-            // backup stays bounded (the old plugin's users saw it grow without end).
-            let mut pruned = Value::Null;
-            if let (Ok(r), Some(policy)) = (&mut res, &retention) {
-                // Not at shutdown: the next compaction prunes.
-                if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
-                    match store::ops::prune::plan(&repo, policy)
-                        .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
-                    {
-                        Ok(p) => {
-                            pruned = serde_json::to_value(&p).unwrap_or(Value::Null);
-                            if let Ok(after) = store::ops::stats::stats(&repo) {
-                                r.after = after;
+            let work = || {
+                let mut res = compact_cancellable(&repo, &writer, &opts, cancel);
+                // Retention: after a new snapshot, prune what the policy no longer keeps, so
+                // the backup stays bounded (the old plugin's users saw it grow without end).
+                let mut pruned = Value::Null;
+                if let (Ok(r), Some(policy)) = (&mut res, &retention) {
+                    // Not at shutdown: the next compaction prunes.
+                    if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
+                        match store::ops::prune::plan(&repo, policy)
+                            .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
+                        {
+                            Ok(p) => {
+                                pruned = serde_json::to_value(&p).unwrap_or(Value::Null);
+                                if let Ok(after) = store::ops::stats::stats(&repo) {
+                                    r.after = after;
+                                }
                             }
+                            Err(e) => out.log("unusual", &format!("{what}: pruning by the retention policy failed: {e}")),
                         }
-                        Err(e) => out.log("unusual", &format!("{what}: pruning by the retention policy failed: {e}")),
                     }
                 }
-            }
+                (res, pruned)
+            };
+            // All of it in the low-priority pool: a parallel step outside it (listing the
+            // manifests to prune) would run on rayon's global threads, at the hook's priority.
+            let (res, pruned) = match &pool {
+                Ok(p) => p.install(work),
+                Err(_) => work(),
+            };
             let (value, logline) = match &res {
                 Ok(r) => {
                     let mut v = compact_reply(r);
@@ -354,12 +360,22 @@ fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
     }
 }
 
-/// A low CPU priority (`nice`, 19 by default) for the calling thread only (Linux applies it per
-/// thread). Best effort: on failure the compaction runs at normal priority. Nice 19 rather than
-/// 10: on two cores the hook's thread waited behind a nice-10 compaction for a CPU often enough
-/// to show in p99 (`hook --compacting-only`, seven runs each: p99 during back-to-back
-/// compactions 1.4-2.8x the idle p99 at 19, 2.1-6.7x at 10). `SCHED_IDLE` was tried too: as
-/// good in most runs, 10x in one (the compaction then holds what the hook waits for).
+/// A low CPU priority for the calling thread only (Linux applies it per thread): `nice` (19 by
+/// default) and, unless `nice` is 0, the `SCHED_IDLE` policy, under which the thread runs only
+/// when no normal thread wants the CPU. Best effort: where either is refused the compaction
+/// runs with what it got.
+///
+/// Why both, measured with `hook --compacting-only` (p99 of hooks overlapping back-to-back
+/// compactions over the idle p99; benches/report-notes.md):
+/// - nice 19 rather than 10: seven runs each, 1.4-2.8x at 19, 2.1-6.7x at 10;
+/// - `SCHED_IDLE` on top of nice 19: fifteen runs each, interleaved, median 1.24x and worst
+///   1.64x, against median 1.37x and worst 2.09x. Kernel traces showed why: a nice-19 thread
+///   keeps its CPU for the rest of its slice when the hook's thread (or lightningd) wakes,
+///   and on two cores the woken thread waited up to the next tick, 1-3.5 ms, while the other
+///   core sat idle. A thread under `SCHED_IDLE` is preempted by any normal wakeup.
+///
+/// The compaction holds nothing the hook waits for while it computes: the journal writer's
+/// lock only to switch segments, a stream's length only to read it.
 ///
 /// Its disk I/O deliberately stays in the normal class. The idle class was tried and made the
 /// hook *slower*: a hook's fdatasync waits for the filesystem journal commit, and that commit can
@@ -367,11 +383,17 @@ fn remove_stale_bases(dir: &std::path::Path, repo_id: &str) {
 /// I/O is pending (a priority inversion). Measured with `hook --compacting-only`: p99 of hooks
 /// overlapping a compaction 1.1-1.7 ms in the normal class, 1.7-8.1 ms in the idle class
 /// (benches/REPORT.md).
-fn background_priority(nice: i32) {
-    // SAFETY: a plain system call on the calling thread's own id, no memory is passed.
+pub fn background_priority(nice: i32) {
+    // SAFETY: plain system calls on the calling thread (id 0 is the caller for
+    // sched_setscheduler; gettid for setpriority); the only memory passed is a local
+    // `sched_param` that outlives the call.
     #[allow(unsafe_code)]
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        if nice > 0 {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        }
     }
 }
