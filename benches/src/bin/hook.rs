@@ -517,15 +517,18 @@ fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     )?)
 }
 
-/// What the cln-backup plugin does to its compaction thread: nice 19
+/// What the cln-backup plugin does to its compaction thread: nice 19 and `SCHED_IDLE`
 /// (`--background-priority` reproduces it in-process, to see its effect on the hook). The
 /// thread's rayon work then runs in a one-thread pool on the same thread.
 #[allow(unsafe_code)]
 fn background_priority() {
-    // SAFETY: a plain system call on the calling thread's own id; no memory is passed.
+    // SAFETY: plain system calls on the calling thread; the only memory passed is a local
+    // `sched_param` that outlives the call.
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 
