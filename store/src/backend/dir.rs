@@ -613,11 +613,11 @@ impl Stream for DirStream {
         }
         let fsync = self.durability == Durability::Fsync;
         let mut t = self.tail.lock();
-        let end = t.len + data.len() as u64;
-        if fsync && end > t.filled {
+        if fsync && t.len + data.len() as u64 > t.filled {
             // Past the zeros: wait for an extension under way, or make one.
             drop(t);
             t = self.tail.settled();
+            let end = t.len + data.len() as u64;
             zero_ahead(&self.file, &mut t, end);
         }
         if let Err(e) = self.file.write_all_at(data, t.len) {
