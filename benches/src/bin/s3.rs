@@ -284,16 +284,29 @@ fn plugin_sessions(
     let cmd = vec![std::fs::canonicalize(plugin)?.display().to_string()];
     let mut hooks = Vec::new();
     let mut lags = Vec::new();
+    let mut slowest = Vec::new();
     for (i, s) in sessions.iter().enumerate() {
         let mut d = Driver::spawn(&cmd, &net)?;
         d.call("getmanifest", json!({"allow-deprecated-apis": true}))?;
         let pre = if i == 0 { 9 } else { 3 };
+        let mut worst = (0, Duration::ZERO);
         for (j, b) in s.iter().enumerate() {
             if j == pre {
                 d.init(&net, &options)?;
             }
-            hooks.push(d.db_write(b)?);
+            let h = d.db_write(b)?;
+            if h > worst.1 {
+                worst = (j, h);
+            }
+            hooks.push(h);
         }
+        slowest.push(format!(
+            "session {} hook {} of {}: {:.1} ms",
+            i + 1,
+            worst.0 + 1,
+            s.len(),
+            worst.1.as_secs_f64() * 1e3
+        ));
         if let Setup::LocalS3Async = setup {
             let st = status(&mut d)?;
             let dest = &st["destinations"][1];
@@ -317,6 +330,11 @@ fn plugin_sessions(
         }
         d.close()?;
     }
+    println!(
+        "<!-- {}: the slowest hook of each session: {} -->",
+        setup.label(),
+        slowest.join("; ")
+    );
     Ok((hooks, lags))
 }
 
