@@ -6,7 +6,8 @@
 //! while it compacts, so `backup-cli prune` can run beside a live node but never beside a
 //! compaction.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{self, Backend, Durability, LockGuard};
 use crate::config::{Config, ConfigBody, CONFIG_NAME};
@@ -28,6 +29,20 @@ struct Inner {
     backend: Arc<dyn Backend>,
     crypto: Crypto,
     config: Config,
+    /// Sealed journal segments already counted by [`crate::ops::stats::stats`], by number.
+    sealed: Mutex<HashMap<u64, SegmentSummary>>,
+}
+
+/// What a sealed journal segment holds, as `stats` counts it. A sealed segment is never
+/// replaced (docs/format.md), so it is read once per process: a compaction asks for stats twice
+/// and the journal kept by the retention policy can be months of batches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentSummary {
+    /// The object's size when it was read: a different size is a different object.
+    pub size: u64,
+    pub records: u64,
+    /// The newest data_version of a batch that is not only a pragma.
+    pub last_version: Option<u32>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -73,6 +88,7 @@ impl Repository {
                 backend,
                 crypto,
                 config,
+                sealed: Mutex::default(),
             }),
         })
     }
@@ -115,12 +131,25 @@ impl Repository {
                 backend,
                 crypto,
                 config,
+                sealed: Mutex::default(),
             }),
         })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
+    }
+
+    /// The summary of sealed segment `seq` if it was read before at this `size`.
+    pub(crate) fn sealed_summary(&self, seq: u64, size: u64) -> Option<SegmentSummary> {
+        let m = self.inner.sealed.lock().ok()?;
+        m.get(&seq).copied().filter(|s| s.size == size)
+    }
+
+    pub(crate) fn remember_sealed(&self, seq: u64, summary: SegmentSummary) {
+        if let Ok(mut m) = self.inner.sealed.lock() {
+            m.insert(seq, summary);
+        }
     }
     pub fn crypto(&self) -> &Crypto {
         &self.inner.crypto

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::journal::reader;
 use crate::manifest;
-use crate::repo::Repository;
+use crate::repo::{Repository, SegmentSummary};
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Stats {
@@ -71,19 +71,36 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     let mut last_version = last.map(|m| m.data_version);
     let n = segs.len();
     for (i, g) in segs.iter().enumerate() {
-        let rec = if i + 1 == n {
-            crate::journal::segment::Recovery::TruncateTornTail
-        } else {
-            crate::journal::segment::Recovery::Strict
+        let known = g
+            .sealed
+            .then(|| repo.sealed_summary(g.seq, g.size))
+            .flatten();
+        let seg = match known {
+            Some(k) => k,
+            None => {
+                let rec = if i + 1 == n {
+                    crate::journal::segment::Recovery::TruncateTornTail
+                } else {
+                    crate::journal::segment::Recovery::Strict
+                };
+                let recs = reader::read_segment(repo, g, rec)?;
+                let seg = SegmentSummary {
+                    size: g.size,
+                    records: recs.len() as u64,
+                    last_version: recs
+                        .iter()
+                        .filter(|r| !r.pragma_only())
+                        .map(|r| r.batch.data_version)
+                        .max(),
+                };
+                if g.sealed {
+                    repo.remember_sealed(g.seq, seg);
+                }
+                seg
+            }
         };
-        let recs = reader::read_segment(repo, g, rec)?;
-        s.journal_records += recs.len() as u64;
-        if let Some(v) = recs
-            .iter()
-            .filter(|r| !r.pragma_only())
-            .map(|r| r.batch.data_version)
-            .max()
-        {
+        s.journal_records += seg.records;
+        if let Some(v) = seg.last_version {
             last_version = Some(last_version.map_or(v, |l| l.max(v)));
         }
     }

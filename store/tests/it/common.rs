@@ -22,6 +22,7 @@ pub fn dump(p: &Path) -> String {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: Repository,
+    key: MasterKey,
 }
 
 impl Env {
@@ -30,7 +31,11 @@ impl Env {
         let url = store::BackupUrl::File(dir.path().join("repo"));
         let key = MasterKey::generate();
         let repo = Repository::init(&url, Some(&key), encrypted, ConfigBody::default()).unwrap();
-        Env { dir, repo }
+        Env { dir, repo, key }
+    }
+    /// Another handle on the same repository, sharing nothing in memory with `repo`.
+    pub fn reopen(&self) -> Repository {
+        Repository::open_backend(self.repo.backend().clone(), Some(self.key.clone())).unwrap()
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

@@ -81,6 +81,9 @@ fn survivors_restore_and_garbage_goes() {
     drop(w);
     assert!(snaps.len() >= 4);
     let before = store::ops::stats::stats(&env.repo).unwrap();
+    // The handle that compacted counted each sealed segment once; a new one reads them all.
+    assert_eq!(before, store::ops::stats::stats(&env.reopen()).unwrap());
+    assert!(before.journal_records >= s1.len() as u64, "{before:?}");
     let plan = prune::plan(
         &env.repo,
         &Retention {
@@ -94,6 +97,7 @@ fn survivors_restore_and_garbage_goes() {
     let rep = prune::apply(&env.repo, &plan, "test prune").unwrap();
     assert_eq!(rep.removed_snapshots as usize, snaps.len() - 2);
     let after = store::ops::stats::stats(&env.repo).unwrap();
+    assert_eq!(after, store::ops::stats::stats(&env.reopen()).unwrap());
     assert!(
         after.backup_size < before.backup_size,
         "{} !< {}",
