@@ -57,6 +57,10 @@ struct Tail {
     /// An extension by that thread failed: later ones are made by the append that needs them
     /// (which goes on without zeros if they fail too).
     extender_failed: bool,
+    /// Threads waiting for the extension under way: it is then written without pacing.
+    waiting: usize,
+    /// The last stream of the file is closing: an extension under way stops at its next slice.
+    closing: bool,
 }
 
 /// A [`Tail`] and the signal that an extension of it ended.
@@ -75,11 +79,15 @@ impl Shared {
     /// Wait until no extension of the file is under way.
     fn settled(&self) -> MutexGuard<'_, Tail> {
         let mut t = self.lock();
-        while t.extending {
-            t = self
-                .extended
-                .wait(t)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.extending {
+            t.waiting += 1;
+            while t.extending {
+                t = self
+                    .extended
+                    .wait(t)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            t.waiting -= 1;
         }
         t
     }
@@ -467,6 +475,8 @@ impl Backend for DirBackend {
                         handles: 0,
                         extending: false,
                         extender_failed: false,
+                        waiting: 0,
+                        closing: false,
                     }),
                     extended: Condvar::new(),
                 });
@@ -604,18 +614,30 @@ fn extension(filled: u64) -> u64 {
     filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)
 }
 
-/// Write zeros over `from..to` and sync them.
-fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+/// Write zeros over `from..to` and sync them. With `stream` (the [`extender`]), each slice is
+/// paced against appends only while no thread waits for the extension, and the writing stops
+/// (returning false) once the stream is closing.
+fn write_zeros(file: &File, from: u64, to: u64, stream: Option<&Shared>) -> std::io::Result<bool> {
     let zeros = vec![0u8; WRITEBACK_SLICE.min((to - from) as usize)];
     let mut at = from;
     while at < to {
-        yield_to_appends();
+        let urgent = match stream.map(|s| {
+            let t = s.lock();
+            (t.closing, t.waiting > 0)
+        }) {
+            Some((true, _)) => return Ok(false),
+            Some((false, waited_for)) => waited_for,
+            None => false,
+        };
+        if !urgent {
+            yield_to_appends();
+        }
         let n = (to - at).min(zeros.len() as u64);
         file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
         writeback(file, at, n);
         at += n;
     }
-    file.sync_data()
+    file.sync_data().map(|()| true)
 }
 
 /// Make sure `len..end` lies in zeros written ahead, extending them now if not: the fallback
@@ -628,9 +650,9 @@ fn zero_ahead(file: &File, t: &mut Tail, end: u64) {
     }
     let from = t.filled.max(t.len);
     let to = (end + extension(t.filled)).next_multiple_of(64 << 10);
-    let res = write_zeros(file, from, to);
+    let res = write_zeros(file, from, to, None);
     match res {
-        Ok(()) => t.filled = to,
+        Ok(_) => t.filled = to,
         Err(_) => {
             // Back to the stream's own length; a failure here leaves zeros past it, which
             // readers take for the end of the stream.
@@ -741,11 +763,13 @@ fn extender() -> MutexGuard<'static, std::sync::mpsc::Sender<Extension>> {
             .name("zero-ahead".into())
             .spawn(move || {
                 for job in rx {
-                    let res = write_zeros(&job.file, job.from, job.to);
+                    let res = write_zeros(&job.file, job.from, job.to, Some(&job.shared));
                     let mut t = job.shared.lock();
                     match res {
-                        Ok(()) if t.filled == job.from => t.filled = job.to,
-                        Ok(()) => {}
+                        Ok(true) if t.filled == job.from => t.filled = job.to,
+                        Ok(true) => {}
+                        // Stopped for the close, which cuts the file to the stream.
+                        Ok(false) => {}
                         Err(_) => {
                             // Cut what part was written; appends extend from now on.
                             let _ = job.file.set_len(t.filled);
@@ -771,6 +795,7 @@ impl Drop for DirStream {
         let mut t = self.tail.lock();
         t.handles -= 1;
         if t.handles == 0 {
+            t.closing = true;
             drop(t);
             let t = self.tail.settled();
             if t.filled > t.len {
