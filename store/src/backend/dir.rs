@@ -24,7 +24,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
@@ -57,8 +56,6 @@ struct Tail {
     /// An extension by that thread failed: later ones are made by the append that needs them
     /// (which goes on without zeros if they fail too).
     extender_failed: bool,
-    /// Threads waiting for the extension under way: it is then written without pacing.
-    waiting: usize,
     /// The last stream of the file is closing: an extension under way stops at its next slice.
     closing: bool,
 }
@@ -79,15 +76,11 @@ impl Shared {
     /// Wait until no extension of the file is under way.
     fn settled(&self) -> MutexGuard<'_, Tail> {
         let mut t = self.lock();
-        if t.extending {
-            t.waiting += 1;
-            while t.extending {
-                t = self
-                    .extended
-                    .wait(t)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            t.waiting -= 1;
+        while t.extending {
+            t = self
+                .extended
+                .wait(t)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         t
     }
@@ -193,7 +186,6 @@ impl DirBackend {
             // meanwhile (measured in benches/REPORT.md: hooks beside an automatic compaction).
             let mut off = 0usize;
             for slice in data.chunks(WRITEBACK_SLICE) {
-                yield_to_appends();
                 f.write_all(slice)?;
                 if data.len() > WRITEBACK_SLICE {
                     writeback(&f, off as u64, slice.len() as u64);
@@ -227,7 +219,7 @@ fn canonical(root: &Path) -> PathBuf {
 /// copied once into an aligned buffer (direct I/O needs aligned memory, offsets and lengths),
 /// written in [`DIRECT_SLICE`] writes, cut to its length, and synced as any other.
 const DIRECT_MIN: usize = 1 << 20;
-const DIRECT_SLICE: usize = 256 << 10;
+const DIRECT_SLICE: usize = 1 << 20;
 
 /// One aligned block of a direct write's buffer.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -258,7 +250,6 @@ fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
         pad.fill(0);
         let mut at = 0;
         for slice in buf.chunks(DIRECT_SLICE) {
-            yield_to_appends();
             f.write_all_at(slice, at)?;
             at += slice.len() as u64;
         }
@@ -270,43 +261,6 @@ fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Bytes of a large object written back at a time.
 const WRITEBACK_SLICE: usize = 256 << 10;
-
-/// Synced appends under way in this process (a record's write and its `fdatasync`).
-static APPENDING: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts one synced append in [`APPENDING`] while it lives.
-struct Appending;
-
-impl Appending {
-    fn start() -> Appending {
-        APPENDING.fetch_add(1, Ordering::SeqCst);
-        Appending
-    }
-}
-
-impl Drop for Appending {
-    fn drop(&mut self) {
-        APPENDING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Called before each slice of a large write (an object, the zeros ahead of a stream): while a
-/// synced append is under way, wait for it (2 ms at most), so that its write and its cache
-/// flush do not queue behind the slice and the flush does not carry it. The slices are a
-/// quarter MiB: about 0.6 ms of this disk's time, the most an append that starts during one
-/// waits for it.
-fn yield_to_appends() {
-    if APPENDING.load(Ordering::SeqCst) == 0 {
-        return;
-    }
-    let t = std::time::Instant::now();
-    while APPENDING.load(Ordering::SeqCst) > 0 && t.elapsed() < PACING_LIMIT {
-        std::thread::sleep(std::time::Duration::from_micros(20));
-    }
-}
-
-/// The longest a large write waits for appends before each slice.
-const PACING_LIMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Write back (without a cache flush) a range just written, waiting for it. Best effort: a
 /// filesystem that refuses it still gets the `fsync` that follows, which reports real errors.
@@ -475,7 +429,6 @@ impl Backend for DirBackend {
                         handles: 0,
                         extending: false,
                         extender_failed: false,
-                        waiting: 0,
                         closing: false,
                     }),
                     extended: Condvar::new(),
@@ -614,23 +567,14 @@ fn extension(filled: u64) -> u64 {
     filled.clamp(ZERO_AHEAD_FIRST, ZERO_AHEAD)
 }
 
-/// Write zeros over `from..to` and sync them. With `stream` (the [`extender`]), each slice is
-/// paced against appends only while no thread waits for the extension, and the writing stops
-/// (returning false) once the stream is closing.
+/// Write zeros over `from..to` and sync them. With `stream` (the [`extender`]), the writing
+/// stops (returning false) once the stream is closing: its zeros are about to be cut.
 fn write_zeros(file: &File, from: u64, to: u64, stream: Option<&Shared>) -> std::io::Result<bool> {
     let zeros = vec![0u8; WRITEBACK_SLICE.min((to - from) as usize)];
     let mut at = from;
     while at < to {
-        let urgent = match stream.map(|s| {
-            let t = s.lock();
-            (t.closing, t.waiting > 0)
-        }) {
-            Some((true, _)) => return Ok(false),
-            Some((false, waited_for)) => waited_for,
-            None => false,
-        };
-        if !urgent {
-            yield_to_appends();
+        if stream.is_some_and(|s| s.lock().closing) {
+            return Ok(false);
         }
         let n = (to - at).min(zeros.len() as u64);
         file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
@@ -683,7 +627,6 @@ impl Stream for DirStream {
             let end = t.len + data.len() as u64;
             zero_ahead(&self.file, &mut t, end);
         }
-        let _appending = fsync.then(Appending::start);
         if let Err(e) = self.file.write_all_at(data, t.len) {
             // Cut whatever part was written (and the zeros ahead), so no partial record stays.
             if self
@@ -815,30 +758,6 @@ impl Drop for DirStream {
 #[cfg(test)]
 mod test {
     use super::*;
-
-    /// A large write waits for a synced append under way before each slice, but only so long:
-    /// beside an append that never ends it still completes, each slice having waited
-    /// [`PACING_LIMIT`].
-    #[test]
-    fn large_writes_wait_for_appends_but_not_forever() {
-        let tmp = tempfile::tempdir().unwrap();
-        let b = DirBackend::create(&tmp.path().join("r")).unwrap();
-        let data: Vec<u8> = (0..4 * DIRECT_SLICE).map(|i| (i % 253) as u8).collect();
-        let held = Appending::start();
-        let t = std::time::Instant::now();
-        b.put("packs/paced", &data).unwrap();
-        let took = t.elapsed();
-        drop(held);
-        assert!(
-            took >= PACING_LIMIT * 4,
-            "each of 4 slices waited: {took:?}"
-        );
-        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
-        assert_eq!(b.get("packs/paced").unwrap(), data);
-        let t = std::time::Instant::now();
-        b.put("packs/unpaced", &data).unwrap();
-        assert!(t.elapsed() < took, "no append under way: no wait");
-    }
 
     /// Packs of [`DIRECT_MIN`] bytes and more are written with `O_DIRECT` (or through the page
     /// cache where the filesystem refuses it): what is read back is exactly what was put,
