@@ -15,6 +15,8 @@ use crate::protocol::Out;
 pub const OPT_COMPACT_BYTES: &str = "backup-compact-journal-bytes";
 pub const OPT_DURABILITY: &str = "backup-durability";
 pub const DEFAULT_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`OPT_COMPACTION_NICE`].
+pub const DEFAULT_COMPACTION_NICE: i32 = 19;
 pub const OPT_RETENTION: &str = "backup-retention";
 pub const DEFAULT_RETENTION: &str = "last=10,daily=7,weekly=4,monthly=6";
 pub const OPT_COMPACTION_NICE: &str = "backup-compaction-nice";
@@ -78,7 +80,7 @@ impl Default for Options {
             durability: Durability::Fsync,
             remote: RemoteOptions::default(),
             retention: parse_retention(DEFAULT_RETENTION).unwrap_or_default(),
-            compaction_nice: 19,
+            compaction_nice: DEFAULT_COMPACTION_NICE,
         }
     }
 }
@@ -157,7 +159,7 @@ pub fn manifest() -> Value {
             {
                 "name": OPT_COMPACTION_NICE,
                 "type": "int",
-                "default": 10,
+                "default": DEFAULT_COMPACTION_NICE,
                 "description": "CPU priority (nice, 0 to 19) of the background compaction, so db_write hooks never wait behind it for a CPU; above 0 it also runs under SCHED_IDLE"
             },
             {
@@ -287,6 +289,20 @@ mod test {
         assert_eq!(o.compact_journal_bytes, 1000);
         assert!(Options::from_init(&json!({"options": {OPT_DURABILITY: "maybe"}})).is_err());
         assert!(Options::from_init(&json!({"options": {OPT_COMPACT_BYTES: -1}})).is_err());
+    }
+
+    /// lightningd passes every option back in `init`, unset ones at the default the manifest
+    /// declared: those defaults must be the plugin's own.
+    #[test]
+    fn manifest_defaults_are_the_defaults() {
+        let mut given = serde_json::Map::new();
+        for o in manifest()["options"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(default)) = (o["name"].as_str(), o.get("default")) {
+                given.insert(name.to_string(), default.clone());
+            }
+        }
+        let o = Options::from_init(&json!({ "options": given })).unwrap();
+        assert_eq!(o, Options::default());
     }
 
     #[test]
