@@ -695,9 +695,8 @@ struct Extension {
 /// only if it reaches their end before it is done. Until the extension is synced, `filled`
 /// stays where it was: no append writes into zeros not yet durable, and a crash leaves zeros
 /// (all or part of them) past the stream, as any crash does.
-fn extender() -> MutexGuard<'static, std::sync::mpsc::Sender<Extension>> {
-    static TX: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Extension>>> =
-        std::sync::OnceLock::new();
+fn extender() -> &'static std::sync::mpsc::Sender<Extension> {
+    static TX: std::sync::OnceLock<std::sync::mpsc::Sender<Extension>> = std::sync::OnceLock::new();
     TX.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Extension>();
         // Without the thread, the receiver is dropped and every send fails: appends then
@@ -710,9 +709,8 @@ fn extender() -> MutexGuard<'static, std::sync::mpsc::Sender<Extension>> {
                     let mut t = job.shared.lock();
                     match res {
                         Ok(true) if t.filled == job.from => t.filled = job.to,
-                        Ok(true) => {}
                         // Stopped for the close, which cuts the file to the stream.
-                        Ok(false) => {}
+                        Ok(_) => {}
                         Err(_) => {
                             // Cut what part was written; appends extend from now on.
                             let _ = job.file.set_len(t.filled);
@@ -724,10 +722,8 @@ fn extender() -> MutexGuard<'static, std::sync::mpsc::Sender<Extension>> {
                     job.shared.extended.notify_all();
                 }
             });
-        Mutex::new(tx)
+        tx
     })
-    .lock()
-    .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for DirStream {
