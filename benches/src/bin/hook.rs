@@ -415,6 +415,27 @@ fn driver_idle(
 /// and each round's own ratio is printed beside it.
 const ROUNDS: usize = 5;
 
+/// Hooks of several runs pooled into (overlapping no compaction, overlapping one), with each
+/// run's own p99 ratio and how many compactions ran.
+#[derive(Default)]
+struct Pooled {
+    idle: Vec<Duration>,
+    during: Vec<Duration>,
+    ratios: Vec<String>,
+    compactions: usize,
+}
+
+impl Pooled {
+    fn add(&mut self, hooks: &[(Instant, Duration)], compactions: &[(Instant, Instant)]) {
+        let (i, d) = split(hooks, compactions);
+        self.ratios
+            .push(format!("{:.2}", summary(&d).1 / summary(&i).1));
+        self.compactions += compactions.len();
+        self.idle.extend(i);
+        self.during.extend(d);
+    }
+}
+
 /// The three sessions through the cln-backup plugin with `backup-compact` called back to back in
 /// alternating phases, [`ROUNDS`] times over (each in a fresh directory). Returns (hooks
 /// overlapping no compaction, hooks overlapping one), pooled over the rounds.
@@ -424,8 +445,7 @@ fn plugin_compacting(
     encrypt: bool,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let cmd = vec![plugin.to_string()];
-    let (mut idle, mut during) = (Vec::new(), Vec::new());
-    let (mut compactions, mut ratios) = (0, Vec::new());
+    let mut pooled = Pooled::default();
     for _ in 0..ROUNDS {
         let (_dir, net) = network_dir(Some(encrypt))?;
         let mut all = SessionTimes::default();
@@ -443,18 +463,15 @@ fn plugin_compacting(
             all.hooks.extend(t.hooks);
             all.compactions.extend(t.compactions);
         }
-        let (i, d) = split(&all.hooks, &all.compactions);
-        ratios.push(format!("{:.2}", summary(&d).1 / summary(&i).1));
-        compactions += all.compactions.len();
-        idle.extend(i);
-        during.extend(d);
+        pooled.add(&all.hooks, &all.compactions);
     }
     println!(
-        "<!-- {compactions} compactions ran beside {} hooks in {ROUNDS} rounds; p99 during/idle of each round: {} -->",
-        idle.len() + during.len(),
-        ratios.join(", ")
+        "<!-- {} compactions ran beside {} hooks in {ROUNDS} rounds; p99 during/idle of each round: {} -->",
+        pooled.compactions,
+        pooled.idle.len() + pooled.during.len(),
+        pooled.ratios.join(", ")
     );
-    Ok((idle, during))
+    Ok((pooled.idle, pooled.during))
 }
 
 /// The "p99 during compaction <= 2x idle p99" verdict; none when a run had no idle phase to
@@ -484,7 +501,7 @@ fn plugin_automatic(
     threshold: u64,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
     let batches = load_trace(&testdata("trace-scale-30k.jsonl.zst"))?;
-    let (mut idle, mut during, mut n, mut ratios) = (Vec::new(), Vec::new(), 0, Vec::new());
+    let mut pooled = Pooled::default();
     for _ in 0..AUTO_ROUNDS {
         let (_dir, net) = network_dir(Some(false))?;
         let t = driver::session(
@@ -506,17 +523,13 @@ fn plugin_automatic(
                 }
             }
         }
-        let (i, d) = split(&t.hooks, &intervals);
-        ratios.push(format!("{:.2}", summary(&d).1 / summary(&i).1));
-        n += intervals.len();
-        idle.extend(i);
-        during.extend(d);
+        pooled.add(&t.hooks, &intervals);
     }
     println!(
         "<!-- automatic compaction: {AUTO_ROUNDS} sessions of the scale trace; p99 during/idle of each: {} -->",
-        ratios.join(", ")
+        pooled.ratios.join(", ")
     );
-    Ok((idle, during, n))
+    Ok((pooled.idle, pooled.during, pooled.compactions))
 }
 
 /// Sessions of [`plugin_automatic`]: one has only 4 compactions, ~7,000 hooks beside them, and
