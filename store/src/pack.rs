@@ -255,6 +255,7 @@ impl ChunkIndex {
                 .list("index/")?
                 .into_iter()
                 .map(|o| o.name)
+                .filter(|n| crate::warn::is_object(n, "index/", |h| PackId::parse(h).is_ok()))
                 .collect();
             let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
                 .par_iter()

@@ -61,16 +61,9 @@ pub struct PruneReport {
     pub bytes_after: u64,
 }
 
-/// Days since 1970-01-01 to (year, month) in the proleptic Gregorian calendar.
+/// Days since 1970-01-01 to (year, month).
 fn year_month(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, _) = crate::time::civil(days);
     (y, m)
 }
 
@@ -84,8 +77,8 @@ pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
         .unwrap_or(0);
     let remove_segments = reader::segments(repo)?
         .iter()
-        .map(|s| s.seq)
-        .filter(|&s| s < min_seg)
+        .filter(|s| s.last < min_seg)
+        .flat_map(|s| s.seq..=s.last)
         .collect();
     Ok(PrunePlan {
         keep,
@@ -204,7 +197,15 @@ pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneR
         &mut rep,
     )?;
     // 6. Journal segments nobody needs.
+    let runs: Vec<reader::SegmentRef> = reader::segments(repo)?
+        .into_iter()
+        .filter(|s| s.sealed && s.last > s.seq)
+        .collect();
     for &seq in &plan.remove_segments {
+        // A merged run goes with its last segment (all of it is older than what is kept).
+        for r in runs.iter().filter(|r| r.last == seq) {
+            repo.backend().delete(&r.object_name())?;
+        }
         repo.backend().delete(&crate::journal::sealed_name(seq))?;
         repo.backend().stream_delete(&stream_name(seq))?;
         rep.deleted_segments += 1;
@@ -320,12 +321,15 @@ fn gc(repo: &Repository, live: &HashSet<ChunkId>, rep: &mut PruneReport) -> Resu
     // 5. Packs no index names (dead, repacked, or orphaned by a crashed compaction).
     let named: HashSet<PackId> = entries.iter().map(|(_, l)| l.pack).collect();
     for o in repo.backend().list("packs/")? {
-        let keep = o
+        let Some(id) = o
             .name
             .strip_prefix("packs/")
             .and_then(|h| PackId::parse(h).ok())
-            .is_some_and(|p| named.contains(&p));
-        if !keep {
+        else {
+            crate::warn::stray(&o.name); // not ours: never deleted
+            continue;
+        };
+        if !named.contains(&id) {
             repo.backend().delete(&o.name)?;
             rep.deleted_packs += 1;
         }
