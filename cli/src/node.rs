@@ -8,10 +8,24 @@ use serde::{Deserialize, Serialize};
 pub const LOCK_FILE_NAME: &str = "backup.lock";
 pub const DB_FILE_NAME: &str = "lightningd.sqlite3";
 
-/// The contents of `backup.lock`, as the old plugin wrote and read it.
+/// The contents of `backup.lock`: `backend_url` as the old plugin wrote and read it, and the
+/// plugin's further destinations. The same fields as the plugin's `LockFile`
+/// (plugin/src/backup.rs); an unknown field is refused with its name, as there.
 #[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct BackupLock {
     pub backend_url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<LockDestination>,
+}
+
+/// One more destination in `backup.lock`: `{"url": URL, "mode": "sync"|"async"}`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LockDestination {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// A running lightningd: its pid file and pid.
@@ -65,9 +79,12 @@ pub fn pid_alive(pid: i32) -> bool {
 
 pub fn read_lock(dir: &Path) -> Result<Option<BackupLock>> {
     let p = dir.join(LOCK_FILE_NAME);
-    match std::fs::read(&p) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!("{} is not valid JSON {{\"backend_url\": URL}}", p.display())
+    match store::crypto::read_small_file(&p, 1 << 20, "backup.lock") {
+        Ok(b) => Ok(Some(serde_json::from_str(&b).with_context(|| {
+            format!(
+                "{} is not valid: JSON {{\"backend_url\": URL, \"destinations\": [...]}}",
+                p.display()
+            )
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
@@ -79,6 +96,7 @@ pub fn write_lock(dir: &Path, url: &str) -> Result<PathBuf> {
     let p = dir.join(LOCK_FILE_NAME);
     let body = serde_json::to_vec(&BackupLock {
         backend_url: url.to_string(),
+        destinations: Vec::new(),
     })?;
     write_atomic(&p, &body, 0o644)?;
     Ok(p)

@@ -18,8 +18,13 @@ use store::{AppendOutcome, BackupUrl, Batch, MasterKey, Repository};
 
 pub const LOCK_FILE: &str = "backup.lock";
 pub const KEY_FILE: &str = "backup.key";
+/// `backup.lock` is a few lines of JSON; a longer file is not read whole.
+const LOCK_FILE_MAX: u64 = 1 << 20;
 
+/// `backup.lock`. An unknown field is refused with its name (serde's "unknown field `x`,
+/// expected one of ..."): a typo such as `"destination"` must not silently drop a destination.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LockFile {
     backend_url: String,
     /// More destinations beside the primary `backend_url`: `{"url": URL, "mode": "sync"|"async"}`.
@@ -28,6 +33,7 @@ struct LockFile {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DestinationSpec {
     url: String,
     #[serde(default)]
@@ -70,7 +76,7 @@ impl Backup {
     /// its writer lock.
     pub fn open(dir: &Path, durability: Durability, remote: &RemoteOptions) -> Result<Backup> {
         let lock_path = dir.join(LOCK_FILE);
-        let text = match std::fs::read_to_string(&lock_path) {
+        let text = match store::crypto::read_small_file(&lock_path, LOCK_FILE_MAX, "backup.lock") {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 anyhow::bail!(missing_lock_message(dir))
@@ -79,7 +85,7 @@ impl Backup {
         };
         let lock: LockFile = serde_json::from_str(&text).with_context(|| {
             format!(
-                "{} is not valid JSON {{\"backend_url\": URL}}",
+                "{} is not valid: JSON {{\"backend_url\": URL, \"destinations\": [...]}}",
                 lock_path.display()
             )
         })?;
@@ -179,10 +185,5 @@ fn read_key(dir: &Path) -> Result<Option<MasterKey>> {
             None => return Ok(None),
         }
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(MasterKey::from_file_text(
-        &text,
-        &path.display().to_string(),
-    )?))
+    Ok(Some(MasterKey::read_file(&path)?))
 }
