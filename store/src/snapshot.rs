@@ -330,6 +330,8 @@ pub fn write_snapshot(
         produced?;
         Ok(published)
     })?;
+    // Not needed any more, and as large as the index about to be built (32 bytes a new chunk).
+    drop(seen);
     if !entries.is_empty() {
         let name = pack::index_name();
         let idx = pack::encode_index(repo.crypto(), &name, &entries)?;
