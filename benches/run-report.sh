@@ -193,4 +193,22 @@ if [[ -n "${CLN_BACKUP_S3_URL:-}" ]]; then
         echo "the S3 benchmark failed: no section 6" >&2
     fi
 fi
+# 7. Memory as an operator sees it (benches/src/bin/memory.rs): the built binaries under
+# /usr/bin/time -v, at the report's size and (full run) at 4 GiB, beside restic.
+if cargo build --release -p backup-cli -p cln-backup -p ld-emulator >&2; then
+    run memory $B/memory --size-mib "$SIZE" --restic
+    [[ "$SIZE" == 1024 ]] && run memory-4g $B/memory --size-mib 4096
+    {
+        echo
+        echo "## 7. Memory"
+        echo
+        echo "Each operation run as an operator runs it, on the generated database of section 2:"
+        echo "peak RSS from \`/usr/bin/time -v\` (file pages a process maps count), peak anonymous"
+        echo "memory (heap, stacks) sampled from /proc every 2 ms. Target (issue 17): 128 MiB anonymous"
+        echo "and 256 MiB peak RSS whatever the database's size."
+        echo
+        body memory
+        [[ -f "$T/memory-4g.md" ]] && body memory-4g
+    } >>"$OUT"
+fi
 echo "wrote $OUT" >&2

@@ -32,17 +32,19 @@ pub fn explicit_file(g: &Global) -> Option<PathBuf> {
 }
 
 pub fn read_key_file(path: &Path) -> Result<MasterKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the key file {}: {e}{}",
-            path.display(),
-            if e.kind() == std::io::ErrorKind::NotFound {
-                " (give the right --key-file, or --key-phrase to type the 24 words)"
-            } else {
-                ""
-            }
-        )
-    })?;
+    let text =
+        store::crypto::read_small_file(path, store::crypto::KEY_FILE_MAX, "a cln-backup key file")
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the key file {}: {e}{}",
+                    path.display(),
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        " (give the right --key-file, or --key-phrase to type the 24 words)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
     Ok(MasterKey::from_file_text(
         &text,
         &path.display().to_string(),

@@ -4,6 +4,24 @@
 //! key, open the repository, call the store, print. Errors are `anyhow` with context saying what
 //! to do; [`exit`] maps them to the documented exit codes (cli/README.md).
 
+// The std printing macros, shadowed for the whole crate (textual scope: these definitions come
+// before the modules): they go through `out`, which never panics on a closed stdout (out.rs).
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($t:tt)*) => { $crate::out::print_stdout(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { $crate::out::print_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::print_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { $crate::out::print_stderr(format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::out::print_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::print_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 mod cmd;
 mod exit;
 mod keys;
@@ -82,9 +100,16 @@ fn main() {
         }
     };
     let json = cli.global.json;
-    let code = match cmd::run(&cli) {
+    let mut code = match cmd::run(&cli) {
         Ok(()) => exit::OK,
         Err(e) => exit::report(&e, json),
     };
+    if let Some(e) = out::stdout_error() {
+        // The work is done, but its report was lost (a closed pipe is not an error: out.rs).
+        eprintln!("backup-cli: error: writing the output to stdout: {e}");
+        if code == exit::OK {
+            code = exit::FAILED;
+        }
+    }
     std::process::exit(code);
 }

@@ -199,10 +199,5 @@ fn read_key(dir: &Path) -> Result<Option<MasterKey>> {
             None => return Ok(None),
         }
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(MasterKey::from_file_text(
-        &text,
-        &path.display().to_string(),
-    )?))
+    Ok(Some(MasterKey::read_file(&path)?))
 }

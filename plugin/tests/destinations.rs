@@ -254,32 +254,20 @@ fn retention_keeps_the_backup_bounded() {
     );
 }
 
-/// The S3 server CI starts (`.ci/s3-server.sh`), or None outside CI when there is none.
-fn s3_url(test: &str) -> Option<String> {
-    match std::env::var("CLN_BACKUP_S3_URL") {
-        Ok(u) if !u.is_empty() => {
-            let (base, query) = u.split_once('?').unwrap_or((&u, ""));
-            let prefixed = format!(
-                "{}/plugin-{test}-{}",
-                base.trim_end_matches('/'),
-                store::ids::SnapshotId::random()
-            );
-            Some(if query.is_empty() {
-                prefixed
-            } else {
-                format!("{prefixed}?{query}")
-            })
-        }
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but CLN_BACKUP_S3_URL is not: run .ci/s3-server.sh start and source target/ci-s3.env"
-            );
-            eprintln!(
-                "skipped: no S3 server (run .ci/s3-server.sh start, then . target/ci-s3.env)"
-            );
-            None
-        }
+/// A fresh prefix on the S3 server the tests share (`testsvc::s3`: SeaweedFS started by the
+/// test, or `CLN_BACKUP_S3_URL`); panics with the fix when there is none.
+fn s3_url(test: &str) -> String {
+    let u = testsvc::s3::server_url();
+    let (base, query) = u.split_once('?').unwrap_or((&u, ""));
+    let prefixed = format!(
+        "{}/plugin-{test}-{}",
+        base.trim_end_matches('/'),
+        store::ids::SnapshotId::random()
+    );
+    if query.is_empty() {
+        prefixed
+    } else {
+        format!("{prefixed}?{query}")
     }
 }
 
@@ -297,8 +285,12 @@ fn prune_keep_last_1(repo: &Repository) -> store::Result<store::ops::prune::Prun
 /// compaction and the retention prune: restore exact, verify clean, and after prune every pack
 /// is one the index names and every indexed chunk one a kept snapshot uses.
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn s3_destination_through_the_plugin() {
-    let Some(url) = s3_url("sync") else { return };
+    let url = s3_url("sync");
     let tmp = tempfile::tempdir().unwrap();
     let net = tmp.path().join("regtest");
     std::fs::create_dir(&net).unwrap();
@@ -577,10 +569,12 @@ enum Stop {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn shutdown_during_compaction_releases_the_s3_lease() {
-    let Some(url) = s3_url("shutdown") else {
-        return;
-    };
+    let url = s3_url("shutdown");
     let tmp = tempfile::tempdir().unwrap();
     let probe = store::backend::open(&BackupUrl::parse(&url).unwrap(), None, false).unwrap();
     compaction_cut_by_shutdown(

@@ -497,3 +497,52 @@ fn unreachable_repository_is_an_error_never_continue() {
     );
     assert!(logs(&r).contains("opening the backup"), "{}", logs(&r));
 }
+
+/// A typo in backup.lock (`"destination"` for `"destinations"`) must not silently drop a
+/// destination: the plugin refuses the file, naming the field, and lightningd stops.
+#[test]
+fn unknown_backup_lock_fields_are_refused_with_their_name() {
+    let node = Node::new(false);
+    let url = format!("file://{}", node.repo.display());
+    for (lock, field) in [
+        (
+            json!({ "backend_url": url, "destination": [{ "url": url, "mode": "async" }] }),
+            "destination",
+        ),
+        (
+            json!({ "backend_url": url, "destinations": [{ "url": url, "mdoe": "async" }] }),
+            "mdoe",
+        ),
+    ] {
+        std::fs::write(node.net.join("backup.lock"), lock.to_string()).unwrap();
+        let msg = first_write_refused(&node);
+        assert!(
+            msg.contains("backup.lock") && msg.contains(&format!("unknown field `{field}`")),
+            "{msg}"
+        );
+    }
+}
+
+/// `backup.key` is read with a bound: a link to `/dev/zero` is refused at once (not read for
+/// gigabytes), and lightningd stops with the reason.
+#[test]
+fn a_key_file_that_never_ends_is_refused() {
+    let node = Node::new(false);
+    std::os::unix::fs::symlink("/dev/zero", node.net.join("backup.key")).unwrap();
+    let msg = first_write_refused(&node);
+    assert!(
+        msg.contains("backup.key") && msg.contains("longer than 4096 bytes"),
+        "{msg}"
+    );
+}
+
+/// Run session 1: lightningd must stop at the first write; the error message it got.
+fn first_write_refused(node: &Node) -> String {
+    let r = node.session(&trace(1), true, vec![]);
+    let stop = r.stop.as_ref().expect("lightningd must stop");
+    assert_eq!((stop.index, r.continued), (0, 0));
+    let HookReply::Error(e) = &stop.reply else {
+        panic!("{:?}", stop.reply)
+    };
+    e["message"].as_str().unwrap().to_string()
+}

@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::ids::{ChunkId, KeyId, RepoId};
 
 pub const KEY_LEN: usize = 32;
+/// A key file is one line of 80 bytes; a file longer than this is not a key file, and is not
+/// read further (`--key-file /dev/zero` must fail at once, not read gigabytes).
+pub const KEY_FILE_MAX: u64 = 4096;
 const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 
@@ -124,6 +127,13 @@ impl MasterKey {
     pub fn to_file_text(&self) -> String {
         format!("cln-backup-key:{}\n", hex::encode(self.0))
     }
+    /// Read and parse a key file, reading at most [`KEY_FILE_MAX`] bytes of it.
+    pub fn read_file(path: &std::path::Path) -> Result<Self> {
+        let object = path.display().to_string();
+        let text = read_small_file(path, KEY_FILE_MAX, "a cln-backup key file")
+            .map_err(|e| Error::io("read", &object, e))?;
+        Self::from_file_text(&text, &object)
+    }
     pub fn from_file_text(text: &str, path: &str) -> Result<Self> {
         let t = text.trim();
         let hexpart = t.strip_prefix("cln-backup-key:").ok_or_else(|| {
@@ -140,6 +150,29 @@ impl MasterKey {
         })?;
         Ok(MasterKey(k))
     }
+}
+
+/// The text of a small file (a key, an auth key list, `backup.lock`), reading at most `limit`
+/// bytes: a longer file (or a device such as `/dev/zero`) is an `InvalidData` error saying it is
+/// not `what`, after reading `limit + 1` bytes.
+pub fn read_small_file(path: &std::path::Path, limit: u64, what: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {limit} bytes: not {what}"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: not {what}"),
+        )
+    })
 }
 
 /// What a repository handle needs to address chunks and seal objects.

@@ -51,19 +51,12 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Read `backup.lock` in `dir`; `Ok(None)` when there is none.
 pub fn read(dir: &Path) -> Result<Option<LockFile>> {
     let p = path(dir);
-    let text = match std::fs::read(&p) {
+    let text = match crate::crypto::read_small_file(&p, 1 << 20, "backup.lock") {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", p.display().to_string(), e)),
     };
-    if text.len() > 1 << 20 {
-        return Err(Error::Invalid(format!(
-            "{} is {} bytes: not a backup.lock",
-            p.display(),
-            text.len()
-        )));
-    }
-    serde_json::from_slice(&text).map(Some).map_err(|e| {
+    serde_json::from_str(&text).map(Some).map_err(|e| {
         Error::Invalid(format!(
             "{} is not a valid backup.lock ({e}); it holds {{\"backend_url\": URL}}, optionally \"destinations\" and \"repository\"",
             p.display()

@@ -1,6 +1,6 @@
-//! The S3 destination against a real S3 server (SeaweedFS on 127.0.0.1, started by
-//! `.ci/s3-server.sh start`, whose env file gives `CLN_BACKUP_S3_URL`, the keys, and
-//! `CLN_BACKUP_WEED` for the tests that stop and restart a server of their own).
+//! The S3 destination against a real S3 server: SeaweedFS on 127.0.0.1, started by the tests
+//! themselves (`testsvc::s3`: one shared per test process, plus one of their own for the tests
+//! that stop and restart it), or the server of `CLN_BACKUP_S3_URL` when set.
 //!
 //! Why: object storage has no append, no flock and no rename; the journal, locks and
 //! create-if-absent are rebuilt on conditional PUTs. These tests check each Backend method,
@@ -10,14 +10,14 @@
 //! fallback a service without conditional writes (Garage 2.x) gets, so CI covers that path;
 //! Garage itself is checked by `.ci/garage-check.sh` (docs/s3-garage.md), not in CI.
 //!
-//! Without `CLN_BACKUP_S3_URL` the tests print "skipped" and pass, except under CI (`CI` set),
-//! where they fail: CI must run them.
+//! None passes by skipping: a test that cannot get its server fails with the command that fixes
+//! it. `CLN_BACKUP_NO_S3_TESTS=1` (read by store/build.rs) compiles them as ignored instead, so
+//! the summary counts them as not run. The Garage test is ignored unless `.ci/garage-check.sh`
+//! runs it (`--ignored`).
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,21 +26,11 @@ use store::backend::multi::{Destination, Mode, MultiBackend};
 use store::backend::s3::S3Backend;
 use store::backend::{Backend, Durability};
 use store::{BackupUrl, Error};
+use testsvc::s3::Weed;
 
-/// The server's URL, or None (with a message) when no server is configured outside CI.
-fn server_url() -> Option<String> {
-    match std::env::var("CLN_BACKUP_S3_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!("CI is set but CLN_BACKUP_S3_URL is not: run .ci/s3-server.sh start and source target/ci-s3.env");
-            }
-            eprintln!(
-                "skipped: no S3 server (run .ci/s3-server.sh start, then . target/ci-s3.env)"
-            );
-            None
-        }
-    }
+/// The shared server's URL (panics with the fix when there is none).
+fn server_url() -> String {
+    testsvc::s3::server_url()
 }
 
 fn random_hex() -> String {
@@ -64,20 +54,22 @@ fn parts_of(url: &str, test: &str) -> (String, String, Vec<(String, String)>) {
     }
 }
 
-fn open_fresh(test: &str, extra: &[(&str, &str)]) -> Option<S3Backend> {
-    let url = server_url()?;
+fn open_fresh(test: &str, extra: &[(&str, &str)]) -> S3Backend {
+    let url = server_url();
     let (bucket, prefix, mut params) = parts_of(&url, test);
     for (k, v) in extra {
         params.push((k.to_string(), v.to_string()));
     }
-    Some(S3Backend::open(&bucket, &prefix, &params).unwrap())
+    S3Backend::open(&bucket, &prefix, &params).unwrap()
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn every_backend_method() {
-    let Some(b) = open_fresh("methods", &[]) else {
-        return;
-    };
+    let b = open_fresh("methods", &[]);
     assert!(b.conditional_writes(), "SeaweedFS honours If-None-Match");
     check_every_method(&b);
 }
@@ -85,10 +77,12 @@ fn every_backend_method() {
 /// `conditional=off`: the fallback for services that ignore If-None-Match (Garage 2.x), forced
 /// on a server that honours it, so CI runs that path on every method.
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn every_backend_method_with_the_fallback_forced() {
-    let Some(b) = open_fresh("methods-off", &[("conditional", "off")]) else {
-        return;
-    };
+    let b = open_fresh("methods-off", &[("conditional", "off")]);
     assert!(b.service_honours_conditional());
     assert!(
         !b.conditional_writes(),
@@ -98,14 +92,14 @@ fn every_backend_method_with_the_fallback_forced() {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn conditional_on_opens_where_the_probe_holds() {
-    let Some(b) = open_fresh("cond-on", &[("conditional", "on")]) else {
-        return;
-    };
+    let b = open_fresh("cond-on", &[("conditional", "on")]);
     assert!(b.conditional_writes());
-    let Some(url) = server_url() else {
-        return;
-    };
+    let url = server_url();
     let (bucket, prefix, mut params) = parts_of(&url, "cond-bad");
     params.push(("conditional".into(), "maybe".into()));
     let e = S3Backend::open(&bucket, &prefix, &params).err().unwrap();
@@ -115,12 +109,14 @@ fn conditional_on_opens_where_the_probe_holds() {
 
 /// The counters see each request as the server does: by kind, with the bytes sent.
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn request_counts_by_kind() {
     for (extra, conditional) in [(None, true), (Some(("conditional", "off")), false)] {
         let extra: Vec<_> = extra.into_iter().collect();
-        let Some(b) = open_fresh("counts", &extra) else {
-            return;
-        };
+        let b = open_fresh("counts", &extra);
         let c0 = b.request_counts();
         // The probe at open: two creates and a delete (object_store 0.14 sends even a single
         // delete as a bulk POST ?delete).
@@ -280,11 +276,13 @@ fn check_every_method(b: &S3Backend) {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn a_hole_in_a_stream_is_corruption_naming_the_object() {
     for extra in [&[][..], &[("conditional", "off")][..]] {
-        let Some(b) = open_fresh("hole", extra) else {
-            return;
-        };
+        let b = open_fresh("hole", extra);
         check_hole(&b);
     }
 }
@@ -308,10 +306,12 @@ fn check_hole(b: &S3Backend) {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn sixteen_racing_creates_one_wins() {
-    let Some(b) = open_fresh("race", &[]) else {
-        return;
-    };
+    let b = open_fresh("race", &[]);
     let b = Arc::new(b);
     for round in 0..3 {
         let name = format!("snapshots/race{round}");
@@ -358,19 +358,23 @@ fn sixteen_racing_creates_one_wins() {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn lock_exclusion_renewal_and_takeover() {
-    let Some(a) = open_fresh("lock", &[("lock_lease", "2")]) else {
-        return;
-    };
+    let a = open_fresh("lock", &[("lock_lease", "2")]);
     check_locks(&a);
 }
 
 /// The same with `conditional=off`: plain write, read back, renewal by read-then-overwrite.
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn lock_exclusion_renewal_and_takeover_with_the_fallback_forced() {
-    let Some(a) = open_fresh("lock-off", &[("lock_lease", "2"), ("conditional", "off")]) else {
-        return;
-    };
+    let a = open_fresh("lock-off", &[("lock_lease", "2"), ("conditional", "off")]);
     assert!(!a.conditional_writes());
     check_locks(&a);
 }
@@ -419,10 +423,12 @@ fn check_locks(a: &S3Backend) {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn errors_name_the_object_and_what_to_do() {
-    let Some(url) = server_url() else {
-        return;
-    };
+    let url = server_url();
     let (bucket, prefix, params) = parts_of(&url, "errors");
     // Nothing listens on port 9 of 127.0.0.1.
     let refused: Vec<_> = params
@@ -464,165 +470,19 @@ fn errors_name_the_object_and_what_to_do() {
     assert!(e.to_string().contains("allow_http=true"), "{e}");
 }
 
-/// A SeaweedFS of our own (ports, data dir), which a test can stop and restart.
-struct Weed {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    base: u16,
-    child: Option<Child>,
-}
-
-impl Weed {
-    fn ports(base: u16) -> Vec<u16> {
-        [0u16, 1, 2, 3, 4, 10, 11, 12, 13, 14]
-            .iter()
-            .map(|o| base + o)
-            .collect()
-    }
-
-    fn start() -> Option<Weed> {
-        server_url()?;
-        let bin = match std::env::var_os("CLN_BACKUP_WEED") {
-            Some(b) => PathBuf::from(b),
-            None if std::env::var_os("CI").is_some() => {
-                panic!("CI is set but CLN_BACKUP_WEED is not (source target/ci-s3.env)")
-            }
-            None => {
-                eprintln!("skipped: CLN_BACKUP_WEED is not set (source target/ci-s3.env)");
-                return None;
-            }
-        };
-        // A base port whose ten ports are free now.
-        let mut base = 0;
-        for _ in 0..200 {
-            let mut r = [0u8; 2];
-            store::crypto::fill_random(&mut r);
-            let cand = 30000 + u16::from_le_bytes(r) % 30000;
-            if Weed::ports(cand)
-                .iter()
-                .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            {
-                base = cand;
-                break;
-            }
-        }
-        assert_ne!(base, 0, "no free ports");
-        let mut w = Weed {
-            bin,
-            dir: tempfile::tempdir().unwrap(),
-            base,
-            child: None,
-        };
-        w.up();
-        Some(w)
-    }
-
-    fn up(&mut self) {
-        let d = self.dir.path();
-        std::fs::create_dir_all(d.join("log")).unwrap();
-        std::fs::create_dir_all(d.join("data")).unwrap();
-        let p = Weed::ports(self.base);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("log/stdout.txt"))
-            .unwrap();
-        let child = Command::new(&self.bin)
-            .arg(format!("-logdir={}", d.join("log").display()))
-            .arg("mini")
-            .arg(format!("-dir={}", d.join("data").display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-                "-bucket=cln-backup-test",
-                "-s3.autoCreateBucket=false",
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-s3.port={}", p[0]))
-            .arg(format!("-master.port={}", p[1]))
-            .arg(format!("-volume.port={}", p[2]))
-            .arg(format!("-filer.port={}", p[3]))
-            .arg(format!("-admin.port={}", p[4]))
-            .arg(format!("-s3.port.grpc={}", p[5]))
-            .arg(format!("-master.port.grpc={}", p[6]))
-            .arg(format!("-volume.port.grpc={}", p[7]))
-            .arg(format!("-filer.port.grpc={}", p[8]))
-            .arg(format!("-admin.port.grpc={}", p[9]))
-            .arg(format!(
-                "-filer.localSocket={}",
-                d.join("filer.sock").display()
-            ))
-            .arg(format!("-s3.localSocket={}", d.join("s3.sock").display()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        // Ready when a backend opens (its probe PUTs into the bucket).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if TcpStream::connect(("127.0.0.1", p[0])).is_ok() && self.backend("ready").is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "own SeaweedFS did not start; see {}",
-                d.join("log/stdout.txt").display()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn params(&self) -> Vec<(String, String)> {
-        vec![
-            ("endpoint".into(), format!("http://127.0.0.1:{}", self.base)),
-            ("allow_http".into(), "true".into()),
-            ("region".into(), "us-east-1".into()),
-        ]
-    }
-
-    fn backend(&self, prefix: &str) -> store::Result<S3Backend> {
-        S3Backend::open("cln-backup-test", prefix, &self.params())
-    }
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        self.down();
-        for p in Weed::ports(self.base) {
-            for kind in [
-                "master-grpc",
-                "volume-grpc",
-                "filer-grpc",
-                "s3-grpc",
-                "admin-grpc",
-                "filer",
-                "s3",
-            ] {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{p}.sock"));
-            }
-        }
-    }
+/// A backend on a server of the test's own, under `prefix`.
+fn own_backend(w: &Weed, prefix: &str) -> store::Result<S3Backend> {
+    S3Backend::open(testsvc::s3::BUCKET, prefix, &w.params())
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn appends_fail_clearly_while_the_server_is_down_and_resume_after() {
-    let Some(mut w) = Weed::start() else {
-        return;
-    };
-    let b = w.backend("restart").unwrap();
+    let mut w = Weed::start();
+    let b = own_backend(&w, "restart").unwrap();
     let mut s = b
         .stream_open("0000000000000000", Durability::Fsync)
         .unwrap();
@@ -645,7 +505,7 @@ fn appends_fail_clearly_while_the_server_is_down_and_resume_after() {
         "a failed append does not count"
     );
     assert!(b.put("packs/x", b"y").is_err());
-    w.up();
+    w.up().unwrap();
     for i in 20..40u8 {
         let rec = vec![i; 50];
         s.append(&rec).unwrap();
@@ -678,14 +538,16 @@ fn snapshot_of(b: &dyn Backend) -> (Contents, Contents) {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn several_destinations_async_s3_lags_then_catches_up() {
-    let Some(mut w) = Weed::start() else {
-        return;
-    };
+    let mut w = Weed::start();
     let local = tempfile::tempdir().unwrap();
     let primary: Arc<dyn Backend> =
         Arc::new(DirBackend::create(&local.path().join("repo")).unwrap());
-    let s3: Arc<dyn Backend> = Arc::new(w.backend("multi").unwrap());
+    let s3: Arc<dyn Backend> = Arc::new(own_backend(&w, "multi").unwrap());
     let m = MultiBackend::new(vec![
         Destination {
             backend: primary.clone(),
@@ -745,7 +607,7 @@ fn several_destinations_async_s3_lags_then_catches_up() {
     // Reads still come from the primary.
     assert_eq!(m.get("snapshots/s2").unwrap(), b"manifest 2");
 
-    w.up();
+    w.up().unwrap();
     assert!(
         m.wait_caught_up(Duration::from_secs(90)),
         "{:?}",
@@ -785,12 +647,20 @@ fn load_trace(name: &str) -> Vec<store::Batch> {
 }
 
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn fixture_trace_into_s3_restores_exactly() {
     trace_compact_prune_restore("e2e", &[]);
 }
 
 /// The same with `conditional=off`: the path a service without conditional writes takes.
 #[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
 fn fixture_trace_into_s3_restores_exactly_with_the_fallback_forced() {
     trace_compact_prune_restore("e2e-off", &[("conditional", "off")]);
 }
@@ -798,9 +668,7 @@ fn fixture_trace_into_s3_restores_exactly_with_the_fallback_forced() {
 /// The s1 trace into a fresh S3 repository: journaled, compacted twice, pruned to the last
 /// snapshot, verified clean (data read), then restored exactly by a new process.
 fn trace_compact_prune_restore(test: &str, extra: &[(&str, &str)]) {
-    if let Some(url) = server_url() {
-        trace_compact_prune_restore_at(&url, test, extra);
-    }
+    trace_compact_prune_restore_at(&server_url(), test, extra);
 }
 
 fn trace_compact_prune_restore_at(url: &str, test: &str, extra: &[(&str, &str)]) {
@@ -875,16 +743,16 @@ fn trace_compact_prune_restore_at(url: &str, test: &str, extra: &[(&str, &str)])
 /// `conditional=on` must refuse it, and every check the fallback can pass must pass on it.
 /// Garage is not in CI (16+ minutes to build): `.ci/garage-check.sh` starts one and runs this
 /// test with `CLN_BACKUP_GARAGE_URL` and Garage's keys (docs/s3-garage.md). Without that
-/// variable it prints "skipped", in CI too.
+/// variable it fails; `cargo test` leaves it out (ignored) unless asked with `--ignored`.
 #[test]
+#[ignore = "needs a Garage 2.x: GARAGE=/path/to/garage .ci/garage-check.sh runs it"]
 fn garage_ignores_conditional_writes_and_the_fallback_holds() {
-    let url = match std::env::var("CLN_BACKUP_GARAGE_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            eprintln!("skipped: no Garage (GARAGE=/path/to/garage .ci/garage-check.sh)");
-            return;
-        }
-    };
+    let url = std::env::var("CLN_BACKUP_GARAGE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect(
+            "CLN_BACKUP_GARAGE_URL: run this through GARAGE=/path/to/garage .ci/garage-check.sh",
+        );
     let (bucket, prefix, params) = parts_of(&url, "garage");
     let b = S3Backend::open(&bucket, &prefix, &params).unwrap();
     assert!(

@@ -25,10 +25,11 @@ pub struct RestoreArgs {
     /// A new file, or an existing directory (then DEST/lightningd.sqlite3). Never overwritten.
     pub dest: PathBuf,
     /// Restore exactly this snapshot (id or unique prefix, see `snapshots`), without the journal.
-    #[arg(long, value_name = "ID", conflicts_with = "to_version")]
+    #[arg(long, value_name = "ID", conflicts_with = "to_version",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub snapshot: Option<String>,
-    /// Restore the state at this data_version.
-    #[arg(long, value_name = "N")]
+    /// Restore the state at this data_version (1 or more: 0 is before the first batch).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub to_version: Option<u32>,
     /// Another copy of the same repository (a destination of the node): read too, the newest
     /// authentic state wins. Repeatable. With --lightning-dir, the destinations of its

@@ -9,4 +9,5 @@ mod init;
 mod keys;
 mod maintenance;
 mod restore;
+mod scripts;
 mod server;

@@ -87,14 +87,11 @@ fn prepare_base(
         .is_some_and(|c| c.snapshot == m.id.to_string())
     {
         // Check the base against the manifest before trusting it.
-        if let Ok(Some(map)) = snapshot::map_file(&base) {
-            if map.len() as u64 == m.db_size {
-                if let Ok((_, _, got)) =
-                    snapshot::chunk_refs(repo, &map, &base.display().to_string())
-                {
-                    if got == refs {
-                        return Ok(base);
-                    }
+        let size = std::fs::metadata(&base).map(|md| md.len()).ok();
+        if size == Some(m.db_size) {
+            if let Ok((_, _, got)) = snapshot::file_chunk_refs(repo, &base) {
+                if got == refs {
+                    return Ok(base);
                 }
             }
         }

@@ -70,7 +70,8 @@ impl ServerAuth {
     }
 
     pub fn from_file(path: &Path) -> Result<ServerAuth> {
-        let text = std::fs::read_to_string(path)
+        // One 64-hex-digit line per node: 1 MiB is thousands of nodes.
+        let text = crate::crypto::read_small_file(path, 1 << 20, "an auth key file")
             .map_err(|e| Error::io("read", path.display().to_string(), e))?;
         Self::parse(&text, &path.display().to_string())
     }
