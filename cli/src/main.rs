@@ -6,6 +6,7 @@
 
 mod cmd;
 mod exit;
+mod hsm;
 mod keys;
 mod node;
 mod out;

@@ -28,6 +28,7 @@ pub enum Kind {
     SealedSegment = 5,
     JournalStream = 6,
     Lock = 7,
+    Node = 8,
 }
 
 impl Kind {
@@ -40,6 +41,7 @@ impl Kind {
             5 => Kind::SealedSegment,
             6 => Kind::JournalStream,
             7 => Kind::Lock,
+            8 => Kind::Node,
             _ => return None,
         })
     }

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod legacy;
 pub mod manifest;
 pub mod model;
+pub mod node;
 pub mod ops;
 pub mod pack;
 pub mod replay;
