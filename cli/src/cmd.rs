@@ -8,6 +8,7 @@ pub mod init;
 pub mod key;
 pub mod prune;
 pub mod restore;
+pub mod restore_node;
 pub mod server;
 pub mod snapshots;
 pub mod verify;

@@ -230,6 +230,14 @@ fn missing_backup_lock_stops_lightningd_with_the_old_message() {
         "{msg}"
     );
     assert!(msg.contains("backup-cli init --lightning-dir"), "{msg}");
+    // A restored node lands here too: the way to continue its repository is named, and
+    // nothing suggests moving the only backup aside.
+    let dir = tmp.path().display().to_string();
+    assert!(
+        msg.contains(&format!("backup-cli restore URL --lightning-dir {dir}")),
+        "{msg}"
+    );
+    assert!(!msg.contains("--force"), "{msg}");
     assert!(
         logs(&r).contains("Could not find backup.lock in the lightning-dir"),
         "{}",
