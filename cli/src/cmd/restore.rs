@@ -44,11 +44,16 @@ pub struct RestoreArgs {
 
 impl RestoreArgs {
     pub fn target(&self) -> RestoreTarget {
-        match (&self.snapshot, self.to_version) {
-            (Some(id), _) => RestoreTarget::Snapshot(id.clone()),
-            (None, Some(v)) => RestoreTarget::Version(v),
-            (None, None) => RestoreTarget::Latest,
-        }
+        target_of(&self.snapshot, self.to_version)
+    }
+}
+
+/// `--snapshot ID` / `--to-version N` / neither (the newest).
+pub fn target_of(snapshot: &Option<String>, to_version: Option<u32>) -> RestoreTarget {
+    match (snapshot, to_version) {
+        (Some(id), _) => RestoreTarget::Snapshot(id.clone()),
+        (None, Some(v)) => RestoreTarget::Version(v),
+        (None, None) => RestoreTarget::Latest,
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 mod demo;
 mod import;
 mod init;
+mod inspect;
 mod keys;
 mod maintenance;
 mod node;

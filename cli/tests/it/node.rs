@@ -15,13 +15,13 @@ use store::Durability;
 use crate::common::*;
 
 /// The first data_version of node A's database in testdata.
-const A_VERSION: u32 = 55552;
+pub const A_VERSION: u32 = 55552;
 /// Batches the plugin stored after the backup was made.
-const EXTRA: u32 = 3;
+pub const EXTRA: u32 = 3;
 /// Each of those batches pays 1000 msat out of the channel, as a payment does.
-const PAID_MSAT: i64 = 1000;
+pub const PAID_MSAT: i64 = 1000;
 
-fn node_id(node: &str) -> String {
+pub fn node_id(node: &str) -> String {
     std::fs::read_to_string(channels(&format!("{node}/node_id")))
         .unwrap()
         .trim()
@@ -44,17 +44,17 @@ fn payment(v: u32) -> DbWrite {
 
 /// Node A backed up: `backup-cli init --lightning-dir` on its real database (a snapshot at
 /// 55552), then EXTRA batches the plugin stored.
-struct Backup {
-    tmp: tempfile::TempDir,
+pub struct Backup {
+    pub tmp: tempfile::TempDir,
     /// The original node's network directory (its disk is "lost" in the tests).
-    origin: PathBuf,
-    repo: PathBuf,
+    pub origin: PathBuf,
+    pub repo: PathBuf,
     /// A directory with no tools in it, as PATH: no lightning-hsmtool.
     no_tools: PathBuf,
 }
 
 impl Backup {
-    fn new() -> Backup {
+    pub fn new() -> Backup {
         let tmp = tempfile::tempdir().unwrap();
         let origin = tmp.path().join("old-disk/regtest");
         std::fs::create_dir_all(&origin).unwrap();
@@ -89,10 +89,10 @@ impl Backup {
         }
         b
     }
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         url(&self.repo)
     }
-    fn key_file(&self) -> PathBuf {
+    pub fn key_file(&self) -> PathBuf {
         self.origin.join("backup.key")
     }
     fn key(&self) -> store::MasterKey {
