@@ -205,7 +205,12 @@ fn manifest_touches_nothing_and_unknown_methods_are_errors() {
         .collect();
     assert_eq!(
         names,
-        ["backup-compact", "backup-status", "backup-snapshots"]
+        [
+            "backup-compact",
+            "backup-status",
+            "backup-check",
+            "backup-snapshots"
+        ]
     );
     let r = em.rpc("no-such-method", json!([])).unwrap();
     assert_eq!(r["error"]["code"], json!(-32601), "{r}");
@@ -504,3 +509,6 @@ fn unreachable_repository_is_an_error_never_continue() {
     );
     assert!(logs(&r).contains("opening the backup"), "{}", logs(&r));
 }
+
+#[path = "support/drill.rs"]
+mod drill;

@@ -9,24 +9,24 @@
 //! (restored at the first version read) is brought forward through the journal to the version
 //! each step saw, and the same rowid range is compared there. So every range is compared at one
 //! version both sides agree on, and no read holds lightningd up for longer than one step
-//! (`longest_read_us` in the report says how long that was).
+//! (`longest_lock_us` in the report says how long that was). The reads run on a thread of their
+//! own ([`live`]), so the heavy work may run at the lowest CPU priority without a lock held.
 //!
 //! A difference is a finding, not an error: [`CheckReport::difference`] names the table, the
 //! rowid, the column and the data_version. Errors (the repository unreadable, the journal
 //! changing under the check) mean the check could not tell.
 
 mod follow;
+mod live;
 mod rows;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::replay;
 use crate::repo::Repository;
 use follow::{Behind, Follower};
 
@@ -43,6 +43,10 @@ pub struct CheckOptions<'a> {
     /// Called after each read of lightningd's database, with no lock held on it, with the number
     /// of reads so far (tests commit batches there, as lightningd would between reads).
     pub after_step: Option<&'a dyn Fn(u64)>,
+    /// Called on the calling thread once the thread that reads lightningd's database is started:
+    /// the plugin lowers the CPU priority of the heavy work here, not of the reads that hold a
+    /// lock on lightningd's database.
+    pub lower_priority: Option<&'a dyn Fn()>,
 }
 
 impl CheckOptions<'_> {
@@ -53,6 +57,7 @@ impl CheckOptions<'_> {
             pause_factor: 4,
             cancel: None,
             after_step: None,
+            lower_priority: None,
         }
     }
 }
@@ -91,9 +96,11 @@ pub struct CheckReport {
     pub replayed_batches: u64,
     pub tables: u64,
     pub rows: u64,
-    /// Read transactions on lightningd's database, and the longest one (microseconds).
+    /// Read transactions on lightningd's database; the longest time one held its lock, and the
+    /// longest one waited for it (a commit of lightningd's in progress), in microseconds.
     pub steps: u64,
-    pub longest_read_us: u64,
+    pub longest_lock_us: u64,
+    pub longest_wait_us: u64,
     /// When it began (unix seconds), and how long it took.
     pub time: u64,
     pub duration_ms: u64,
@@ -113,65 +120,42 @@ impl Drop for Scratch {
     }
 }
 
-/// lightningd's database, read in short read transactions.
-struct Live<'a> {
-    conn: Connection,
-    object: String,
+/// lightningd's database ([`live::Live`]), with the check's pacing and statistics.
+struct Reads<'a> {
+    live: live::Live,
     pause_factor: u32,
     after_step: Option<&'a dyn Fn(u64)>,
     steps: u64,
-    longest: Duration,
+    longest_lock: Duration,
+    longest_wait: Duration,
 }
 
-impl<'a> Live<'a> {
-    fn open(path: &Path, opts: &CheckOptions<'a>) -> Result<Live<'a>> {
-        let object = path.display().to_string();
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| Error::sqlite(&object, e))?;
-        // lightningd's commit holds the lock only for its write: wait for it, never fail.
-        conn.busy_timeout(Duration::from_secs(60))
-            .and_then(|_| conn.execute_batch("PRAGMA query_only = ON;"))
-            .map_err(|e| Error::sqlite(&object, e))?;
-        Ok(Live {
-            conn,
-            object,
-            pause_factor: opts.pause_factor,
-            after_step: opts.after_step,
-            steps: 0,
-            longest: Duration::ZERO,
-        })
-    }
-
-    /// One read transaction: `vars.data_version` and whatever `f` reads, at one version.
-    fn step<T>(&mut self, f: impl FnOnce(&Connection, &str) -> Result<T>) -> Result<(u32, T)> {
+impl Reads<'_> {
+    fn ask(&mut self, req: live::Request) -> Result<(u32, live::Payload)> {
         let t = Instant::now();
-        let res = (|| {
-            self.conn
-                .execute_batch("BEGIN")
-                .map_err(|e| Error::sqlite(&self.object, e))?;
-            let out = replay::data_version(&self.conn, &self.object)
-                .and_then(|v| Ok((v, f(&self.conn, &self.object)?)));
-            let end = self
-                .conn
-                .execute_batch("COMMIT")
-                .map_err(|e| Error::sqlite(&self.object, e));
-            let out = out?;
-            end?;
-            Ok(out)
-        })();
+        let res = self.live.ask(req);
         let took = t.elapsed();
         self.steps += 1;
-        self.longest = self.longest.max(took);
+        if let Ok(a) = &res {
+            self.longest_lock = self.longest_lock.max(a.held);
+            self.longest_wait = self.longest_wait.max(a.waited);
+        }
         if self.pause_factor > 0 {
             std::thread::sleep(took * self.pause_factor);
         }
         if let Some(f) = self.after_step {
             f(self.steps);
         }
-        res
+        res.map(|a| (a.version, a.payload))
+    }
+
+    fn rows(&mut self, req: live::Request) -> Result<(u32, Vec<rows::Row>)> {
+        match self.ask(req)? {
+            (v, live::Payload::Rows(r)) => Ok((v, r)),
+            (_, live::Payload::Schema(_)) => {
+                Err(Error::Invalid("the reader answered out of turn".into()))
+            }
+        }
     }
 }
 
@@ -179,8 +163,23 @@ impl<'a> Live<'a> {
 pub fn check(repo: &Repository, live: &Path, opts: &CheckOptions) -> Result<CheckReport> {
     let started = Instant::now();
     let time = crate::config::now();
-    let mut db = Live::open(live, opts)?;
-    let (v0, live_schema) = db.step(rows::schema)?;
+    let mut db = Reads {
+        live: live::Live::open(live)?,
+        pause_factor: opts.pause_factor,
+        after_step: opts.after_step,
+        steps: 0,
+        longest_lock: Duration::ZERO,
+        longest_wait: Duration::ZERO,
+    };
+    if let Some(f) = opts.lower_priority {
+        f();
+    }
+    let (v0, live_schema) = match db.ask(live::Request::Schema)? {
+        (v, live::Payload::Schema(s)) => (v, s),
+        (_, live::Payload::Rows(_)) => {
+            return Err(Error::Invalid("the reader answered out of turn".into()))
+        }
+    };
 
     let mut r = [0u8; 6];
     crate::crypto::fill_random(&mut r);
@@ -200,15 +199,17 @@ pub fn check(repo: &Repository, live: &Path, opts: &CheckOptions) -> Result<Chec
         tables: 0,
         rows: 0,
         steps: 0,
-        longest_read_us: 0,
+        longest_lock_us: 0,
+        longest_wait_us: 0,
         time,
         duration_ms: 0,
     };
-    let finish = |mut rep: CheckReport, db: &Live, diff: Option<Difference>| {
+    let finish = |mut rep: CheckReport, db: &Reads, diff: Option<Difference>| {
         rep.result = if diff.is_some() { "different" } else { "equal" };
         rep.difference = diff;
         rep.steps = db.steps;
-        rep.longest_read_us = db.longest.as_micros() as u64;
+        rep.longest_lock_us = db.longest_lock.as_micros() as u64;
+        rep.longest_wait_us = db.longest_wait.as_micros() as u64;
         rep.duration_ms = started.elapsed().as_millis() as u64;
         Ok(rep)
     };
@@ -240,11 +241,15 @@ pub fn check(repo: &Repository, live: &Path, opts: &CheckOptions) -> Result<Chec
             if opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
                 return Err(Error::Cancelled("the check"));
             }
-            let (v, live_rows) = db.step(|c, o| {
-                if has_rowid {
-                    rows::rows(c, &table, after, None, Some(opts.rows_per_step), o)
-                } else {
-                    rows::all_rows(c, &table, o)
+            let (v, live_rows) = db.rows(if has_rowid {
+                live::Request::Rows {
+                    table: table.clone(),
+                    after,
+                    limit: opts.rows_per_step,
+                }
+            } else {
+                live::Request::AllRows {
+                    table: table.clone(),
                 }
             })?;
             report.data_version_end = v;
