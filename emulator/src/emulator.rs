@@ -449,6 +449,12 @@ impl Emulator {
         }
     }
 
+    /// The reply to a forwarded RPC call if it has arrived (without waiting).
+    pub fn rpc_poll(&mut self, id: &str) -> Option<Value> {
+        self.drain();
+        self.pending.remove(id)
+    }
+
     /// An RPC call and its reply object.
     pub fn rpc(&mut self, method: &str, params: Value) -> Result<Value> {
         let id = self.rpc_start(method, params)?;

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 pub struct Database {
     conn: Connection,
     in_tx: bool,
-    /// How long each COMMIT took, in order.
-    pub commit_latencies: Vec<Duration>,
+    /// Each COMMIT: when it began and how long it took, in order.
+    pub commits: Vec<(Instant, Duration)>,
 }
 
 fn pragma_only(writes: &[String]) -> bool {
@@ -42,7 +42,7 @@ impl Database {
         Ok(Database {
             conn,
             in_tx: false,
-            commit_latencies: Vec::new(),
+            commits: Vec::new(),
         })
     }
 
@@ -69,7 +69,7 @@ impl Database {
         if self.in_tx {
             let t = Instant::now();
             self.conn.execute_batch("COMMIT")?;
-            self.commit_latencies.push(t.elapsed());
+            self.commits.push((t, t.elapsed()));
             self.in_tx = false;
         }
         Ok(())
