@@ -185,6 +185,15 @@ pub fn check(repo: &Repository, live: &Path, opts: &CheckOptions) -> Result<Chec
     crate::crypto::fill_random(&mut r);
     std::fs::create_dir_all(&opts.scratch_dir)
         .map_err(|e| Error::io("create", opts.scratch_dir.display().to_string(), e))?;
+    // A copy left by a crash of an earlier check (one check runs at a time per scratch dir).
+    if let Ok(rd) = std::fs::read_dir(&opts.scratch_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("check-") && n.ends_with(".sqlite3") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let scratch = Scratch(
         opts.scratch_dir
             .join(format!("check-{}.sqlite3", hex::encode(r))),
