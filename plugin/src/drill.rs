@@ -12,10 +12,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use store::backend::multi::MultiBackend;
+use store::journal::JournalWriter;
 use store::ops::check::{check, CheckOptions, CheckReport};
 use store::Repository;
 
@@ -27,12 +29,17 @@ use crate::rpc::{background_priority, Compaction, CACHE_DIR};
 pub const DB_FILE: &str = "lightningd.sqlite3";
 /// How long a periodic drill waits when a compaction is running.
 const BUSY_RETRY: Duration = Duration::from_secs(60);
+/// The first periodic drill after a start comes at most this late (then every interval): a node
+/// restarted more often than the interval is drilled all the same.
+const FIRST_AFTER: Duration = Duration::from_secs(3600);
 
-/// What a drill needs, cloned off the open backup.
-#[derive(Clone)]
+/// What the background work needs, cloned off the open backup (the plugin holds it in an `Arc`;
+/// long-lived threads hold it weakly).
 pub struct Target {
     pub repo: Repository,
     pub network_dir: PathBuf,
+    pub multi: Option<Arc<MultiBackend>>,
+    pub writer: Arc<Mutex<JournalWriter>>,
 }
 
 /// The reply (and `backup-status`'s `last_check`): the report with its result, or an error.
@@ -85,7 +92,7 @@ fn log_line(res: &store::Result<CheckReport>, what: &str) -> (&'static str, Stri
 /// Start a drill on its own thread. `reply_to`: the RPC id to answer (None: periodic, which only
 /// logs). Err with why when it cannot start now.
 pub fn start(
-    t: &Target,
+    t: &Arc<Target>,
     job: &Arc<Compaction>,
     compaction: &Compaction,
     out: &Out,
@@ -150,10 +157,10 @@ pub fn start(
     }
 }
 
-/// The periodic drill: every `interval`, a check (postponed while a compaction runs). Ends when
-/// `job` is closed (shutdown).
+/// The periodic drill: a check [`FIRST_AFTER`] the start (or `interval`, if shorter), then every
+/// `interval` (postponed while a compaction runs). Ends when `job` is closed (shutdown).
 pub fn spawn_periodic(
-    t: Target,
+    target: Weak<Target>,
     job: Arc<Compaction>,
     compaction: Arc<Compaction>,
     out: Out,
@@ -164,7 +171,7 @@ pub fn spawn_periodic(
     let _ = std::thread::Builder::new()
         .name("check-timer".into())
         .spawn(move || {
-            let mut due = Instant::now() + interval;
+            let mut due = Instant::now() + interval.min(FIRST_AFTER);
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 if job.cancel_flag().load(Ordering::SeqCst) {
@@ -173,6 +180,7 @@ pub fn spawn_periodic(
                 if Instant::now() < due || job.running() {
                     continue;
                 }
+                let Some(t) = target.upgrade() else { return };
                 due = match start(&t, &job, &compaction, &out, &metrics, None, nice) {
                     Ok(()) => Instant::now() + interval,
                     Err(_) => Instant::now() + BUSY_RETRY.min(interval),

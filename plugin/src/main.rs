@@ -48,6 +48,8 @@ struct Plugin {
     rpc_socket: Option<PathBuf>,
     /// The work started once both init and the backup are there (node id, drill, metrics).
     background_started: bool,
+    /// What those threads work on; they hold it weakly, and shutdown drops it.
+    target: Option<Arc<drill::Target>>,
     /// Automatic compaction waits until the journal passes this (raised after a failed try).
     auto_floor: u64,
     /// Set by a `shutdown` notification: the main loop ends.
@@ -109,7 +111,10 @@ impl Plugin {
                             }
                         }
                         "backup-check" => match drill::start(
-                            &drill_target(b),
+                            &self
+                                .target
+                                .clone()
+                                .unwrap_or_else(|| Arc::new(drill_target(b))),
                             &self.check,
                             &self.compaction,
                             &self.out,
@@ -262,17 +267,18 @@ impl Plugin {
             return;
         };
         self.background_started = true;
+        // The threads below hold this weakly: at shutdown the plugin drops it with the backup, so
+        // the journal is closed (its zeros cut, its lock released) and the destinations drained
+        // and joined, whatever those threads are doing.
+        let target = Arc::new(drill_target(b));
+        let weak = Arc::downgrade(&target);
+        self.target = Some(target);
         if let Some(sock) = &self.rpc_socket {
-            record_node_id(
-                sock.clone(),
-                b.repo.clone(),
-                b.writer.clone(),
-                self.out.clone(),
-            );
+            record_node_id(sock.clone(), weak.clone(), self.out.clone());
         }
         if self.opts.check_interval > 0 {
             drill::spawn_periodic(
-                drill_target(b),
+                weak.clone(),
                 self.check.clone(),
                 self.compaction.clone(),
                 self.out.clone(),
@@ -285,8 +291,7 @@ impl Plugin {
             metrics::spawn_writer(
                 self.dir.join(f),
                 self.metrics.clone(),
-                b.repo.clone(),
-                b.multi.clone(),
+                weak,
                 self.out.clone(),
             );
         }
@@ -419,6 +424,7 @@ impl Plugin {
             );
         }
         self.metrics.stop();
+        self.target = None;
         let Some(b) = self.backup.take() else {
             return;
         };
@@ -487,6 +493,8 @@ fn drill_target(b: &Backup) -> drill::Target {
     drill::Target {
         repo: b.repo.clone(),
         network_dir: b.network_dir.clone(),
+        multi: b.multi.clone(),
+        writer: b.writer.clone(),
     }
 }
 
@@ -494,12 +502,7 @@ fn drill_target(b: &Backup) -> drill::Target {
 /// between hooks) which node this is, and record it in the repository once. The same node is a
 /// no-op; another node is fail-stop: this node's batches would go into another node's backup, so
 /// every later db_write is refused (lightningd stops) and the log names both ids.
-fn record_node_id(
-    sock: PathBuf,
-    repo: store::Repository,
-    writer: Arc<std::sync::Mutex<store::journal::JournalWriter>>,
-    out: Out,
-) {
+fn record_node_id(sock: PathBuf, target: std::sync::Weak<drill::Target>, out: Out) {
     let _ = std::thread::Builder::new()
         .name("node-id".into())
         .spawn(move || {
@@ -526,7 +529,10 @@ fn record_node_id(
                 }
             };
             use store::node::{record_node_id, NodeIdSource, NodeRecordOutcome};
-            match record_node_id(&repo, &id, NodeIdSource::Getinfo) {
+            // The backup was closed meanwhile (shutdown): the next start records it.
+            let Some(t) = target.upgrade() else { return };
+            let repo = &t.repo;
+            match record_node_id(repo, &id, NodeIdSource::Getinfo) {
                 Ok(NodeRecordOutcome::Recorded(_)) => out.log(
                     "info",
                     &format!("recorded node {id} in the backup {}", repo.url()),
@@ -540,7 +546,7 @@ fn record_node_id(
                          (lightningd stops): point backup.lock at this node's own backup",
                         repo.url()
                     );
-                    if let Ok(mut w) = writer.lock() {
+                    if let Ok(mut w) = t.writer.lock() {
                         w.poison(msg.clone());
                     }
                     out.log("broken", &msg);
@@ -609,6 +615,7 @@ fn main() -> ExitCode {
         metrics: Arc::default(),
         rpc_socket: None,
         background_started: false,
+        target: None,
         auto_floor: 0,
         exiting: false,
     };

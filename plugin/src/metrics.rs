@@ -355,8 +355,7 @@ pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
 pub fn spawn_writer(
     path: PathBuf,
     metrics: Arc<Metrics>,
-    repo: Repository,
-    multi: Option<Arc<MultiBackend>>,
+    target: std::sync::Weak<crate::drill::Target>,
     out: crate::protocol::Out,
 ) {
     let _ = std::thread::Builder::new()
@@ -367,14 +366,18 @@ pub fn spawn_writer(
             let mut failing = false;
             loop {
                 let stopping = metrics.stop.load(Ordering::SeqCst);
+                // The backup was closed (shutdown): nothing more to report.
+                let Some(t) = target.upgrade() else { return };
+                let (repo, multi) = (&t.repo, t.multi.as_deref());
                 let due = looked.is_none_or(|t| t.elapsed() >= SNAPSHOTS_EVERY);
                 if due || metrics.snapshots_changed.swap(false, Ordering::Relaxed) {
-                    if let Ok(s) = store::ops::snapshots::list(&repo) {
+                    if let Ok(s) = store::ops::snapshots::list(repo) {
                         snap.last = s.last().map(|l| (l.time, l.data_version));
                     }
                     looked = Some(Instant::now());
                 }
-                let destinations = destinations(&repo, multi.as_deref());
+                let destinations = destinations(repo, multi);
+                drop(t);
                 let text = metrics.render(&snap, &destinations, store::config::now());
                 match write_file(&path, &text) {
                     Ok(()) => failing = false,

@@ -473,7 +473,13 @@ fn full_disk_during_db_write_is_an_error_never_continue() {
         ..Default::default()
     };
     let r = run_trace_session(&wrapper, &node.net, &trace(2), &opts).unwrap();
-    let stop = r.stop.as_ref().expect("the disk fills up within s2");
+    let stop = r.stop.as_ref().unwrap_or_else(|| {
+        panic!(
+            "the disk fills up within s2: limit {limit_kib} KiB\n{}\n{}",
+            logs(&r),
+            r.stderr
+        )
+    });
     let HookReply::Error(e) = &stop.reply else {
         panic!("{:?}\n{}", stop.reply, r.stderr)
     };

@@ -271,15 +271,13 @@ pub fn run(g: &Global, a: &RestoreArgs, url: &BackupUrl, dir: &Path) -> Result<(
             )))
         }
         Existing::Database(v) if v == report.data_version => {
-            let same = store::dump::dump(&dir.join(DB_FILE_NAME))? == store::dump::dump(&tmp_db)?;
-            if !same {
+            let diff = store::ops::check::compare_databases(&dir.join(DB_FILE_NAME), &tmp_db)?;
+            if let Some(d) = diff {
                 return Err(refused(format!(
-                    "{} is at data_version {v} too, but its content differs from the backup's: \
-                     one of them holds a batch the other never saw. Do not start lightningd \
-                     on either until you know which is right; `backup-cli check \
-                     --lightning-dir {}` names the first difference",
+                    "{} is at data_version {v} too, but its content differs from the backup's \
+                     (first difference: {d}): one of them holds a batch the other never saw. Do \
+                     not start lightningd on either until you know which is right",
                     dir.join(DB_FILE_NAME).display(),
-                    dir.display()
                 )));
             }
             "already there"

@@ -304,6 +304,57 @@ pub fn check(repo: &Repository, live: &Path, opts: &CheckOptions) -> Result<Chec
     finish(report, &db, None)
 }
 
+/// Compare two databases at rest (no one writes either), table by table in rowid ranges with
+/// bounded memory: the first difference, or None when they hold the same rows (rowids included).
+/// `a` is named "lightningd's database" in the difference, `b` "the backup".
+pub fn compare_databases(a: &Path, b: &Path) -> Result<Option<Difference>> {
+    let open = |p: &Path| {
+        rusqlite::Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| Error::sqlite(p.display().to_string(), e))
+    };
+    let (ca, cb) = (open(a)?, open(b)?);
+    let (oa, ob) = (a.display().to_string(), b.display().to_string());
+    let v = crate::replay::data_version(&ca, &oa)?;
+    let (sa, sb) = (rows::schema(&ca, &oa)?, rows::schema(&cb, &ob)?);
+    if let Some(d) = schema_difference(&sa, &sb, v) {
+        return Ok(Some(d));
+    }
+    const STEP: usize = 4096;
+    for (table, has_rowid) in rows::tables(&sa) {
+        let columns = rows::columns(&ca, &table, &oa)?;
+        let mut after = None;
+        loop {
+            let (ra, upto) = if has_rowid {
+                let r = rows::rows(&ca, &table, after, None, Some(STEP), &oa)?;
+                let upto = (r.len() == STEP)
+                    .then(|| r.last().and_then(|x| x.0))
+                    .flatten();
+                (r, upto)
+            } else {
+                (rows::all_rows(&ca, &table, &oa)?, None)
+            };
+            let rb = if has_rowid {
+                rows::rows(&cb, &table, after, upto, None, &ob)?
+            } else {
+                rows::all_rows(&cb, &table, &ob)?
+            };
+            if let Some((rowid, what)) = rows::first_difference(&ra, &rb, &columns) {
+                return Ok(Some(Difference {
+                    table,
+                    rowid,
+                    data_version: v,
+                    what,
+                }));
+            }
+            match upto {
+                Some(u) => after = Some(u),
+                None => break,
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn schema_difference(
     live: &[rows::SchemaObject],
     backup: &[rows::SchemaObject],

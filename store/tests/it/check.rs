@@ -197,3 +197,29 @@ fn never_holds_a_lock_between_reads_and_follows_new_commits() {
     assert!(r.data_version_end > first + 50, "{r:?}");
     assert!(r.steps > 100);
 }
+
+/// Two databases at rest: equal to itself, and the first difference otherwise (a restore into a
+/// node uses it when the node's database is at the restored data_version).
+#[test]
+fn compare_databases_at_rest() {
+    use store::ops::check::compare_databases;
+    let env = Env::new(false);
+    let a = live(&env, 3);
+    assert_eq!(
+        compare_databases(&a, &testdata("db-s3.sqlite3")).unwrap(),
+        None
+    );
+    Connection::open(&a)
+        .unwrap()
+        .execute("UPDATE invoices SET label = 'changed' WHERE id = 40", [])
+        .unwrap();
+    let d = compare_databases(&a, &testdata("db-s3.sqlite3"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.table.as_str(), d.rowid), ("invoices", Some(40)));
+    assert!(d.what.starts_with("column label"), "{d}");
+    let d = compare_databases(&a, &testdata("db-s1.sqlite3"))
+        .unwrap()
+        .unwrap();
+    assert_ne!(d.table, "schema");
+}
