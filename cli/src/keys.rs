@@ -134,10 +134,20 @@ pub fn parse_url(url: &str) -> Result<BackupUrl> {
 
 /// Open the repository at `url`, finding its key as above.
 pub fn open(g: &Global, url: &BackupUrl, beside: &[PathBuf]) -> Result<Repository> {
+    open_with_key(g, url, beside).map(|(r, _)| r)
+}
+
+/// [`open`], and the key that opened it (none for a plaintext repository).
+pub fn open_with_key(
+    g: &Global,
+    url: &BackupUrl,
+    beside: &[PathBuf],
+) -> Result<(Repository, Option<FoundKey>)> {
     let found = find(g, beside)?;
     let source = found.as_ref().map(|f| f.source.clone());
-    match Repository::open(url, found.map(|f| f.key)) {
-        Ok(r) => Ok(r),
+    let key = found.as_ref().map(|f| f.key.clone());
+    match Repository::open(url, key) {
+        Ok(r) => Ok((r, found)),
         Err(store::Error::KeyRequired) => {
             let mut looked: Vec<String> = beside
                 .iter()

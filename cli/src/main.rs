@@ -24,7 +24,9 @@ macro_rules! eprintln {
 
 mod cmd;
 mod exit;
+mod hsm;
 mod keys;
+mod ldb;
 mod node;
 mod out;
 
@@ -66,8 +68,13 @@ pub enum Command {
     /// Create a repository (and, with --lightning-dir, backup.lock, backup.key and a first
     /// snapshot of lightningd.sqlite3).
     Init(cmd::init::InitArgs),
-    /// Restore the database from a repository into a new file.
+    /// Restore the database from a repository into a new file, or into a node (--lightning-dir).
     Restore(cmd::restore::RestoreArgs),
+    /// Compare the backup with a stopped node's database, table by table (running node:
+    /// `lightning-cli backup-check`).
+    Check(cmd::check::CheckArgs),
+    /// What a backup holds: node id, channels and balances, invoices, payments, forwards.
+    Inspect(cmd::inspect::InspectArgs),
     /// List the snapshots of a repository.
     Snapshots(cmd::UrlArg),
     /// Remove snapshots by a retention policy, then unreferenced data.

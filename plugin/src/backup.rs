@@ -31,14 +31,18 @@ pub struct Backup {
     pub notes: Vec<String>,
 }
 
-/// The message when `backup.lock` is missing: what it means and what to run.
+/// The message when `backup.lock` is missing: what it means and what to run. A node restored
+/// from a backup has no backup.lock either: the restore path continues that repository, and
+/// `init` would start an unrelated one (nothing would connect it to the old backup).
 pub fn missing_lock_message(dir: &Path) -> String {
     format!(
-        "Could not find backup.lock in the lightning-dir ({}). cln-backup refuses to let lightningd \
-         write without a backup. Stop lightningd, create the backup with \
-         `backup-cli init --lightning-dir {} file:///path/to/backup`, then start lightningd again.",
-        dir.display(),
-        dir.display()
+        "Could not find backup.lock in the lightning-dir ({d}). cln-backup refuses to let lightningd \
+         write without a backup. Stop lightningd. If this node's database came from a cln-backup \
+         repository (a restore), or backup.lock was lost: `backup-cli restore URL --lightning-dir {d}` \
+         checks the node and writes backup.lock, and the same repository continues. If this node has \
+         no backup yet: `backup-cli init --lightning-dir {d} file:///path/to/backup`. Then start \
+         lightningd again.",
+        d = dir.display()
     )
 }
 

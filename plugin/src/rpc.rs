@@ -18,7 +18,8 @@ use crate::protocol::{Out, PLUGIN_ERROR};
 /// Where compaction keeps its local base copy of the database (beside the node's).
 pub const CACHE_DIR: &str = "cln-backup-cache";
 
-/// Shared between the main loop and the compaction thread.
+/// Shared between the main loop and a background job's thread: the compaction's, and (another
+/// instance) the restore drill's (`drill.rs`).
 #[derive(Default)]
 pub struct Compaction {
     running: AtomicBool,
@@ -63,10 +64,37 @@ impl Compaction {
             .and_then(|l| l.clone())
             .unwrap_or(Value::Null)
     }
+
+    /// Mark a job running, unless one runs or shutdown began: the guard clears it.
+    pub fn begin(self: &Arc<Self>) -> Option<Running> {
+        let free = !self.closed.load(Ordering::SeqCst)
+            && self
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        free.then(|| Running(self.clone()))
+    }
+
+    /// Set at shutdown: the running job stops at its next safe point.
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    pub fn set_last(&self, v: Value) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(v);
+        }
+    }
+
+    pub fn set_thread(&self, h: JoinHandle<()>) {
+        if let Ok(mut t) = self.thread.lock() {
+            *t = Some(h);
+        }
+    }
 }
 
 /// Clears `running` however the thread ends.
-struct Running(Arc<Compaction>);
+pub struct Running(Arc<Compaction>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::SeqCst);
@@ -100,16 +128,11 @@ pub fn start_compaction(
     reply_to: Option<Value>,
     backup_retention: &Option<store::ops::prune::Retention>,
     nice: i32,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> bool {
-    if state.closed.load(Ordering::SeqCst)
-        || state
-            .running
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-    {
+    let Some(guard) = state.begin() else {
         return false;
-    }
-    let guard = Running(state.clone());
+    };
     let repo = backup.repo.clone();
     let writer = backup.writer.clone();
     let opts = CompactOptions {
@@ -121,6 +144,7 @@ pub fn start_compaction(
     };
     let out = out.clone();
     let retention = backup_retention.clone();
+    let metrics = metrics.clone();
     let spawned = std::thread::Builder::new()
         .name("compaction".into())
         .spawn(move || {
@@ -189,9 +213,13 @@ pub fn start_compaction(
                 ),
             };
             out.log(logline.0, &logline.1);
-            if let Ok(mut l) = guard.0.last.lock() {
-                *l = Some(value.clone());
-            }
+            guard.0.set_last(value.clone());
+            // The journal since the new snapshot, as the compaction's stats measured it (the
+            // next hook brings it up to date; the writer's lock stays the hook's).
+            metrics.compaction_done(
+                matches!(res, Ok(_) | Err(store::Error::Cancelled(_))),
+                res.as_ref().ok().map(|r| r.after.journal_bytes_since_snapshot),
+            );
             drop(guard);
             if let Some(id) = reply_to {
                 let _ = match res {
@@ -202,9 +230,7 @@ pub fn start_compaction(
         });
     match spawned {
         Ok(handle) => {
-            if let Ok(mut t) = state.thread.lock() {
-                *t = Some(handle);
-            }
+            state.set_thread(handle);
             true
         }
         Err(_) => false,
@@ -212,10 +238,18 @@ pub fn start_compaction(
 }
 
 /// `backup-status`, answered from its own thread (listing snapshots may take a while remotely).
-pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, durability: &str) {
+pub fn status(
+    backup: &Backup,
+    state: &Arc<Compaction>,
+    check: &Arc<Compaction>,
+    out: &Out,
+    id: Value,
+    durability: &str,
+) {
     let repo = backup.repo.clone();
     let writer = backup.writer.clone();
     let state = state.clone();
+    let check = check.clone();
     let out = out.clone();
     let durability = durability.to_string();
     let network_dir: PathBuf = backup.network_dir.clone();
@@ -246,6 +280,10 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
             Err(_) => (None, 0),
         };
         let snaps = store::ops::snapshots::list(&repo);
+        let node_id = store::node::read_node_id(&repo)
+            .ok()
+            .flatten()
+            .map(|n| n.node_id);
         let reply = match snaps {
             Ok(s) => out.result(
                 &id,
@@ -260,6 +298,9 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
                     "last_snapshot": s.last(),
                     "compaction_running": state.running(),
                     "last_compaction": state.last(),
+                    "node_id": node_id,
+                    "check_running": check.running(),
+                    "last_check": check.last(),
                     "destinations": destinations,
                 }),
             ),

@@ -205,7 +205,12 @@ fn manifest_touches_nothing_and_unknown_methods_are_errors() {
         .collect();
     assert_eq!(
         names,
-        ["backup-compact", "backup-status", "backup-snapshots"]
+        [
+            "backup-compact",
+            "backup-status",
+            "backup-check",
+            "backup-snapshots"
+        ]
     );
     let r = em.rpc("no-such-method", json!([])).unwrap();
     assert_eq!(r["error"]["code"], json!(-32601), "{r}");
@@ -230,6 +235,14 @@ fn missing_backup_lock_stops_lightningd_with_the_old_message() {
         "{msg}"
     );
     assert!(msg.contains("backup-cli init --lightning-dir"), "{msg}");
+    // A restored node lands here too: the way to continue its repository is named, and
+    // nothing suggests moving the only backup aside.
+    let dir = tmp.path().display().to_string();
+    assert!(
+        msg.contains(&format!("backup-cli restore URL --lightning-dir {dir}")),
+        "{msg}"
+    );
+    assert!(!msg.contains("--force"), "{msg}");
     assert!(
         logs(&r).contains("Could not find backup.lock in the lightning-dir"),
         "{}",
@@ -461,7 +474,13 @@ fn full_disk_during_db_write_is_an_error_never_continue() {
         ..Default::default()
     };
     let r = run_trace_session(&wrapper, &node.net, &trace(2), &opts).unwrap();
-    let stop = r.stop.as_ref().expect("the disk fills up within s2");
+    let stop = r.stop.as_ref().unwrap_or_else(|| {
+        panic!(
+            "the disk fills up within s2: limit {limit_kib} KiB\n{}\n{}",
+            logs(&r),
+            r.stderr
+        )
+    });
     let HookReply::Error(e) = &stop.reply else {
         panic!("{:?}\n{}", stop.reply, r.stderr)
     };
@@ -546,3 +565,6 @@ fn first_write_refused(node: &Node) -> String {
     };
     e["message"].as_str().unwrap().to_string()
 }
+
+#[path = "support/drill.rs"]
+mod drill;

@@ -86,6 +86,12 @@ pub enum Error {
     },
     #[error("restored database {object} failed its check: {what}; it was removed")]
     RestoreCheck { object: String, what: String },
+    #[error("{object} records node {recorded}, not {given}: this repository backs up another node (check backup.lock and hsm_secret; never mix two nodes in one repository)")]
+    NodeIdMismatch {
+        object: String,
+        recorded: String,
+        given: String,
+    },
     #[error("{0}")]
     Remote(String),
     #[error("{0}")]

@@ -19,6 +19,7 @@ pub mod legacy;
 pub mod lockfile;
 pub mod manifest;
 pub mod model;
+pub mod node;
 pub mod ops;
 pub mod pack;
 pub mod replay;

@@ -1,5 +1,6 @@
 //! One module per user operation.
 
+pub mod check;
 pub mod compact;
 pub mod prune;
 pub mod restore;

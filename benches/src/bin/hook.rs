@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cln_backup_benches::driver::{self, SessionTimes};
-use cln_backup_benches::measure::{summary, target};
+use cln_backup_benches::measure::{split, summary, target};
 use cln_backup_benches::{arg, bench_data, flag, load_trace, testdata};
 use store::config::ConfigBody;
 use store::journal::{Batch, JournalWriter, Record};
@@ -536,22 +536,6 @@ fn plugin_automatic(
 /// Sessions of [`plugin_automatic`]: one has only 4 compactions, ~7,000 hooks beside them, and
 /// its ratio moved between 1.7x and 2.6x from run to run.
 const AUTO_ROUNDS: usize = 3;
-
-/// Split samples into (overlapping no interval, overlapping one).
-fn split(
-    samples: &[(Instant, Duration)],
-    intervals: &[(Instant, Instant)],
-) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut idle, mut during) = (Vec::new(), Vec::new());
-    for (s, d) in samples {
-        if intervals.iter().any(|(a, b)| *s < *b && *s + *d > *a) {
-            during.push(*d);
-        } else {
-            idle.push(*d);
-        }
-    }
-    (idle, during)
-}
 
 fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     let key = MasterKey::generate();

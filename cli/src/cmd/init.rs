@@ -44,6 +44,8 @@ struct InitOutput {
     previous_backend_url: Option<String>,
     moved_aside: Option<String>,
     snapshot: Option<SnapshotInfo>,
+    /// The node id recorded in the repository (from the database's vars.node_id).
+    node_id: Option<String>,
     plugin_config: String,
 }
 
@@ -73,6 +75,22 @@ fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> 
     Ok(None)
 }
 
+/// Why init refuses an existing repository, and the two ways on: continue it (a restore into
+/// the node, which checks the node and writes backup.lock), or start over (which moves it aside).
+fn existing_message(what: &str, url: &str, dir: Option<&Path>) -> String {
+    let dir = dir
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "DIR".into());
+    format!(
+        "{what}. To continue it on this node (its database was lost or replaced, or backup.lock \
+         was): `backup-cli restore {url} --lightning-dir {dir}` restores the newest state if \
+         needed, checks that it belongs to this node's hsm_secret, and writes backup.lock so the \
+         plugin goes on in the same repository. Only to abandon that backup: --force MOVES THE \
+         EXISTING REPOSITORY ASIDE (a local one is renamed, nothing deleted) and starts a new, \
+         empty one here"
+    )
+}
+
 fn plugin_path() -> String {
     std::env::current_exe()
         .ok()
@@ -80,6 +98,16 @@ fn plugin_path() -> String {
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/path/to/cln-backup".into())
+}
+
+/// Record the database's `vars.node_id` in the repository (a node that never started has none).
+fn record_node_id(repo: &Repository, db: &Path) -> Result<Option<String>> {
+    let Some(id) = node::db_state(db)?.node_id else {
+        return Ok(None);
+    };
+    store::node::record_node_id(repo, &id, store::node::NodeIdSource::Database)
+        .with_context(|| format!("recording node {id} in {}", repo.url()))?;
+    Ok(Some(id))
 }
 
 pub fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
@@ -183,22 +211,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
                 d.display()
             )));
         }
-        if let Some(sub) = node::network_subdir(d) {
-            return Err(usage(format!(
-                "{} holds no {DB_FILE_NAME}, but {} does: give the network directory, --lightning-dir {}",
-                d.display(),
-                sub.display(),
-                sub.display()
-            )));
-        }
-        if let Some(r) = node::running_node(d) {
-            return Err(refused(format!(
-                "lightningd is running (pid {}, {}): stop it first (`lightning-cli stop`); \
-                 init must see the database at rest",
-                r.pid,
-                r.pid_file.display()
-            )));
-        }
+        node::check_stopped_network_dir(d, DB_FILE_NAME, "init must see the database at rest")?;
         if let Some(l) = node::read_lock(d)? {
             if l.backend_url != url_text && l.backend_url != a.url {
                 if !a.force {
@@ -223,10 +236,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     let mut moved_aside = None;
     if let Some(what) = existing(&url, key.as_ref())? {
         if !a.force {
-            return Err(refused(format!(
-                "{what}; the plugin continues an existing repository as it is. \
-                 To start over, use --force (a local repository is moved aside, not deleted)"
-            )));
+            return Err(refused(existing_message(&what, &url_text, dir)));
         }
         match &url {
             BackupUrl::File(p) => {
@@ -267,6 +277,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 5. The first snapshot, from the node's database.
     let mut snapshot = None;
+    let mut node_id = None;
     if let Some(d) = dir {
         let db = d.join(DB_FILE_NAME);
         if db.exists() {
@@ -283,6 +294,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
             )
             .with_context(|| format!("storing {} as the first snapshot", db.display()))?;
             snapshot = Some(m.info());
+            node_id = record_node_id(&repo, &db)?;
         }
     }
 
@@ -308,6 +320,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
         previous_backend_url: previous,
         moved_aside: moved_aside.as_ref().map(|p| p.display().to_string()),
         snapshot,
+        node_id,
         plugin_config,
     };
     if g.json {
@@ -358,6 +371,9 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             out::bytes(s.stored_bytes)
         );
     }
+    if let Some(id) = &o.node_id {
+        println!("Recorded node {id} (the database's vars.node_id) in the repository.");
+    }
     if let Some(l) = &o.lock_file {
         match &o.previous_backend_url {
             Some(p) => println!("Wrote {l} (it pointed to {p} before)."),
@@ -380,8 +396,9 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             println!("     \"Versions match up\" on the first write: every change is then durable before it commits.");
             println!("  3. Check it: backup-cli info {}", o.url);
             println!(
-                "     Restore:  backup-cli restore {} /path/to/new/lightningd.sqlite3",
-                o.url
+                "     After a disaster: backup-cli restore {} --lightning-dir {}",
+                o.url,
+                d.display()
             );
         }
         None => {

@@ -76,7 +76,9 @@ pub fn snapshot_database(
                 data_version: v,
                 journal_segment: next_segment(repo)?,
                 foreign_keys: true,
-                data_time_ms: 0,
+                // When the backup stored this state (the database file says nothing of when
+                // lightningd wrote it).
+                data_time_ms: crate::config::now_ms(),
                 next: None,
             },
             parent.as_ref(),

@@ -1,6 +1,7 @@
 //! Integration tests of the store, against the real lightningd traces in testdata/.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
+mod check;
 mod common;
 mod corruption;
 mod faults;
