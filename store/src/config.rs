@@ -69,11 +69,9 @@ pub struct Config {
     pub body: ConfigBody,
 }
 
+/// Unix time in seconds, from [`crate::clock`] (the real clock unless a benchmark simulates one).
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::now()
 }
 
 impl Config {

@@ -5,5 +5,6 @@ mod common;
 mod corruption;
 mod faults;
 mod fixtures;
+mod gc;
 mod model;
 mod prune;
