@@ -180,6 +180,15 @@ impl Plugin {
             ),
             None => "no backup open yet".into(),
         };
+        if let Some(f) = store::clock::simulated_clock() {
+            self.out.log(
+                "unusual",
+                &format!(
+                    "the clock is simulated from {f} ({} is set): for benchmarks only, never beside a real node",
+                    store::clock::SIMULATED_CLOCK_ENV
+                ),
+            );
+        }
         self.out.log(
             "info",
             &format!(

@@ -95,6 +95,20 @@ pub fn run(args: &[&str]) -> Run {
     finish(child.wait_with_output().expect("run backup-cli"))
 }
 
+/// [`run`] with extra environment variables.
+pub fn run_env(args: &[&str], env: &[(&str, &Path)]) -> Run {
+    let mut c = cmd(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = spawn(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    finish(child.wait_with_output().expect("run backup-cli"))
+}
+
 pub fn run_with_stdin(args: &[&str], input: &str) -> Run {
     use std::io::Write;
     let mut child = spawn(
