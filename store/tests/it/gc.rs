@@ -261,3 +261,26 @@ fn crash_at_every_step_of_a_collection_that_rewrites() {
     }
     assert!(crashes >= 20, "crashed at only {crashes} points");
 }
+
+/// An index object lost (deleted by a bucket's owner, or by damage): the chunks it named look
+/// dead, and their packs would be deleted with them. Prune refuses instead, naming what is
+/// missing, and deletes no pack.
+#[test]
+fn a_lost_index_stops_prune_before_it_deletes_a_pack() {
+    let env = Env::new(false);
+    let trace = load_trace("trace-s1.jsonl");
+    let w = Mutex::new(env.writer());
+    for part in trace.chunks(800) {
+        append_all(&mut w.lock().unwrap(), part);
+        env.compact(&w);
+    }
+    drop(w);
+    let index = env.repo.backend().list("index/").unwrap();
+    assert!(index.len() >= 2);
+    env.repo.backend().delete(&index[0].name).unwrap();
+    let packs = count(&env.repo, "packs/");
+    let err = prune::collect_garbage(&env.repo, "gc").unwrap_err();
+    assert!(matches!(err, store::Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("is in no index"), "{err}");
+    assert_eq!(count(&env.repo, "packs/"), packs);
+}

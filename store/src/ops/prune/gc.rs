@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{ChunkId, PackId};
 use crate::manifest::ChunkRef;
 use crate::pack::{self, IdMap, Location, PACK_PREFIX_LEN};
@@ -67,6 +67,9 @@ impl Live {
                 .and_modify(|k| *k = (*k).min(key))
                 .or_insert(key);
         }
+    }
+    pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.order.keys()
     }
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.order.contains_key(id)
@@ -256,6 +259,17 @@ pub fn choose(packs: &BTreeMap<PackId, PackBook>, small: u64) -> Choice {
 /// Steps 3-5 of a prune (module doc).
 pub fn collect(repo: &Repository, live: &Live, rep: &mut PruneReport) -> Result<()> {
     let books = books(repo, live)?;
+    // A chunk a kept snapshot needs that no index names: its pack (if it is there) would look
+    // dead and be deleted. Refuse, so that a lost or damaged index never costs a pack.
+    if let Some(id) = live.ids().find(|id| !books.canonical.contains_key(id)) {
+        return Err(Error::corrupt(
+            "index/",
+            format!(
+                "chunk {id}, which a kept snapshot needs, is in no index: prune deletes nothing \
+                 until `backup-cli verify` is clean (no pack is deleted while it may hold that chunk)"
+            ),
+        ));
+    }
     let small = repo.config().body.pack_target / 2;
     let choice = choose(&books.packs, small);
 
