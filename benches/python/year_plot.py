@@ -66,13 +66,15 @@ def main():
         time_ax.plot(day, [p["restore_ms"] / 1000 for p in pts], ls, color="C1", label=f"restore newest ({backend})")
         time_ax.plot(day, [p["prune_ms_max"] / 1000 for p in pts], ls, color="C2", label=f"longest prune ({backend})")
         mem_ax.plot(day, [p["plugin_peak_kib"] / 1024 for p in pts], ls, color="C0", label=f"plugin ({backend})")
-        mem_ax.plot(
-            day,
-            [(p["restore_peak_kib"] or 0) / 1024 for p in pts],
-            ls,
-            color="C1",
-            label=f"restore ({backend})",
-        )
+        measured = [(p["day"], p["restore_peak_kib"] / 1024) for p in pts if p["restore_peak_kib"]]
+        if measured:
+            mem_ax.plot(
+                [d for d, _ in measured],
+                [m for _, m in measured],
+                ls,
+                color="C1",
+                label=f"backup-cli restore ({backend})",
+            )
     ratio_ax.axhline(1.5, color="C3", linewidth=0.8, linestyle=":")
     ratio_ax.set_ylim(0, 2)
     ratio_ax.set_ylabel("repository / (fresh + journal)")

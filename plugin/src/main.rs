@@ -336,7 +336,11 @@ impl Plugin {
                 );
             }
         } else {
-            self.compaction.close(Duration::ZERO);
+            // A compaction that just ended may still hold the journal writer (and its lock)
+            // for the moment its thread takes to finish: wait for it, or the lock outlives the
+            // process (on S3 a lease that refuses the next start for up to 60 s; seen by the
+            // year benchmark restarting right after a compaction).
+            self.compaction.close(SHUTDOWN_COMPACTION_WAIT);
         }
         let Some(b) = self.backup.take() else {
             return;
