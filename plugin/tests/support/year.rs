@@ -93,6 +93,8 @@ pub struct Point {
     pub fresh_bytes: u64,
     /// repo_bytes / (fresh_bytes + journal_bytes).
     pub ratio: f64,
+    /// What the kept snapshots cost (packs, indexes, manifests) / fresh_bytes.
+    pub snapshot_ratio: f64,
     /// Packs per MiB stored in packs.
     pub packs_per_mib: f64,
     pub oldest_restorable_version: Option<u32>,
@@ -121,7 +123,8 @@ impl Point {
             "journal_bytes": self.journal_bytes, "packs": self.packs,
             "index_objects": self.index_objects, "manifests": self.manifests,
             "journal_segments": self.journal_segments, "fresh_bytes": self.fresh_bytes,
-            "ratio": self.ratio, "packs_per_mib": self.packs_per_mib,
+            "ratio": self.ratio, "snapshot_ratio": self.snapshot_ratio,
+            "packs_per_mib": self.packs_per_mib,
             "oldest_restorable_version": self.oldest_restorable_version,
             "oldest_restorable_day": self.oldest_restorable_day,
             "restore_ms": self.restore_ms, "restore_peak_kib": self.restore_peak_kib,
@@ -856,6 +859,7 @@ fn measure(
         journal_segments: s.journal.0,
         fresh_bytes: fresh,
         ratio: repo_bytes as f64 / (fresh + s.journal.1).max(1) as f64,
+        snapshot_ratio: (s.pack.1 + s.index.1 + s.manifest.1) as f64 / fresh.max(1) as f64,
         packs_per_mib: s.pack.0 as f64 / (s.pack.1 as f64 / 1048576.0).max(1.0),
         oldest_restorable_version: oldest.map(|r| r.data_version),
         oldest_restorable_day: oldest
@@ -925,25 +929,29 @@ pub fn run(o: &YearOptions, mut on_point: impl FnMut(&Point)) -> Result<Vec<Poin
 /// The table for benches/REPORT.md.
 pub fn table(points: &[Point]) -> String {
     let mut t = String::from(
-        "| day | batches | db MB | repo MB | fresh + journal MB | ratio | packs | packs/MiB | index objects | segments | snapshots | restorable from day | restore s | restore peak MB | open ms | plugin peak MB | compactions | longest prune ms | S3 req. compaction / prune |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| day | batches | db MB | repo MB | fresh + journal MB | ratio | snapshots / fresh | packs | packs/MiB | index objects | segments | snapshots | restorable from day | restore s | restore peak MB | open ms | plugin peak MB | compactions | longest prune ms | S3 req. compaction / prune |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mb = |b: u64| b as f64 / 1e6;
     for p in points {
         t.push_str(&format!(
-            "| {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
             p.day,
             p.batches,
             mb(p.db_bytes),
             mb(p.repo_bytes),
             mb(p.fresh_bytes + p.journal_bytes),
             p.ratio,
+            p.snapshot_ratio,
             p.packs,
             p.packs_per_mib,
             p.index_objects,
             p.journal_segments,
             p.manifests,
-            p.oldest_restorable_day
-                .map_or("-".into(), |d| format!("{d:.0}")),
+            match (p.oldest_restorable_day, p.oldest_restorable_version) {
+                (Some(d), _) => format!("{d:.0}"),
+                (None, Some(1)) => "0 (journal)".into(),
+                _ => "-".into(),
+            },
             p.restore_ms as f64 / 1000.0,
             p.restore_peak_kib
                 .map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0)),
