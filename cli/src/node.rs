@@ -3,16 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 pub const LOCK_FILE_NAME: &str = "backup.lock";
 pub const DB_FILE_NAME: &str = "lightningd.sqlite3";
 
-/// The contents of `backup.lock`, as the old plugin wrote and read it.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct BackupLock {
-    pub backend_url: String,
-}
+/// The contents of `backup.lock` (`store::lockfile`).
+pub type BackupLock = store::lockfile::LockFile;
 
 /// A running lightningd: its pid file and pid.
 pub struct Running {
@@ -64,53 +60,20 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 pub fn read_lock(dir: &Path) -> Result<Option<BackupLock>> {
-    let p = dir.join(LOCK_FILE_NAME);
-    match std::fs::read(&p) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!("{} is not valid JSON {{\"backend_url\": URL}}", p.display())
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+    Ok(store::lockfile::read(dir)?)
 }
 
-/// Write `backup.lock` atomically (temp file, fsync, rename, fsync the directory).
-pub fn write_lock(dir: &Path, url: &str) -> Result<PathBuf> {
-    let p = dir.join(LOCK_FILE_NAME);
-    let body = serde_json::to_vec(&BackupLock {
-        backend_url: url.to_string(),
-    })?;
-    write_atomic(&p, &body, 0o644)?;
-    Ok(p)
-}
-
-pub fn write_atomic(p: &Path, body: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = p.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        p.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = (|| -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, p)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("writing {}", p.display()))
+/// Write `backup.lock` atomically (temp file, fsync, rename, fsync the directory), pinning the
+/// repository the node is to use.
+pub fn write_lock(dir: &Path, url: &str, repository: store::repo::Identity) -> Result<PathBuf> {
+    Ok(store::lockfile::write(
+        dir,
+        &BackupLock {
+            backend_url: url.to_string(),
+            destinations: Vec::new(),
+            repository: Some(repository),
+        },
+    )?)
 }
 
 /// Move `p` aside as `p.replaced-<unix time>`; returns the new name.

@@ -237,6 +237,9 @@ impl Plugin {
                     .writer
                     .lock()
                     .map_err(|_| "journal writer poisoned".to_string())?;
+                for note in &b.notes {
+                    self.out.log("info", note);
+                }
                 if let Some(note) = w.recovery_note() {
                     self.out
                         .log("unusual", &format!("journal recovery: {note}"));
@@ -442,6 +445,13 @@ fn main() -> ExitCode {
         .thread_name(|i| format!("background-{i}"))
         .start_handler(|_| rpc::background_priority(19))
         .build_global();
+    // One writer for stdout: every message to lightningd goes through the same mutex.
+    let out = Out::stdout();
+    let warn_out = out.clone();
+    store::warn::set_sink(move |m| {
+        warn_out.log("unusual", m);
+        eprintln!("cln-backup: {m}");
+    });
     let dir = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -450,7 +460,7 @@ fn main() -> ExitCode {
         }
     };
     let mut p = Plugin {
-        out: Out::stdout(),
+        out,
         dir,
         opts: Options::default(),
         initialized: false,

@@ -424,6 +424,7 @@ fn replayed_to(batches: &[DbWrite], version: u32, dir: &Path) -> String {
                 writes: b.writes.clone(),
             },
             supersedes: false,
+            time_ms: 0,
         };
         rp.apply(&rec).unwrap();
     }

@@ -17,11 +17,11 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, KeyId};
+use crate::ids::{ChunkId, KeyId, RepoId};
 
 pub const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = 16;
 
 pub fn fill_random(buf: &mut [u8]) {
     // getrandom only fails on platforms without an entropy source; there is no safe fallback.
@@ -149,6 +149,13 @@ pub struct Crypto {
     key_id: KeyId,
     id_key: Option<[u8; KEY_LEN]>,
     aead: Option<XChaCha20Poly1305>,
+    /// The repository whose objects this seals and opens (format 2 binds it into every seal).
+    repo: RepoId,
+    /// Whether format-1 objects are accepted (a repository upgraded from format 1).
+    format1: bool,
+    /// The key's binding subkey, when a key is known: it authenticates the config of a
+    /// plaintext repository (whose seals are only checksums) to the key's holder.
+    binding_key: Option<[u8; KEY_LEN]>,
 }
 
 impl std::fmt::Debug for Crypto {
@@ -164,6 +171,17 @@ impl Crypto {
             key_id: KeyId([0; 8]),
             id_key: None,
             aead: None,
+            repo: RepoId([0; 16]),
+            format1: true,
+            binding_key: None,
+        }
+    }
+    /// A plaintext repository whose config is bound to `key` (created with `--no-encryption`
+    /// by someone holding a key, e.g. for a `socket:` destination's authentication).
+    pub fn plaintext_bound(key: &MasterKey) -> Self {
+        Crypto {
+            binding_key: Some(key.subkey("config binding")),
+            ..Self::plaintext()
         }
     }
     pub fn encrypted(key: &MasterKey) -> Self {
@@ -173,7 +191,29 @@ impl Crypto {
             key_id: key.id(),
             id_key: Some(key.subkey("chunk id")),
             aead: Some(XChaCha20Poly1305::new((&seal).into())),
+            repo: RepoId([0; 16]),
+            format1: true,
+            binding_key: Some(key.subkey("config binding")),
         }
+    }
+    /// Bind to a repository: its id goes into every format-2 seal; `format1` says whether
+    /// format-1 objects are accepted (only in a repository upgraded from format 1).
+    pub fn for_repository(mut self, repo: RepoId, format1: bool) -> Self {
+        self.repo = repo;
+        self.format1 = format1;
+        self
+    }
+    pub fn repo_id(&self) -> RepoId {
+        self.repo
+    }
+    pub fn accepts_format1(&self) -> bool {
+        self.format1
+    }
+    /// The key binding of a config: keyed blake3 of its bytes under the key's binding subkey.
+    pub fn binding(&self, data: &[u8]) -> Option<[u8; 32]> {
+        self.binding_key
+            .as_ref()
+            .map(|k| *blake3::keyed_hash(k, data).as_bytes())
     }
     pub fn encryption(&self) -> Encryption {
         self.encryption

@@ -17,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod journal;
 pub mod legacy;
+pub mod lockfile;
 pub mod manifest;
 pub mod model;
 pub mod ops;
@@ -24,7 +25,9 @@ pub mod pack;
 pub mod replay;
 pub mod repo;
 pub mod snapshot;
+pub mod time;
 pub mod url;
+pub mod warn;
 
 pub use backend::Durability;
 pub use config::ConfigBody;

@@ -6,4 +6,5 @@ pub mod restore;
 pub mod seed;
 pub mod snapshots;
 pub mod stats;
+pub mod upgrade;
 pub mod verify;

@@ -286,6 +286,7 @@ pub fn load_index_objects(repo: &Repository) -> Result<Vec<IndexObject>> {
             .list("index/")?
             .into_iter()
             .map(|o| o.name)
+            .filter(|n| crate::warn::is_object(n, "index/", |h| PackId::parse(h).is_ok()))
             .collect();
         let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
             .par_iter()

@@ -29,6 +29,10 @@ pub struct SnapshotInput<'a> {
     pub data_version: u32,
     pub journal_segment: u64,
     pub foreign_keys: bool,
+    /// When the batch at `data_version` was stored (unix ms; 0 when unknown).
+    pub data_time_ms: u64,
+    /// The newest batch the compaction saw and left out (see [`crate::manifest::NextBatch`]).
+    pub next: Option<crate::manifest::NextBatch>,
 }
 
 /// Map a database file read-only.
@@ -294,6 +298,8 @@ pub fn write_snapshot(
         new_chunks: new_chunks as u64,
         list,
         object_size: 0,
+        data_time_ms: input.data_time_ms,
+        next: input.next,
     };
     // The manifest's own size counts in what the snapshot added.
     let probe = m.encode(repo.crypto())?;

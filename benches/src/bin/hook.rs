@@ -269,6 +269,7 @@ fn bare_append(dir: &Path, batches: &[Batch], prealloc: bool) -> anyhow::Result<
             Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             }
             .encode()
         })
@@ -643,6 +644,7 @@ fn journal_paired(
             let rec = Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             }
             .encode();
             let t = Instant::now();

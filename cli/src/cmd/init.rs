@@ -52,7 +52,10 @@ struct InitOutput {
 fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
     match Repository::open(url, key.cloned()) {
         Err(store::Error::NoRepository { .. }) => {}
-        Ok(_) | Err(store::Error::KeyRequired) | Err(store::Error::WrongKey { .. }) => {
+        Ok(_)
+        | Err(store::Error::KeyRequired)
+        | Err(store::Error::WrongKey { .. })
+        | Err(store::Error::Unbound { .. }) => {
             return Ok(Some(format!("a repository already exists at {url}")))
         }
         Err(e) => return Err(anyhow::Error::from(e).context(format!("checking {url} before init"))),
@@ -226,7 +229,21 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
             )));
         }
         match &url {
-            BackupUrl::File(p) => moved_aside = Some(node::move_aside(p)?),
+            BackupUrl::File(p) => {
+                // Never beside a live writer: its later batches would land in neither place.
+                let backend = store::backend::dir::DirBackend::open(p)?;
+                let _writer = store::backend::Backend::lock(
+                    &backend,
+                    store::repo::WRITER_LOCK,
+                    &store::repo::holder("backup-cli init --force"),
+                )
+                .map_err(|e| {
+                    refused(format!(
+                        "{e}: a plugin (or another command) is writing to {url}; stop lightningd before you move its repository aside"
+                    ))
+                })?;
+                moved_aside = Some(node::move_aside(p)?);
+            }
             _ => {
                 return Err(refused(format!(
                     "{what}; --force cannot move a remote repository aside: remove it there first"
@@ -271,7 +288,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 6. backup.lock, last: the plugin starts only once everything above exists.
     let lock_file = match dir {
-        Some(d) => Some(node::write_lock(d, &url_text)?),
+        Some(d) => Some(node::write_lock(d, &url_text, repo.identity())?),
         None => None,
     };
 

@@ -1,6 +1,7 @@
 //! Integration tests of `backup-cli`: every command run as the built binary, on real files,
 //! with databases compared against lightningd's real ones (testdata/db-s*.sqlite3).
 
+mod attacks;
 mod common;
 mod demo;
 mod import;

@@ -259,11 +259,18 @@ fn bad_urls_and_missing_or_corrupt_repositories() {
     run(&["info", &url(&plain)]).fails(1, "corrupt");
     let n = Node::new();
     let cfg = n.repo_path.join("config");
-    let mut c = std::fs::read(&cfg).unwrap();
+    let orig = std::fs::read(&cfg).unwrap();
+    // The sealed body (its tag sits before the 33-byte key binding), then the binding itself.
+    let mut c = orig.clone();
+    let tag = c.len() - 40;
+    c[tag] ^= 1;
+    std::fs::write(&cfg, &c).unwrap();
+    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "failed authentication");
+    let mut c = orig.clone();
     let last = c.len() - 3;
     c[last] ^= 1;
     std::fs::write(&cfg, &c).unwrap();
-    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "failed authentication");
+    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "key binding is damaged");
     // Clap usage errors exit 2.
     assert_eq!(run(&["restore"]).code, 2);
     assert_eq!(run(&["frobnicate"]).code, 2);

@@ -133,6 +133,7 @@ impl Expected {
             rp.apply(&Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             })?;
         }
         rp.finish(&path)?;

@@ -135,16 +135,9 @@ pub struct PruneReport {
     pub duration_ms: u64,
 }
 
-/// Days since 1970-01-01 to (year, month) in the proleptic Gregorian calendar.
+/// Days since 1970-01-01 to (year, month).
 fn year_month(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, _) = crate::time::civil(days);
     (y, m)
 }
 
@@ -158,8 +151,8 @@ pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
         .unwrap_or(0);
     let remove_segments = reader::segments(repo)?
         .iter()
-        .map(|s| s.seq)
-        .filter(|&s| s < min_seg)
+        .filter(|s| s.last < min_seg)
+        .flat_map(|s| s.seq..=s.last)
         .collect();
     Ok(PrunePlan {
         keep,
@@ -329,7 +322,15 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     // 3-5.
     gc::collect(repo, &live, &mut rep)?;
     // 6. Journal segments nobody needs.
+    let runs: Vec<reader::SegmentRef> = reader::segments(repo)?
+        .into_iter()
+        .filter(|s| s.sealed && s.last > s.seq)
+        .collect();
     for &seq in &plan.remove_segments {
+        // A merged run goes with its last segment (all of it is older than what is kept).
+        for r in runs.iter().filter(|r| r.last == seq) {
+            repo.backend().delete(&r.object_name())?;
+        }
         repo.backend().delete(&crate::journal::sealed_name(seq))?;
         repo.backend().stream_delete(&stream_name(seq))?;
         rep.deleted_segments += 1;

@@ -8,3 +8,4 @@ mod fixtures;
 mod gc;
 mod model;
 mod prune;
+mod upgrade;

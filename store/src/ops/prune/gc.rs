@@ -140,6 +140,7 @@ pub fn books(repo: &Repository, live: &Live) -> Result<Books> {
             .strip_prefix("packs/")
             .and_then(|h| PackId::parse(h).ok())
         else {
+            crate::warn::stray(&o.name); // not ours: never deleted
             continue;
         };
         packs.insert(
