@@ -218,6 +218,15 @@ impl Plugin {
             None => "no backup open yet".into(),
         };
         self.start_background();
+        if let Some(f) = store::clock::simulated_clock() {
+            self.out.log(
+                "unusual",
+                &format!(
+                    "the clock is simulated from {f} ({} is set): for benchmarks only, never beside a real node",
+                    store::clock::SIMULATED_CLOCK_ENV
+                ),
+            );
+        }
         self.out.log(
             "info",
             &format!(
@@ -417,7 +426,11 @@ impl Plugin {
                 );
             }
         } else {
-            self.compaction.close(Duration::ZERO);
+            // A compaction that just ended may still hold the journal writer (and its lock)
+            // for the moment its thread takes to finish: wait for it, or the lock outlives the
+            // process (on S3 a lease that refuses the next start for up to 60 s; seen by the
+            // year benchmark restarting right after a compaction).
+            self.compaction.close(SHUTDOWN_COMPACTION_WAIT);
         }
         // A restore drill stops at its next step (it publishes nothing).
         if !self.check.close(SHUTDOWN_COMPACTION_WAIT) {

@@ -43,7 +43,7 @@ pub struct Options {
     pub metrics_file: Option<std::path::PathBuf>,
 }
 
-/// `last=N,hourly=N,daily=N,weekly=N,monthly=N` (any subset), or `off`.
+/// `last=N,hourly=N,daily=N,weekly=N,monthly=N,within=30d` (any subset), or `off`.
 pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
     let s = s.trim();
     if s == "off" || s == "0" {
@@ -54,6 +54,11 @@ pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| format!("{OPT_RETENTION}: '{part}' is not key=N"))?;
+        if k.trim() == "within" {
+            r.keep_within = store::ops::prune::parse_duration(v)
+                .map_err(|e| format!("{OPT_RETENTION}: within: {e}"))?;
+            continue;
+        }
         let n: u32 = v
             .trim()
             .parse()
@@ -66,7 +71,7 @@ pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
             "monthly" => r.keep_monthly = n,
             other => {
                 return Err(format!(
-                    "{OPT_RETENTION}: unknown key '{other}' (last, hourly, daily, weekly, monthly)"
+                    "{OPT_RETENTION}: unknown key '{other}' (last, hourly, daily, weekly, monthly, within)"
                 ))
             }
         }
@@ -187,7 +192,7 @@ pub fn manifest() -> Value {
                 "name": OPT_RETENTION,
                 "type": "string",
                 "default": DEFAULT_RETENTION,
-                "description": "Snapshots kept after each compaction (keys last, hourly, daily, weekly, monthly; the newest is always kept); the journal from the oldest kept snapshot on is kept, so every data_version since then stays restorable. off keeps everything."
+                "description": "Snapshots kept after each compaction (keys last, hourly, daily, weekly, monthly, and within=30d: every data_version of the last 30 days stays restorable; the newest is always kept); the journal from the oldest kept snapshot on is kept, so every data_version since then stays restorable. off keeps everything."
             },
             {
                 "name": OPT_RECONNECT_TRIES,
@@ -324,6 +329,24 @@ mod test {
         }
         let o = Options::from_init(&json!({ "options": given })).unwrap();
         assert_eq!(o, Options::default());
+    }
+
+    #[test]
+    fn retention_within() {
+        let r = parse_retention("last=3,within=30d").unwrap().unwrap();
+        assert_eq!((r.keep_last, r.keep_within), (3, 30 * 86_400));
+        let r = parse_retention("within=12h").unwrap().unwrap();
+        assert_eq!((r.keep_last, r.keep_within), (0, 12 * 3600));
+        for bad in [
+            "within=30",
+            "within=0d",
+            "within=d",
+            "within=30x",
+            "within=-1d",
+        ] {
+            let e = parse_retention(bad).unwrap_err();
+            assert!(e.contains("within"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -164,20 +164,28 @@ pub fn start_compaction(
                 let mut res = compact_cancellable(&repo, &writer, &opts, cancel);
                 // Retention: after a new snapshot, prune what the policy no longer keeps, so
                 // the backup stays bounded (the old plugin's users saw it grow without end).
+                // Without a policy, garbage collection alone: it merges the small packs each
+                // compaction leaves, so the object count stays bounded.
                 let mut pruned = Value::Null;
-                if let (Ok(r), Some(policy)) = (&mut res, &retention) {
+                if let Ok(r) = &mut res {
                     // Not at shutdown: the next compaction prunes.
                     if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
-                        match store::ops::prune::plan(&repo, policy)
-                            .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
-                        {
+                        let done = match &retention {
+                            Some(policy) => store::ops::prune::plan(&repo, policy)
+                                .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder)),
+                            None => store::ops::prune::collect_garbage(&repo, &opts.holder),
+                        };
+                        match done {
                             Ok(p) => {
                                 pruned = serde_json::to_value(&p).unwrap_or(Value::Null);
                                 if let Ok(after) = store::ops::stats::stats(&repo) {
                                     r.after = after;
                                 }
                             }
-                            Err(e) => out.log("unusual", &format!("{what}: pruning by the retention policy failed: {e}")),
+                            Err(e) => out.log("unusual", &format!(
+                                "{what}: {} failed: {e}. Nothing kept is lost; the next compaction tries again.",
+                                if retention.is_some() { "pruning by the retention policy" } else { "garbage collection" }
+                            )),
                         }
                     }
                 }
@@ -195,9 +203,9 @@ pub fn start_compaction(
                     v["pruned"] = pruned.clone();
                     let line = match &r.snapshot {
                         Some(s) => format!(
-                            "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes",
+                            "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes{}",
                             s.id, s.data_version, r.bytes_added, r.dedup_ratio, r.duration_ms,
-                            r.before.backup_size, r.after.backup_size
+                            r.before.backup_size, r.after.backup_size, prune_summary(&pruned)
                         ),
                         None => format!("{what}: no snapshot made ({})", r.note.as_deref().unwrap_or("nothing to do")),
                     };
@@ -235,6 +243,26 @@ pub fn start_compaction(
         }
         Err(_) => false,
     }
+}
+
+/// What the prune after a compaction did, for its log line (empty when none ran).
+fn prune_summary(pruned: &Value) -> String {
+    let n = |k: &str| pruned.get(k).and_then(Value::as_u64).unwrap_or(0);
+    if pruned.is_null() {
+        return String::new();
+    }
+    format!(
+        "; pruned {} snapshots and {} journal segments, {} packs deleted ({} repacked, {} merged, {} written), {} packs and {} index objects left, {} ms",
+        n("removed_snapshots"),
+        n("deleted_segments"),
+        n("deleted_packs"),
+        n("repacked_packs"),
+        n("merged_packs"),
+        n("written_packs"),
+        n("packs"),
+        n("index_objects"),
+        n("duration_ms")
+    )
 }
 
 /// `backup-status`, answered from its own thread (listing snapshots may take a while remotely).

@@ -100,16 +100,14 @@ pub struct Config {
     pub body: ConfigBody,
 }
 
+/// Unix time in seconds, from [`crate::clock`] (the real clock unless a benchmark simulates one).
 pub fn now() -> u64 {
-    now_ms() / 1000
+    crate::clock::now()
 }
 
-/// Unix milliseconds (the time journal records carry).
+/// Unix milliseconds (the time journal records carry), from [`crate::clock`].
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 impl Config {

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chunker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod crypto;

@@ -326,11 +326,7 @@ pub fn find(repo: &Repository, id_or_prefix: &str) -> Result<Manifest> {
 pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
     match &m.list {
         ChunkList::Full(refs) => Ok(refs.clone()),
-        ChunkList::Delta {
-            parent,
-            depth,
-            runs,
-        } => {
+        ChunkList::Delta { parent, depth, .. } => {
             if *depth > 1024 {
                 return Err(Error::corrupt(manifest_name(&m.id), "delta chain too deep"));
             }
@@ -341,28 +337,38 @@ pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
                 ),
                 other => other,
             })?;
-            let mut refs = resolve(repo, &p)?;
-            refs.resize(
-                usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
-                (ChunkId([0; 32]), 0),
-            );
-            for (start, run) in runs {
-                for (i, r) in run.iter().enumerate() {
-                    let pos = usize::try_from(*start)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(i);
-                    let slot = refs.get_mut(pos).ok_or_else(|| {
-                        Error::corrupt(
-                            manifest_name(&m.id),
-                            format!("delta position {pos} beyond {} chunks", m.chunk_count),
-                        )
-                    })?;
-                    *slot = *r;
-                }
-            }
-            Ok(refs)
+            resolve_on(m, resolve(repo, &p)?)
         }
     }
+}
+
+/// The full chunk list of `m` given its parent's (`parent_refs`, ignored for a full manifest):
+/// for callers that hold a chain's lists in memory (prune resolves every kept snapshot).
+pub fn resolve_on(m: &Manifest, parent_refs: Vec<ChunkRef>) -> Result<Vec<ChunkRef>> {
+    let runs = match &m.list {
+        ChunkList::Full(refs) => return Ok(refs.clone()),
+        ChunkList::Delta { runs, .. } => runs,
+    };
+    let mut refs = parent_refs;
+    refs.resize(
+        usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
+        (ChunkId([0; 32]), 0),
+    );
+    for (start, run) in runs {
+        for (i, r) in run.iter().enumerate() {
+            let pos = usize::try_from(*start)
+                .unwrap_or(usize::MAX)
+                .saturating_add(i);
+            let slot = refs.get_mut(pos).ok_or_else(|| {
+                Error::corrupt(
+                    manifest_name(&m.id),
+                    format!("delta position {pos} beyond {} chunks", m.chunk_count),
+                )
+            })?;
+            *slot = *r;
+        }
+    }
+    Ok(refs)
 }
 
 /// Express `refs` as runs of positions that differ from `parent`.

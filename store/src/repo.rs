@@ -57,6 +57,8 @@ pub(crate) struct SegmentSummary {
     /// The object's size when it was read: a different size is a different object.
     pub size: u64,
     pub records: u64,
+    /// The oldest data_version of a batch that is not only a pragma.
+    pub first_version: Option<u32>,
     /// The newest data_version of a batch that is not only a pragma.
     pub last_version: Option<u32>,
 }

@@ -86,13 +86,15 @@ pub fn cmd(args: &[&str]) -> Command {
 }
 
 pub fn run(args: &[&str]) -> Run {
-    run_env(args, &[])
+    run_env::<&str>(args, &[])
 }
 
-/// [`run`] with more environment (e.g. a PATH with a stand-in tool).
-pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+/// [`run`] with more environment (e.g. a PATH with a stand-in tool, a simulated clock).
+pub fn run_env<V: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(&str, V)]) -> Run {
     let mut c = cmd(args);
-    c.envs(env.iter().copied());
+    for (k, v) in env {
+        c.env(k, v);
+    }
     let child = spawn(
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -177,19 +177,6 @@ fn enospc_on_publish_leaves_nothing_half_published() {
     expect_state(&plain(&root), dir.path(), "after", s1[899].data_version);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
-
 /// A crash before each mutating step of compaction, then of prune: reopen, verify, restore.
 #[test]
 fn crash_at_every_step_of_compaction_and_prune() {

@@ -6,6 +6,7 @@ mod common;
 mod corruption;
 mod faults;
 mod fixtures;
+mod gc;
 mod model;
 mod prune;
 mod upgrade;
