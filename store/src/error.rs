@@ -88,6 +88,11 @@ pub enum Error {
     RestoreCheck { object: String, what: String },
     #[error("{0}")]
     Remote(String),
+    /// The destination keeps everything it was given (`backup-cli server --append-only`, or an
+    /// S3 bucket whose credentials cannot delete): it refused to delete, replace or cut
+    /// `object`. Prune and GC run where the repository is, by its operator.
+    #[error("{object}: the destination is append-only and refuses to {op} it; prune and GC run on the server's host, against its directory (`backup-cli prune file:///...`)")]
+    AppendOnly { object: String, op: &'static str },
     #[error("{0}")]
     Invalid(String),
     /// An operation stopped at a safe point because its caller asked it to (the plugin at

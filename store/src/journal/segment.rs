@@ -33,7 +33,8 @@ use crate::ids::RepoId;
 use super::record::Record;
 
 pub const STREAM_HEADER_LEN: usize = HEADER_LEN + 16 + 8;
-const FRAME_HEADER_LEN: usize = 8;
+/// `u32 len | u32 check` (the check is keyless: a server finds a stream's end with it).
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// Largest record accepted (lightningd's largest batch is ~21 KB; 64 MiB leaves room).
 pub const MAX_RECORD: usize = 64 << 20;
 
@@ -52,7 +53,7 @@ pub fn stream_header(crypto: &Crypto, repo: RepoId, seq: u64) -> Vec<u8> {
     h
 }
 
-fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
+pub(crate) fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
     let mut h = blake3::Hasher::new();
     h.update(&seq.to_le_bytes());
     h.update(&offset.to_le_bytes());
