@@ -772,3 +772,81 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
     }
     drop(server);
 }
+
+/// An append-only node (and a quota): it creates objects and appends; a delete, a replacement
+/// by other bytes, a stream deleted or cut below what the server acknowledged are refused with
+/// a typed error, and nothing on disk changes. A truncate never grows a stream, append-only or
+/// not; the quota refuses what would pass it.
+#[test]
+fn append_only_refuses_delete_replace_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let (a, b) = (MasterKey::generate(), MasterKey::generate());
+    let mut locked = NodeEntry::new("locked", auth_key(&a));
+    locked.append_only = true;
+    let mut small = NodeEntry::new("small", auth_key(&b));
+    small.quota = Some(1000);
+    let server = ServerHandle::spawn(
+        ServerRoot::Dir(root.clone()),
+        "127.0.0.1:0",
+        ServerAuth::from_nodes(vec![locked, small]).unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let c = connect(server.addr(), &a, opts()).unwrap();
+    assert!(c.append_only());
+    c.put("config", b"v1").unwrap();
+    // The same bytes again (a request re-sent after a lost answer) are fine.
+    c.put("config", b"v1").unwrap();
+    assert!(c.put_if_absent("packs/aa", b"pack").unwrap());
+    let mut s = c
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    s.append(b"header and records").unwrap();
+    s.append(b" and more").unwrap();
+    let before = tree(&root.join("nodes/locked"));
+    let refused = |r: Result<(), Error>, op: &str| match r {
+        Err(Error::AppendOnly { op: o, .. }) => assert_eq!(o, op),
+        other => panic!("expected an append-only refusal of {op}, got {other:?}"),
+    };
+    refused(c.put("config", b"v2"), "replace");
+    refused(c.delete("config"), "delete");
+    refused(c.delete("packs/aa"), "delete");
+    refused(c.stream_delete("0000000000000000"), "delete stream");
+    refused(s.truncate(5), "cut");
+    let e = s.truncate(1 << 30).unwrap_err().to_string();
+    assert!(e.contains("would grow it"), "{e}");
+    assert_eq!(tree(&root.join("nodes/locked")), before);
+    assert_eq!(c.get("config").unwrap(), b"v1");
+    assert_eq!(
+        c.stream_read("0000000000000000").unwrap(),
+        b"header and records and more"
+    );
+    // Appends go on.
+    s.append(b"!").unwrap();
+
+    // The other node is not append-only; its quota is 1000 bytes.
+    let q = connect(server.addr(), &b, opts()).unwrap();
+    assert!(!q.append_only());
+    q.put("config", &[7; 600]).unwrap();
+    let e = q.put("packs/x", &[7; 600]).unwrap_err().to_string();
+    assert!(e.contains("quota") && e.contains("small"), "{e}");
+    let mut qs = q
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    qs.append(&[1; 300]).unwrap();
+    assert!(qs
+        .append(&[1; 300])
+        .unwrap_err()
+        .to_string()
+        .contains("quota"));
+    // Deleting makes room again.
+    q.delete("config").unwrap();
+    q.put("packs/x", &[7; 600]).unwrap();
+    qs.truncate(100).unwrap();
+    assert!(qs
+        .truncate(200)
+        .unwrap_err()
+        .to_string()
+        .contains("would grow it"));
+}

@@ -513,3 +513,73 @@ fn two_hundred_slow_strangers_do_not_keep_a_node_out() {
     }
     drop(server);
 }
+
+/// A node on an append-only server: every hook answers continue, compaction makes its
+/// snapshots (the sealed streams stay, as the server refuses their deletion) and the plugin's
+/// retention prune is skipped with a log line saying why; the restore is exact. The operator
+/// then prunes on the server's host, against the directory.
+#[test]
+fn an_append_only_node_compacts_and_its_operator_prunes() {
+    let (t, server, nets, _) = served(&[("alice", "append-only")]);
+    let net = nets[0].clone();
+    let u = server.url();
+    run(&["init", "--lightning-dir", p(&net), &u]).ok();
+    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
+    ld.set_timeout(Duration::from_secs(300));
+    ld.getmanifest().unwrap();
+    let mut options = quick_reconnect();
+    options.push(("backup-retention".into(), json!("last=1")));
+    let s1 = trace_writes(1);
+    for (n, part) in s1.chunks(1200).enumerate() {
+        for (i, b) in part.iter().enumerate() {
+            if n == 0 && i == 9 {
+                ld.init(&options, &net).unwrap();
+            }
+            let reply = ld.db_write(b.data_version, &b.writes).unwrap();
+            assert!(
+                reply.is_continue(),
+                "batch {i}: {reply:?}\n{}",
+                ld.log_text()
+            );
+        }
+        let r = ld.rpc_ok("backup-compact", json!({})).unwrap();
+        assert!(r["snapshot"].is_string(), "{r}\n{}", ld.log_text());
+    }
+    let log = ld.log_text();
+    assert!(ld.close_stdin_and_wait().unwrap().success());
+    assert!(
+        log.contains("the retention prune is skipped") && log.contains("append-only"),
+        "{log}"
+    );
+    restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s1.sqlite3");
+    let repo = t.path().join("root/nodes/alice");
+    let snaps = run(&[
+        "snapshots",
+        "--json",
+        "--lightning-dir",
+        p(&net),
+        &url(&repo),
+    ])
+    .ok()
+    .json();
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 2, "{snaps}");
+    // The first segment's stream was left beside its sealed copy.
+    assert!(repo.join("journal/0000000000000000.log").exists());
+    assert!(repo.join("journal/0000000000000000.seg").exists());
+    // On the server's host, against the directory, with the node's key: prune works.
+    run(&[
+        "prune",
+        "--keep-last",
+        "1",
+        "--lightning-dir",
+        p(&net),
+        &url(&repo),
+    ])
+    .ok();
+    assert!(!repo.join("journal/0000000000000000.log").exists());
+    let snaps = run(&["snapshots", "--json", "--lightning-dir", p(&net), &u])
+        .ok()
+        .json();
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 1, "{snaps}");
+    restore_equals(&u, &net, &t.path().join("out2.sqlite3"), "db-s1.sqlite3");
+}

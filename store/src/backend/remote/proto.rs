@@ -553,6 +553,7 @@ fn static_op(op: &str) -> &'static str {
         "sync directory",
         "replace",
         "delete stream",
+        "cut",
     ];
     OPS.iter().find(|o| **o == op).copied().unwrap_or("remote")
 }
