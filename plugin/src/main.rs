@@ -327,11 +327,20 @@ impl Plugin {
                 );
             }
         } else {
-            self.compaction.close(Duration::ZERO);
+            // A compaction that has just answered may still be ending on its thread, holding the
+            // writer (and so its lock): wait for that thread too, or the process could exit
+            // with the lock held (an S3 lease then outlives it; issue 15).
+            self.compaction.close(SHUTDOWN_COMPACTION_WAIT);
         }
         let Some(b) = self.backup.take() else {
             return;
         };
+        // Threads answering RPCs (backup-status) hold the writer for a moment; the writer's
+        // lock goes with its last holder, which must be before the process exits.
+        let t = Instant::now();
+        while Arc::strong_count(&b.writer) > 1 && t.elapsed() < SHUTDOWN_DRAIN_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(m) = &b.multi {
             let t = Instant::now();
             let behind = m.drain(SHUTDOWN_DRAIN_WAIT);

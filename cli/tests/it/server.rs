@@ -31,14 +31,12 @@ impl Server {
     /// Start `backup-cli server ROOT LISTEN --auth-file AUTH` (plus `extra`) and wait until it
     /// listens (its first line of stdout says where).
     pub fn start(root: &Path, listen: &str, auth: &Path, extra: &[&str], log: &Path) -> Server {
-        let mut args = vec![
-            "server",
-            "--json",
-            &*Box::leak(url(root).into_boxed_str()),
-            listen,
-            "--auth-file",
-            p(auth),
-        ];
+        Server::start_url(&url(root), listen, auth, extra, log)
+    }
+
+    /// [`Server::start`] with the root as a URL (`s3://...`).
+    pub fn start_url(root: &str, listen: &str, auth: &Path, extra: &[&str], log: &Path) -> Server {
+        let mut args = vec!["server", "--json", root, listen, "--auth-file", p(auth)];
         args.extend_from_slice(extra);
         let err = std::fs::OpenOptions::new()
             .create(true)
@@ -156,15 +154,16 @@ fn quick_reconnect() -> Vec<(String, Value)> {
     ]
 }
 
-/// Run session 1 of the real trace through the plugin, calling `at(i)` before batch `i`; every
-/// hook must answer continue. Returns the plugin's log.
-fn session_1(net: &Path, mut at: impl FnMut(usize, &mut Emulator)) -> String {
-    let s1 = trace_writes(1);
+/// Run session `n` of the real trace through the plugin (session 1 as a fresh node, 9 hooks
+/// before init; later ones as a restart, 3), calling `at(i)` before batch `i`; every hook must
+/// answer continue. Returns the plugin's log.
+fn session(n: u32, net: &Path, mut at: impl FnMut(usize, &mut Emulator)) -> String {
+    let pre_init = if n == 1 { 9 } else { 3 };
     let mut ld = Emulator::spawn(&plugin(), net, &[]).unwrap();
     ld.set_timeout(Duration::from_secs(300));
     ld.getmanifest().unwrap();
-    for (i, b) in s1.iter().enumerate() {
-        if i == 9 {
+    for (i, b) in trace_writes(n).iter().enumerate() {
+        if i == pre_init {
             ld.init(&quick_reconnect(), net).unwrap();
         }
         at(i, &mut ld);
@@ -383,7 +382,7 @@ fn server_killed_and_stopped_mid_session_never_stops_the_node() {
             }
         })
     };
-    let plugin_log = session_1(&net, |i, _| done.store(i, Ordering::SeqCst));
+    let plugin_log = session(1, &net, |i, _| done.store(i, Ordering::SeqCst));
     killer.join().unwrap();
     assert_eq!(restarts.load(Ordering::SeqCst), 2);
     let server_log = std::fs::read_to_string(&log).unwrap();
@@ -488,22 +487,7 @@ fn two_hundred_slow_strangers_do_not_keep_a_node_out() {
     run(&["init", "--lightning-dir", p(&net), &u]).ok();
     std::fs::remove_file(net.join("lightningd.sqlite3")).unwrap();
     // The node starts (a restart: s2 follows the s1 snapshot) and writes.
-    let s2 = trace_writes(2);
-    let mut ld = Emulator::spawn(&plugin(), &net, &[]).unwrap();
-    ld.set_timeout(Duration::from_secs(300));
-    ld.getmanifest().unwrap();
-    for (i, b) in s2.iter().enumerate() {
-        if i == 3 {
-            ld.init(&quick_reconnect(), &net).unwrap();
-        }
-        let reply = ld.db_write(b.data_version, &b.writes).unwrap();
-        assert!(
-            reply.is_continue(),
-            "batch {i}: {reply:?}\n{}",
-            ld.log_text()
-        );
-    }
-    assert!(ld.close_stdin_and_wait().unwrap().success());
+    session(2, &net, |_, _| {});
     restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s2.sqlite3");
     // The strangers were there all along, and kept being dropped.
     assert!(opened.load(Ordering::SeqCst) > 200);
@@ -582,4 +566,104 @@ fn an_append_only_node_compacts_and_its_operator_prunes() {
         .json();
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 1, "{snaps}");
     restore_equals(&u, &net, &t.path().join("out2.sqlite3"), "db-s1.sqlite3");
+}
+
+/// The S3 server the tests use (`.ci/s3-server.sh`), as a fresh prefix; None outside CI when
+/// there is none.
+fn s3_root(test: &str) -> Option<String> {
+    match std::env::var("CLN_BACKUP_S3_URL") {
+        Ok(u) if !u.is_empty() => {
+            let (base, query) = u.split_once('?').unwrap_or((&u, ""));
+            let nonce = format!(
+                "{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            Some(format!(
+                "{}/server-{test}-{nonce}?{query}",
+                base.trim_end_matches('/')
+            ))
+        }
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but CLN_BACKUP_S3_URL is not: run .ci/s3-server.sh start and source target/ci-s3.env"
+            );
+            eprintln!(
+                "skipped: no S3 server (run .ci/s3-server.sh start, then . target/ci-s3.env)"
+            );
+            None
+        }
+    }
+}
+
+/// A TCP relay on one address that sends each new connection to the next of `targets` in
+/// turn: two server processes behind one address.
+fn round_robin(targets: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().flatten().enumerate() {
+            let Ok(up) = TcpStream::connect(targets[n % targets.len()]) else {
+                continue;
+            };
+            let (mut r1, mut w1) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut r2, mut w2) = (up, c);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut r1, &mut w1);
+                let _ = w1.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut r2, &mut w2);
+                let _ = w2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// `backup-cli server s3://...`: the server keeps nothing itself. Two server processes behind
+/// one address (each connection to the other in turn) serve a node's whole session: every hook
+/// answers continue, the restore is exact, and a second writer for the same node is refused by
+/// the writer lock, which lives in the bucket.
+#[test]
+fn two_s3_backed_server_processes_behind_one_address() {
+    let Some(root) = s3_root("two") else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (net, line) = node_with_key(t.path(), "alice");
+    let auth = t.path().join("auth");
+    std::fs::write(&auth, format!("{line}\n")).unwrap();
+    let servers: Vec<Server> = (0..2)
+        .map(|i| {
+            let status = t.path().join(format!("status{i}.json"));
+            Server::start_url(
+                &root,
+                "127.0.0.1:0",
+                &auth,
+                &["--status-file", p(&status)],
+                &t.path().join(format!("server{i}.log")),
+            )
+        })
+        .collect();
+    let front = round_robin(servers.iter().map(|s| s.addr.parse().unwrap()).collect());
+    let u = format!("socket:{front}");
+    std::fs::copy(testdata("db-s1.sqlite3"), net.join("lightningd.sqlite3")).unwrap();
+    run(&["init", "--lightning-dir", p(&net), &u]).ok();
+    std::fs::remove_file(net.join("lightningd.sqlite3")).unwrap();
+    session(2, &net, |i, ld| {
+        if i == 400 {
+            // Another writer for the same node, through either process: refused.
+            for _ in 0..2 {
+                let r = run(&["compact", "--lightning-dir", p(&net), &u]);
+                assert_ne!(r.code, 0, "{}", r.stdout);
+                assert!(r.stderr.contains("locked"), "{}", r.stderr);
+            }
+            let r = ld.rpc_ok("backup-compact", json!({})).unwrap();
+            assert!(r["snapshot"].is_string(), "{r}");
+        }
+    });
+    restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s2.sqlite3");
+    drop(servers);
 }
