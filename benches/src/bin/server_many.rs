@@ -73,8 +73,16 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&net)?;
         let k = keys.get(i).ok_or_else(|| anyhow::anyhow!("no key {i}"))?;
         std::fs::write(net.join("backup.key"), k.to_file_text())?;
-        std::fs::write(net.join("backup.lock"), json!({ "backend_url": url }).to_string())?;
-        Repository::init(&BackupUrl::parse(&url)?, Some(k), true, ConfigBody::default())?;
+        std::fs::write(
+            net.join("backup.lock"),
+            json!({ "backend_url": url }).to_string(),
+        )?;
+        Repository::init(
+            &BackupUrl::parse(&url)?,
+            Some(k),
+            true,
+            ConfigBody::default(),
+        )?;
         Ok(net)
     };
     let cmd = vec![plugin.display().to_string()];

@@ -667,3 +667,70 @@ fn two_s3_backed_server_processes_behind_one_address() {
     restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s2.sqlite3");
     drop(servers);
 }
+
+/// contrib/cln-backup-server.service: systemd accepts it (`systemd-analyze verify`), its
+/// sandbox's exposure is at most 2.0 of 10 (`systemd-analyze security`, whose threshold counts
+/// tenths; 1.2 when written), and its ExecStart command line starts this
+/// server (with the paths moved into a temporary directory), which SIGTERM stops with exit 0.
+#[test]
+fn the_systemd_unit_verifies_and_its_command_runs() {
+    let unit_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/cln-backup-server.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.exists(),
+        "this test needs systemd-analyze (Debian package systemd)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let unit_copy = t.path().join("cln-backup-server.service");
+    std::fs::write(&unit_copy, unit.replace("/usr/local/bin/backup-cli", BIN)).unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&unit_copy)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.trim().is_empty(), "{text}");
+    let out = std::process::Command::new(analyze)
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&unit_copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The ExecStart line, with its state and credentials directories here.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let (_, line) = node_with_key(t.path(), "alice");
+    std::fs::write(t.path().join("auth"), format!("{line}\n")).unwrap();
+    let exec = exec
+        .replace("${CREDENTIALS_DIRECTORY}", p(t.path()))
+        .replace("/var/lib/cln-backup-server", p(&t.path().join("state")))
+        .replace("127.0.0.1:9735", "127.0.0.1:0");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/backup-cli"));
+    let args: Vec<&str> = words.collect();
+    let mut c = cmd(&args);
+    let mut child = spawn(c.stdout(Stdio::piped()).stderr(Stdio::null()));
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.starts_with("Serving the repositories of 1 node(s)"),
+        "{first}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
