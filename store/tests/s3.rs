@@ -1029,3 +1029,57 @@ fn garage_ignores_conditional_writes_and_the_fallback_holds() {
     check_locks(&S3Backend::open(&bucket, &lock_prefix, &short).unwrap());
     trace_compact_prune_restore_at(&url, "garage-e2e", &[]);
 }
+
+/// Append-only for S3 without trusting the node with the bucket (docs/s3-append-only.md): the
+/// node reaches the bucket only through `backup-cli server s3://... --append-only`, which holds
+/// the credentials. A delete, a replacement and a cut are refused, and the bucket still holds
+/// every object and journal part.
+#[test]
+fn an_append_only_server_in_front_of_the_bucket_keeps_everything() {
+    use store::backend::remote::{
+        auth_key, NodeEntry, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle,
+        ServerOptions, ServerRoot,
+    };
+    let Some(url) = server_url() else {
+        return;
+    };
+    let (bucket, prefix, params) = parts_of(&url, "append-only");
+    let key = store::MasterKey::generate();
+    let mut entry = NodeEntry::new("alice", auth_key(&key));
+    entry.append_only = true;
+    let server = ServerHandle::spawn(
+        ServerRoot::S3 {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            params: params.clone(),
+        },
+        "127.0.0.1:0",
+        ServerAuth::from_nodes(vec![entry]).unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let c = RemoteBackend::connect(
+        "127.0.0.1",
+        server.addr().port(),
+        None,
+        &key,
+        RemoteOptions::default(),
+    )
+    .unwrap();
+    c.put("config", b"sealed").unwrap();
+    let mut s = c.stream_open("0000000000000000", Durability::Fsync).unwrap();
+    s.append(b"header").unwrap();
+    s.append(b"record").unwrap();
+    for (what, r) in [
+        ("delete", c.delete("config")),
+        ("replace", c.put("config", b"other")),
+        ("delete stream", c.stream_delete("0000000000000000")),
+        ("cut", s.truncate(3)),
+    ] {
+        assert!(matches!(r, Err(Error::AppendOnly { .. })), "{what}: {r:?}");
+    }
+    // What the bucket holds, read with the server's credentials.
+    let direct = S3Backend::open(&bucket, &format!("{prefix}/nodes/alice"), &params).unwrap();
+    assert_eq!(direct.get("config").unwrap(), b"sealed");
+    assert_eq!(direct.stream_read("0000000000000000").unwrap(), b"headerrecord");
+}
