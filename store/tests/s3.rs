@@ -1037,8 +1037,8 @@ fn garage_ignores_conditional_writes_and_the_fallback_holds() {
 #[test]
 fn an_append_only_server_in_front_of_the_bucket_keeps_everything() {
     use store::backend::remote::{
-        auth_key, NodeEntry, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle,
-        ServerOptions, ServerRoot,
+        auth_key, NodeEntry, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle, ServerOptions,
+        ServerRoot,
     };
     let Some(url) = server_url() else {
         return;
@@ -1067,7 +1067,9 @@ fn an_append_only_server_in_front_of_the_bucket_keeps_everything() {
     )
     .unwrap();
     c.put("config", b"sealed").unwrap();
-    let mut s = c.stream_open("0000000000000000", Durability::Fsync).unwrap();
+    let mut s = c
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
     s.append(b"header").unwrap();
     s.append(b"record").unwrap();
     for (what, r) in [
@@ -1081,5 +1083,8 @@ fn an_append_only_server_in_front_of_the_bucket_keeps_everything() {
     // What the bucket holds, read with the server's credentials.
     let direct = S3Backend::open(&bucket, &format!("{prefix}/nodes/alice"), &params).unwrap();
     assert_eq!(direct.get("config").unwrap(), b"sealed");
-    assert_eq!(direct.stream_read("0000000000000000").unwrap(), b"headerrecord");
+    assert_eq!(
+        direct.stream_read("0000000000000000").unwrap(),
+        b"headerrecord"
+    );
 }

@@ -734,3 +734,62 @@ fn the_systemd_unit_verifies_and_its_command_runs() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// A root served by an older server (one repository at its top, shared by every key): the
+/// server refuses it, naming `server migrate`; a bare-key auth line is refused with the line to
+/// write; after `migrate ROOT alice` the node's socket URL restores exactly as before.
+#[test]
+fn an_old_single_repository_root_is_migrated_under_its_node() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let (net, line) = node_with_key(t.path(), "alice");
+    std::fs::copy(testdata("db-s2.sqlite3"), net.join("lightningd.sqlite3")).unwrap();
+    // The old layout: the node's repository is the root itself (with the s2 database).
+    run(&["init", "--lightning-dir", p(&net), &url(&root)]).ok();
+    let key_hex = line.split_whitespace().nth(1).unwrap().to_string();
+    let auth = t.path().join("auth");
+    std::fs::write(&auth, format!("{key_hex}\n")).unwrap();
+    let serve = |auth: &Path| run(&["server", &url(&root), "127.0.0.1:0", "--auth-file", p(auth)]);
+    let r = serve(&auth);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("without a node name") && r.stderr.contains(&format!("NAME {key_hex}")),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&auth, format!("{line}\n")).unwrap();
+    let r = serve(&auth);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("backup-cli server migrate"),
+        "{}",
+        r.stderr
+    );
+    let j = run(&["server", "migrate", "--json", &url(&root), "alice"])
+        .ok()
+        .json();
+    assert!(
+        j["moved"].as_array().unwrap().iter().any(|m| m == "config"),
+        "{j}"
+    );
+    assert!(!root.join("config").exists() && root.join("nodes/alice/config").exists());
+    // Again: nothing left to move.
+    run(&["server", "migrate", &url(&root), "alice"]).fails(4, "nothing to migrate");
+    let server = Server::start(
+        &root,
+        "127.0.0.1:0",
+        &auth,
+        &[],
+        &t.path().join("server.log"),
+    );
+    let u = server.url();
+    let snaps = run(&["snapshots", "--json", "--lightning-dir", p(&net), &u])
+        .ok()
+        .json();
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 1, "{snaps}");
+    restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s2.sqlite3");
+    // A second server on the same directory is refused.
+    let r = serve(&auth);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("already served"), "{}", r.stderr);
+}
