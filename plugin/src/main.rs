@@ -135,6 +135,7 @@ impl Plugin {
         }
         options::check_wallet_in_background(params, &self.dir, &self.out);
         self.opts = opts;
+        self.opts.remote.notify = self.wait_notices();
         self.initialized = true;
         // Writes before init used the default options; switch now if asked. A new reconnect
         // policy needs the backend opened anew.
@@ -210,6 +211,13 @@ impl Plugin {
                 self.out.error(id, PLUGIN_ERROR, &msg)
             }
         }
+    }
+
+    /// Where a `socket:` destination says what it waits for (a redial after the link dropped,
+    /// which the hook waits for): lightningd's log.
+    fn wait_notices(&self) -> store::backend::remote::client::Notify {
+        let out = self.out.clone();
+        store::backend::remote::client::Notify::new(move |m| out.log("unusual", m))
     }
 
     /// The hook path: open on first use, one durable append, log the first-write outcome.
@@ -456,6 +464,7 @@ fn main() -> ExitCode {
         auto_floor: 0,
         exiting: false,
     };
+    p.opts.remote.notify = p.wait_notices();
     for m in protocol::messages(std::io::stdin().lock()) {
         match m {
             Ok(m) => {

@@ -110,6 +110,15 @@ fn server_restarted_mid_session_loses_nothing() {
         status["data_version"],
         json!(s1.last().unwrap().data_version)
     );
+    // While the server was away, lightningd's log said what the hook waited for.
+    let log = ld.log_text();
+    assert!(
+        log.contains(&format!(
+            "to redial the backup server socket:127.0.0.1:{}",
+            addr.port()
+        )),
+        "{log}"
+    );
     assert!(ld.close_stdin_and_wait().unwrap().success());
     let server = restarter.unwrap().join().unwrap();
 
