@@ -268,6 +268,11 @@ impl Node {
         if !self.scan {
             floor = stream.len();
         }
+        // What this process acknowledged stays protected, whatever the scan could prove.
+        let old = lock(&self.streams).get(name).cloned();
+        if let Some(old) = old {
+            floor = floor.max(lock(&old).floor);
+        }
         let s = Arc::new(Mutex::new(OpenStream {
             durability: d,
             floor: floor.min(stream.len()),
