@@ -2,7 +2,7 @@
 //! the floor of a remote durable append.
 //!
 //! `cargo run --release -p cln-backup-benches --bin server-many -- [--nodes 20] [--batches N]
-//!  [--plugin target/release/cln-backup] [--cli target/release/backup-cli]`
+//!  [--rounds 4] [--plugin target/release/cln-backup] [--cli target/release/backup-cli]`
 //!
 //! A real `backup-cli server` process on 127.0.0.1 serves one repository per node (a directory
 //! under `BENCH_DATA`). Each node is the real plugin under the benches driver, streaming the
@@ -15,6 +15,11 @@
 //! minimal server thread that writes each record into a preallocated file, `fdatasync`s and
 //! answers 8 bytes (no framing, no encryption, no checks): once alone, and with as many clients
 //! at once as there are nodes (each its own file), since that many syncs then share the disk.
+//!
+//! The four measurements take turns, `--rounds` times, each round a part of the trace (the
+//! plugin sessions after the first are restarts): a drifting load (a shared machine) then weighs
+//! on each alike. The plugin's hook also includes lightningd's pipe round trip to the plugin,
+//! which the floor does not.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -52,10 +57,6 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir_in(bench_data())?;
     let records: Vec<Vec<u8>> = trace.iter().map(record_bytes).collect();
 
-    // The floor: one client, then `nodes` clients at once.
-    let floor1 = floor(work.path(), &records, 1)?;
-    let floor_n = floor(work.path(), &records, nodes)?;
-
     // The server, with one auth line per node (and one for the lone node).
     let keys: Vec<MasterKey> = (0..=nodes).map(|_| MasterKey::generate()).collect();
     let auth = work.path().join("auth");
@@ -87,33 +88,46 @@ fn main() -> anyhow::Result<()> {
     };
     let cmd = vec![plugin.display().to_string()];
     let options = json!({"backup-compact-journal-bytes": 0});
-
     let lone = net_of(0)?;
-    let one = driver::session(&cmd, &lone, &trace, true, options.clone(), None)?;
-    let one: Vec<Duration> = one.hooks.iter().map(|h| h.1).collect();
-
     let nets: Vec<PathBuf> = (1..=nodes).map(net_of).collect::<anyhow::Result<_>>()?;
-    let start = std::sync::Barrier::new(nodes);
-    let per_node: Vec<Vec<Duration>> = std::thread::scope(|s| {
-        let handles: Vec<_> = nets
-            .iter()
-            .map(|net| {
-                let (cmd, trace, options, start) = (&cmd, &trace, options.clone(), &start);
-                s.spawn(move || -> anyhow::Result<Vec<Duration>> {
-                    start.wait();
-                    let t = driver::session(cmd, net, trace, true, options, None)?;
-                    Ok(t.hooks.iter().map(|h| h.1).collect())
+
+    // The load of a shared machine drifts: the four measurements take turns, round after
+    // round, each round a part of the trace (a plugin session each: a restart after the first).
+    let rounds: usize = arg("--rounds").map_or(Ok(4), |v| v.parse())?;
+    let (mut floor1, mut floor_n, mut one) = (Vec::new(), Vec::new(), Vec::new());
+    let mut per_node: Vec<Vec<Duration>> = vec![Vec::new(); nodes];
+    let part = trace.len().div_ceil(rounds.max(1));
+    for (r, (batches, recs)) in trace.chunks(part).zip(records.chunks(part)).enumerate() {
+        let fresh = r == 0;
+        floor1.extend(floor(work.path(), recs, 1)?);
+        let t = driver::session(&cmd, &lone, batches, fresh, options.clone(), None)?;
+        one.extend(t.hooks.iter().map(|h| h.1));
+        floor_n.extend(floor(work.path(), recs, nodes)?);
+        let start = std::sync::Barrier::new(nodes);
+        let got: Vec<Vec<Duration>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nets
+                .iter()
+                .map(|net| {
+                    let (cmd, options, start) = (&cmd, options.clone(), &start);
+                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        start.wait();
+                        let t = driver::session(cmd, net, batches, fresh, options, None)?;
+                        Ok(t.hooks.iter().map(|h| h.1).collect())
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a node's thread panicked"))?
-            })
-            .collect::<anyhow::Result<_>>()
-    })?;
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a node's thread panicked"))?
+                })
+                .collect::<anyhow::Result<_>>()
+        })?;
+        for (acc, g) in per_node.iter_mut().zip(got) {
+            acc.extend(g);
+        }
+    }
     server.stop()?;
 
     let f1 = summary(&floor1).0;
