@@ -7,8 +7,11 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use store::backend::remote::client::Notify;
+use store::backend::remote::RemoteOptions;
 use store::{BackupUrl, MasterKey, Repository};
 
 use crate::Global;
@@ -132,6 +135,27 @@ pub fn parse_url(url: &str) -> Result<BackupUrl> {
     })
 }
 
+/// How `backup-cli` reaches a `socket:` repository: the plugin's reconnect policy, but every
+/// wait is printed and `--connect-timeout` bounds them all.
+pub fn remote_options(g: &Global) -> RemoteOptions {
+    let limit = Duration::from_secs_f64(g.connect_timeout.clamp(0.1, 86_400.0));
+    let defaults = RemoteOptions::default();
+    RemoteOptions {
+        connect_timeout: defaults.connect_timeout.min(limit),
+        deadline: Some(limit),
+        notify: Notify::new(|m| eprintln!("{m}")),
+        ..defaults
+    }
+}
+
+/// Open the repository at `url` with [`remote_options`].
+pub fn open_url(g: &Global, url: &BackupUrl, key: Option<MasterKey>) -> store::Result<Repository> {
+    let _p = matches!(url, BackupUrl::Socket { .. }).then(|| {
+        crate::out::Progress::start(g.json, &format!("connecting to the backup server {url}"))
+    });
+    Repository::open_with(url, key, &remote_options(g))
+}
+
 /// Open the repository at `url`, finding its key as above.
 pub fn open(g: &Global, url: &BackupUrl, beside: &[PathBuf]) -> Result<Repository> {
     open_with_key(g, url, beside).map(|(r, _)| r)
@@ -146,7 +170,7 @@ pub fn open_with_key(
     let found = find(g, beside)?;
     let source = found.as_ref().map(|f| f.source.clone());
     let key = found.as_ref().map(|f| f.key.clone());
-    match Repository::open(url, key) {
+    match open_url(g, url, key) {
         Ok(r) => Ok((r, found)),
         Err(store::Error::KeyRequired) => {
             let mut looked: Vec<String> = beside

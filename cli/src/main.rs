@@ -61,6 +61,10 @@ pub struct Global {
     /// backup.key live.
     #[arg(long, global = true, value_name = "DIR")]
     pub lightning_dir: Option<PathBuf>,
+    /// For socket: repositories, give up reaching the server after this many seconds (each
+    /// wait is shown).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    pub connect_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,10 +91,11 @@ pub enum Command {
     Info(cmd::UrlArg),
     /// Convert a backup file of the old Python plugin (.dbak) into a repository.
     Import(cmd::import::ImportArgs),
-    /// Show the repository key again.
+    /// Create a node's key (and the line its backup server needs), or show it again.
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
-    /// Serve a repository directory to remote nodes (socket: URLs).
+    /// Serve one repository per node to remote nodes (socket: URLs); `server status`,
+    /// `server migrate`.
     Server(cmd::server::ServerArgs),
     /// Run the real plugin under the lightningd emulator against bundled traces, then check.
     Demo(cmd::demo::DemoArgs),

@@ -190,6 +190,9 @@ impl Backup {
             .writer
             .lock()
             .map_err(|_| store::Error::Invalid("journal writer poisoned".into()))?;
+        // A backup server shows each node's newest data_version, which it cannot read
+        // (issue 15): sent with the append.
+        self.repo.backend().note_data_version(batch.data_version);
         let o = w.append(batch)?;
         Ok((o, w.bytes_since_snapshot()))
     }

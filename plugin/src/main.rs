@@ -172,6 +172,7 @@ impl Plugin {
         options::check_wallet_in_background(params, &self.dir, &self.out);
         self.rpc_socket = Some(lnrpc::socket_path(params, &self.dir));
         self.opts = opts;
+        self.opts.remote.notify = self.wait_notices();
         self.initialized = true;
         // Writes before init used the default options; switch now if asked. A new reconnect
         // policy needs the backend opened anew.
@@ -304,6 +305,13 @@ impl Plugin {
                 self.out.clone(),
             );
         }
+    }
+
+    /// Where a `socket:` destination says what it waits for (a redial after the link dropped,
+    /// which the hook waits for): lightningd's log.
+    fn wait_notices(&self) -> store::backend::remote::client::Notify {
+        let out = self.out.clone();
+        store::backend::remote::client::Notify::new(move |m| out.log("unusual", m))
     }
 
     /// The hook path: open on first use, one durable append, log the first-write outcome.
@@ -444,6 +452,12 @@ impl Plugin {
         let Some(b) = self.backup.take() else {
             return;
         };
+        // Threads answering RPCs (backup-status) hold the writer for a moment; the writer's
+        // lock goes with its last holder, which must be before the process exits.
+        let t = Instant::now();
+        while Arc::strong_count(&b.writer) > 1 && t.elapsed() < SHUTDOWN_DRAIN_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(m) = &b.multi {
             let t = Instant::now();
             let behind = m.drain(SHUTDOWN_DRAIN_WAIT);
@@ -642,6 +656,7 @@ fn main() -> ExitCode {
         auto_floor: 0,
         exiting: false,
     };
+    p.opts.remote.notify = p.wait_notices();
     for m in protocol::messages(std::io::stdin().lock()) {
         match m {
             Ok(m) => {

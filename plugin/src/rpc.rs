@@ -168,8 +168,14 @@ pub fn start_compaction(
                 // compaction leaves, so the object count stays bounded.
                 let mut pruned = Value::Null;
                 if let Ok(r) = &mut res {
+                    // An append-only destination (issue 15) refuses the deletes a prune makes:
+                    // its operator prunes on the server's host.
+                    let append_only = repo.backend().append_only();
+                    if append_only && r.snapshot.is_some() {
+                        out.log("info", &format!("{what}: the retention prune is skipped: {} is append-only (its operator prunes on the server's host)", repo.url()));
+                    }
                     // Not at shutdown: the next compaction prunes.
-                    if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
+                    if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) && !append_only {
                         let done = match &retention {
                             Some(policy) => store::ops::prune::plan(&repo, policy)
                                 .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder)),
@@ -182,6 +188,8 @@ pub fn start_compaction(
                                     r.after = after;
                                 }
                             }
+                            // A destination behind others that refuses deletes (issue 15).
+                            Err(e @ store::Error::AppendOnly { .. }) => out.log("info", &format!("{what}: the retention prune is skipped: {e}")),
                             Err(e) => out.log("unusual", &format!(
                                 "{what}: {} failed: {e}. Nothing kept is lost; the next compaction tries again.",
                                 if retention.is_some() { "pruning by the retention policy" } else { "garbage collection" }

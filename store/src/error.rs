@@ -94,6 +94,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Remote(String),
+    /// The destination keeps everything it was given (`backup-cli server --append-only`, or an
+    /// S3 bucket whose credentials cannot delete): it refused to delete, replace or cut
+    /// `object`. Prune and GC run where the repository is, by its operator.
+    #[error("{object}: the destination is append-only and refuses to {op} it; prune and GC run on the server's host, against its directory (`backup-cli prune file:///...`)")]
+    AppendOnly { object: String, op: &'static str },
     #[error("{0}")]
     Invalid(String),
     /// A key was given, but the repository's config is not authenticated by it.

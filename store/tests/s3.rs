@@ -422,6 +422,131 @@ fn check_locks(a: &S3Backend) {
     assert!(e.to_string().contains("live node"), "{e}");
 }
 
+/// This machine's identity of process `pid`, as a lease records it (boot id, pid namespace,
+/// pid, start time).
+fn process_json(pid: u32) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let start: u64 = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(19)?.parse().ok())
+        .unwrap_or(1);
+    format!(
+        r#"{{"boot":"{}","pidns":"{}","pid":{pid},"start":{start}}}"#,
+        boot.trim(),
+        ns.display()
+    )
+}
+
+/// `locks/writer` as process `pid` of this machine holds it in `role`, for another hour.
+fn put_live_lease(b: &S3Backend, role: &str, pid: u32) {
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let lease = format!(
+        r#"{{"holder":"{role} (pid {pid} on here, since unix time 1)","token":"{pid:x}","expires_unix":{far},"process":{}}}"#,
+        process_json(pid)
+    );
+    b.put("locks/writer", lease.as_bytes()).unwrap();
+}
+
+/// A restarted plugin must not wait out the lease its previous process left (lightningd
+/// restarted: the first db_write used to fail on `locks/writer` "held by the old pid" for up to
+/// 60 s). A live lease on this machine whose process is gone is taken over at once; one whose
+/// process still runs in the same role (the previous plugin still exiting) is waited for, then
+/// taken; a live process of another role is refused at once.
+#[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
+fn a_lease_of_a_process_that_is_gone_is_taken_over_at_once() {
+    let b = open_fresh("stale", &[]);
+    let role = "cln-backup plugin, lightning-dir /n";
+    // A process that ran and is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    put_live_lease(&b, role, gone_pid);
+    let g = b
+        .lock(
+            "writer",
+            &format!("{role} (pid 2 on here, since unix time 2)"),
+        )
+        .unwrap();
+    drop(g);
+
+    // A previous process of the same role, still running: waited for until it exits.
+    let mut previous = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = previous.id();
+    put_live_lease(&b, role, pid);
+    // Another role is refused at once, the previous process being alive.
+    let e = b
+        .lock(
+            "writer",
+            "backup-cli prune (pid 3 on here, since unix time 3)",
+        )
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        previous.kill().unwrap();
+        previous.wait().unwrap();
+    });
+    let g = b
+        .lock(
+            "writer",
+            &format!("{role} (pid 4 on here, since unix time 4)"),
+        )
+        .unwrap();
+    ender.join().unwrap();
+    let held = String::from_utf8(b.get("locks/writer").unwrap()).unwrap();
+    assert!(held.contains("pid 4"), "{held}");
+    drop(g);
+    assert!(matches!(b.get("locks/writer"), Err(Error::NotFound { .. })));
+}
+
+/// Two server processes behind one address serve one session: a lock taken for an owner (node
+/// and session) by one process is adopted by the other, never refused; another owner is
+/// refused while either holds it.
+#[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
+fn a_lock_taken_for_an_owner_is_adopted_by_a_sibling_process() {
+    let a = open_fresh("owner", &[("lock_lease", "3")]);
+    let b = S3Backend::with_config(a.config().clone()).unwrap();
+    let ga = a
+        .lock_for("writer", "plugin via server A", "alice/01")
+        .unwrap();
+    let gb = b
+        .lock_for("writer", "plugin via server B", "alice/01")
+        .unwrap();
+    let e = b
+        .lock_for("writer", "another session", "alice/02")
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    // B's process ends its part: the lease is A's to keep alive (it re-creates it).
+    drop(gb);
+    std::thread::sleep(Duration::from_millis(2500));
+    let e = b
+        .lock_for("writer", "another session", "alice/02")
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    drop(ga);
+    drop(b.lock_for("writer", "another session", "alice/02").unwrap());
+}
+
 #[test]
 #[cfg_attr(
     no_s3_tests,
@@ -775,4 +900,65 @@ fn garage_ignores_conditional_writes_and_the_fallback_holds() {
     let (_, lock_prefix, _) = parts_of(&url, "garage-lock");
     check_locks(&S3Backend::open(&bucket, &lock_prefix, &short).unwrap());
     trace_compact_prune_restore_at(&url, "garage-e2e", &[]);
+}
+
+/// Append-only for S3 without trusting the node with the bucket (docs/s3-append-only.md): the
+/// node reaches the bucket only through `backup-cli server s3://... --append-only`, which holds
+/// the credentials. A delete, a replacement and a cut are refused, and the bucket still holds
+/// every object and journal part.
+#[test]
+#[cfg_attr(
+    no_s3_tests,
+    ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
+)]
+fn an_append_only_server_in_front_of_the_bucket_keeps_everything() {
+    use store::backend::remote::{
+        auth_key, NodeEntry, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle, ServerOptions,
+        ServerRoot,
+    };
+    let url = server_url();
+    let (bucket, prefix, params) = parts_of(&url, "append-only");
+    let key = store::MasterKey::generate();
+    let mut entry = NodeEntry::new("alice", auth_key(&key));
+    entry.append_only = true;
+    let server = ServerHandle::spawn(
+        ServerRoot::S3 {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            params: params.clone(),
+        },
+        "127.0.0.1:0",
+        ServerAuth::from_nodes(vec![entry]).unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let c = RemoteBackend::connect(
+        "127.0.0.1",
+        server.addr().port(),
+        None,
+        &key,
+        RemoteOptions::default(),
+    )
+    .unwrap();
+    c.put("config", b"sealed").unwrap();
+    let mut s = c
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    s.append(b"header").unwrap();
+    s.append(b"record").unwrap();
+    for (what, r) in [
+        ("delete", c.delete("config")),
+        ("replace", c.put("config", b"other")),
+        ("delete stream", c.stream_delete("0000000000000000")),
+        ("cut", s.truncate(3)),
+    ] {
+        assert!(matches!(r, Err(Error::AppendOnly { .. })), "{what}: {r:?}");
+    }
+    // What the bucket holds, read with the server's credentials.
+    let direct = S3Backend::open(&bucket, &format!("{prefix}/nodes/alice"), &params).unwrap();
+    assert_eq!(direct.get("config").unwrap(), b"sealed");
+    assert_eq!(
+        direct.stream_read("0000000000000000").unwrap(),
+        b"headerrecord"
+    );
 }

@@ -199,6 +199,7 @@ fn run_steps(demo: &mut Demo, plugin: &Path, work: &Path) -> Result<()> {
         key_file: None,
         key_phrase: false,
         lightning_dir: Some(net.clone()),
+        connect_timeout: 30.0,
     };
     let nk = new_key(&g, true, Some(&net))?;
     nk.write()?;

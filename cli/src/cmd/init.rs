@@ -51,8 +51,8 @@ struct InitOutput {
 
 /// Is there a repository (or something else) at `url`? For a local directory, a non-empty
 /// directory that is not a repository counts too: init would mix its files into it.
-fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
-    match Repository::open(url, key.cloned()) {
+fn existing(g: &Global, url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
+    match keys::open_url(g, url, key.cloned()) {
         Err(store::Error::NoRepository { .. }) => {}
         Ok(_)
         | Err(store::Error::KeyRequired)
@@ -234,7 +234,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 3. The destination must be empty (or moved aside with --force).
     let mut moved_aside = None;
-    if let Some(what) = existing(&url, key.as_ref())? {
+    if let Some(what) = existing(g, &url, key.as_ref())? {
         if !a.force {
             return Err(refused(existing_message(&what, &url_text, dir)));
         }
@@ -265,7 +265,16 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     let created_path = nk.write()?;
 
     // 4. The repository.
-    let repo = match Repository::init(&url, key.as_ref(), encrypt, ConfigBody::default()) {
+    let created = store::backend::open_with(&url, key.as_ref(), true, &keys::remote_options(g))
+        .and_then(|b| {
+            Repository::init_backend(
+                b,
+                key.as_ref().filter(|_| encrypt),
+                encrypt,
+                ConfigBody::default(),
+            )
+        });
+    let repo = match created {
         Ok(r) => r,
         Err(e) => {
             if let Some(p) = &created_path {
@@ -330,6 +339,23 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// The 24 words in numbered rows of six, to write down.
+pub fn phrase_rows(phrase: &str) -> Vec<String> {
+    let words: Vec<&str> = phrase.split(' ').collect();
+    words
+        .chunks(6)
+        .enumerate()
+        .map(|(i, row)| {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(j, w)| format!("{:>2}. {w:<9}", i * 6 + j + 1))
+                .collect();
+            format!("  {}", cells.join(" ").trim_end())
+        })
+        .collect()
+}
+
 fn print_human(o: &InitOutput, dir: Option<&Path>) {
     println!("Created the repository {}.", o.url);
     if let Some(m) = &o.moved_aside {
@@ -350,14 +376,8 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             "  !!! the backup CANNOT be restored. Keep it apart from the node, like hsm_secret."
         );
         println!();
-        let words: Vec<&str> = p.split(' ').collect();
-        for (i, row) in words.chunks(6).enumerate() {
-            let cells: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(j, w)| format!("{:>2}. {w:<9}", i * 6 + j + 1))
-                .collect();
-            println!("  {}", cells.join(" ").trim_end());
+        for row in phrase_rows(p) {
+            println!("{row}");
         }
         println!();
         println!("  (`backup-cli key export` shows it again while the key file exists.)");

@@ -348,6 +348,8 @@ impl Backend for DirBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // Never outside the root (`..`, an absolute path): a prefix is a name's beginning.
+        super::check_prefix(prefix)?;
         // Prefixes are directories ("packs/") or a file name prefix within the root.
         let (dir_part, file_prefix) = match prefix.rfind('/') {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),

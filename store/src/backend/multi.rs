@@ -397,6 +397,26 @@ impl Backend for MultiBackend {
         }
         Ok(Box::new(MultiLock { _guards: guards }))
     }
+
+    fn lock_for(&self, name: &str, holder: &str, owner: &str) -> Result<Box<dyn LockGuard>> {
+        let mut guards = Vec::new();
+        for b in &self.sync {
+            guards.push(b.lock_for(name, holder, owner)?);
+        }
+        Ok(Box::new(MultiLock { _guards: guards }))
+    }
+
+    /// Any synchronous destination refusing deletes makes a prune through this one fail: the
+    /// plugin then leaves pruning to that destination's operator.
+    fn append_only(&self) -> bool {
+        self.sync.iter().any(|b| b.append_only())
+    }
+
+    fn note_data_version(&self, data_version: u32) {
+        for b in &self.sync {
+            b.note_data_version(data_version);
+        }
+    }
 }
 
 struct MultiLock {

@@ -44,7 +44,8 @@ use crate::ids::RepoId;
 use super::record::{Chain, Entry, Link, Record};
 
 pub const STREAM_HEADER_LEN: usize = HEADER_LEN + 16 + 8;
-const FRAME_HEADER_LEN: usize = 8;
+/// `u32 len | u32 check` (the check is keyless: a server finds a stream's end with it).
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// Largest record accepted (lightningd's largest batch is ~21 KB; 64 MiB leaves room). The writer
 /// refuses a larger one before it writes anything, so every record acknowledged is readable.
 pub const MAX_RECORD: usize = 64 << 20;
@@ -99,7 +100,7 @@ fn last16(b: &[u8]) -> Chain {
     c
 }
 
-fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
+pub(crate) fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
     let mut h = blake3::Hasher::new();
     h.update(&seq.to_le_bytes());
     h.update(&offset.to_le_bytes());

@@ -160,16 +160,26 @@ pub fn seal_closed_segments_with(
             crate::config::SEGMENT_ZSTD_LEVEL,
         )?;
         repo.backend().put(&name, &bytes)?;
-        repo.backend().stream_delete(&stream_name(seg.seq))?;
+        delete_sealed_stream(repo, seg.seq)?;
         sealed += 1;
     }
     // Streams left beside their sealed copy by a crash between the two steps above.
     for seq in reader::redundant_streams(repo)? {
         if seq < current {
-            repo.backend().stream_delete(&stream_name(seq))?;
+            delete_sealed_stream(repo, seq)?;
         }
     }
     Ok(sealed)
+}
+
+/// Delete the stream of a segment whose sealed copy is published. An append-only destination
+/// (issue 15: `backup-cli server --append-only`) refuses: the stream then stays beside its
+/// sealed copy, which readers use, until prune runs on the server's host. Not an error.
+fn delete_sealed_stream(repo: &Repository, seq: u64) -> Result<()> {
+    match repo.backend().stream_delete(&stream_name(seq)) {
+        Err(Error::AppendOnly { .. }) => Ok(()),
+        other => other,
+    }
 }
 
 pub fn compact(
