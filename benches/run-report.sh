@@ -210,6 +210,33 @@ if cargo build --release -p backup-cli -p cln-backup -p ld-emulator >&2; then
         body memory
         [[ -f "$T/memory-4g.md" ]] && body memory-4g
     } >>"$OUT"
+fi
+# 8a. Many nodes on one server (issue 15) and the live restore drill beside the hook (issue 16).
+if [[ -x $B/server-many && -x $B/check ]]; then
+    run server-many $B/server-many --nodes 20 --rounds 4 --plugin "$PWD/$B/cln-backup" --cli "$PWD/$B/backup-cli"
+    run check $B/check --plugin "$PWD/$B/cln-backup" --rounds 3
+    run check-scale $B/check --plugin "$PWD/$B/cln-backup" --rounds 1 --scale
+    {
+        echo
+        echo "## 7a. Many nodes on one backup server"
+        echo
+        echo "\`benches/src/bin/server-many.rs\`: a real \`backup-cli server\` on 127.0.0.1, one repository per"
+        echo "node; each node the real plugin under the benches driver (fixture trace s1, encrypted). The floor:"
+        echo "a loopback round trip plus the server's fdatasync of the same record sizes, alone and with as"
+        echo "many clients at once. Target (issue 15): remote hook p50 <= 1.2x the floor."
+        echo
+        body server-many
+        echo
+        echo "## 7b. backup-check beside the hook"
+        echo
+        echo "\`benches/src/bin/check.rs\`: the real plugin under ld-emulator; \`backup-check\` called back to"
+        echo "back in alternating phases of 250 hooks. Target (issue 16): hook p99 during a check <= 2x idle p99."
+        echo
+        body check
+        echo
+        body check-scale
+    } >>"$OUT"
+fi
 # 8. A year of a busy node (benches/src/bin/year.rs): hours, so only with BENCH_YEAR=1 (3 million
 # batches; BENCH_YEAR=quick: 200,000). On S3 too when CLN_BACKUP_S3_URL is set (see section 6).
 # The plot needs matplotlib: installed into target/plot (a venv) from PyPI on first use.

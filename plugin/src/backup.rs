@@ -106,6 +106,10 @@ impl Backup {
                 )
             })?;
         }
+        // The repository must back up this node: backup.lock and backup.key copied from another
+        // node would otherwise let this node's batches (lightningd sends some before `init`,
+        // before `getinfo` can be asked) land in that node's journal, or replace its last batch.
+        check_node(&repo, dir)?;
         let repo = if repo.format() < 2 {
             let (r, rep) = store::ops::upgrade::upgrade(&repo, &holder(dir), None)
                 .with_context(|| format!("upgrading the backup at {} to format 2", repo.url()))?;
@@ -195,6 +199,32 @@ impl Backup {
         self.repo.backend().note_data_version(batch.data_version);
         let o = w.append(batch)?;
         Ok((o, w.bytes_since_snapshot()))
+    }
+}
+
+/// Refuse a repository whose recorded node is not the node whose database is in `dir`. Either
+/// side unknown (no node record yet, a fresh node, a database locked at this moment) leaves the
+/// check to the `getinfo` one after `init`.
+fn check_node(repo: &Repository, dir: &Path) -> Result<()> {
+    let db = dir.join(crate::drill::DB_FILE);
+    let Some(here) = store::node::database_node_id(&db) else {
+        return Ok(());
+    };
+    let recorded = store::node::read_node_id(repo)
+        .with_context(|| format!("reading the node record of {}", repo.url()))?;
+    match recorded {
+        Some(r) if r.node_id != here => Err(anyhow::anyhow!(
+            "the backup at {} belongs to node {} ({} recorded it), but this node's database {} is node {here}: \
+             backup.lock and backup.key were copied from another node. Refusing to write to it (that \
+             node's backup stays as it was). Give this node its own backup: move backup.lock aside and run \
+             `backup-cli init --lightning-dir {} URL` with a URL of its own",
+            repo.url(),
+            r.node_id,
+            r.source.name(),
+            db.display(),
+            dir.display()
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -105,6 +105,31 @@ pub fn read_node_id(repo: &Repository) -> Result<Option<NodeRecord>> {
     }
 }
 
+/// `vars.node_id` of a lightningd database, as 66 hex digits, read without waiting for any lock:
+/// the plugin reads it while lightningd may hold its write transaction open around the hook
+/// (waiting would deadlock until lightningd's busy timeout), so a locked, missing or unreadable
+/// database, or one without a node id yet (a node's very first start), is `None`.
+pub fn database_node_id(path: &std::path::Path) -> Option<String> {
+    use rusqlite::{Connection, OpenFlags, OptionalExtension};
+    if !path.is_file() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(std::time::Duration::ZERO).ok()?;
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT blobval FROM vars WHERE name = 'node_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ok()??;
+    let id: String = blob?.iter().map(|b| format!("{b:02x}")).collect();
+    parse_node_id(&id).ok()
+}
+
 /// Record `node_id` as the node this repository backs up, once. The same id again is
 /// `AlreadyRecorded`; another id is [`Error::NodeIdMismatch`].
 pub fn record_node_id(

@@ -238,6 +238,24 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
         if !a.force {
             return Err(refused(existing_message(&what, &url_text, dir)));
         }
+        // --force abandons this node's old backup; never another node's (a backup.lock and key
+        // copied from another node point here, and "Backup is out of date" said to re-init).
+        if let Some(d) = dir {
+            let here = store::node::database_node_id(&d.join(DB_FILE_NAME));
+            let recorded = Repository::open_with(&url, key.clone(), &keys::remote_options(g))
+                .ok()
+                .and_then(|r| store::node::read_node_id(&r).ok().flatten());
+            if let (Some(here), Some(r)) = (here, recorded) {
+                if r.node_id != here {
+                    return Err(refused(format!(
+                        "{url_text} holds the backup of node {}, but {} is node {here}: --force would move another node's backup aside. \
+                         That node's backup.lock and backup.key were probably copied here; give this node a URL of its own",
+                        r.node_id,
+                        d.join(DB_FILE_NAME).display()
+                    )));
+                }
+            }
+        }
         match &url {
             BackupUrl::File(p) => {
                 // Never beside a live writer: its later batches would land in neither place.

@@ -201,3 +201,40 @@ fn init_with_a_known_key() {
     assert_eq!(j["key_id"], k.id().to_string());
     assert_eq!(std::fs::read_to_string(&kf).unwrap(), written);
 }
+
+/// Found under a real lightningd: node B holding node A's backup.lock and backup.key was told
+/// "Backup is out of date ... init --force", and `init --force` then moved node A's backup
+/// aside without a word. It refuses, naming both nodes, and A's repository stays where it was.
+#[test]
+fn init_force_refuses_to_move_another_nodes_backup_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::copy(testdata("db-s3.sqlite3"), a.join("lightningd.sqlite3")).unwrap();
+    unzstd(
+        &channels("node-a/lightningd.sqlite3.zst"),
+        &b.join("lightningd.sqlite3"),
+    );
+    let repo = t.path().join("repo");
+    let j = run(&["init", "--json", "--lightning-dir", p(&a), &url(&repo)])
+        .ok()
+        .json();
+    let node_a = j["node_id"].as_str().unwrap().to_string();
+    for f in ["backup.lock", "backup.key"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    let r = run(&["init", "--force", "--lightning-dir", p(&b), &url(&repo)])
+        .fails(4, &format!("holds the backup of node {node_a}"));
+    assert!(r.stderr.contains("a URL of its own"), "{}", r.stderr);
+    assert!(repo.join("config").exists());
+    let siblings: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("repo"))
+        .collect();
+    assert_eq!(siblings, ["repo"], "nothing may be moved aside");
+    // Node A's own --force still works (it abandons its own backup).
+    run(&["init", "--force", "--lightning-dir", p(&a), &url(&repo)]).ok();
+}

@@ -238,3 +238,69 @@ fn a_repository_of_another_node_stops_lightningd() {
         "{e}"
     );
 }
+
+/// Every file under `dir` with its bytes.
+fn files_of(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Found under a real lightningd: backup.lock and backup.key copied from node A into node B's
+/// directory. lightningd sends its restart batches before `init`, before `getinfo` can be
+/// asked, so the check after init came too late: B's batches landed in A's journal (or replaced
+/// A's last batch). The node id in B's own database is read at open: the first write is refused
+/// and A's repository is left byte for byte as it was.
+#[test]
+fn a_copied_backup_lock_of_another_node_is_refused_before_the_first_write() {
+    let node_a = "03e8c0e81647f86f1abfb99a24e7150f8885d3d66be04fb8d796ea8ad363b00f7b";
+    let s1 = trace(1);
+    let s2 = trace(2);
+    // Node B ran session 1: its database holds its node id (S1_NODE), its backup records it.
+    let Live {
+        node: node_b,
+        em: mut b,
+        _rpc,
+    } = live(s1.len(), vec![]);
+    b.wait_log(WAIT, |g| {
+        g.message.contains(&format!("recorded node {S1_NODE}"))
+    })
+    .unwrap();
+    assert!(b.close_stdin_and_wait().unwrap().success());
+    // Node A's repository (same kind of key file, another node recorded).
+    let a = Node::new(true);
+    store::node::record_node_id(&a.open(), node_a, store::node::NodeIdSource::Getinfo).unwrap();
+    for f in ["backup.lock", "backup.key"] {
+        std::fs::copy(a.net.join(f), node_b.net.join(f)).unwrap();
+    }
+    let before = files_of(&a.repo);
+
+    let mut em = Emulator::spawn(&plugin(), &node_b.net, &[]).unwrap();
+    em.set_timeout(WAIT);
+    em.attach_database(Database::open(&node_b.net.join("lightningd.sqlite3")).unwrap());
+    em.getmanifest().unwrap();
+    let first = &s2[0];
+    let reply = em.db_write(first.data_version, &first.writes).unwrap();
+    let HookReply::Error(e) = reply else {
+        panic!("the first write was answered {reply:?}\n{}", em.log_text())
+    };
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("belongs to node {node_a}"))
+            && msg.contains(&format!("is node {S1_NODE}"))
+            && msg.contains("backup-cli init --lightning-dir"),
+        "{msg}"
+    );
+    assert_eq!(files_of(&a.repo), before, "node A's repository changed");
+}
