@@ -260,15 +260,18 @@ fn prune_summary(pruned: &Value) -> String {
         return String::new();
     }
     format!(
-        "; pruned {} snapshots and {} journal segments, {} packs deleted ({} repacked, {} merged, {} written), {} packs and {} index objects left, {} ms",
+        "; pruned {} snapshots and {} journal segments, {} packs deleted ({} repacked, {} merged, {} written), {} journal segments merged into {} runs, {} packs, {} index objects and {} journal objects left, {} ms",
         n("removed_snapshots"),
         n("deleted_segments"),
         n("deleted_packs"),
         n("repacked_packs"),
         n("merged_packs"),
         n("written_packs"),
+        n("merged_segments"),
+        n("written_runs"),
         n("packs"),
         n("index_objects"),
+        n("journal_objects"),
         n("duration_ms")
     )
 }

@@ -5,7 +5,8 @@
 //! backup of the same state plus the journal the retention keeps, at every point, however many
 //! compactions and prunes it went through (prune used to leave dead chunks in kept packs, 2.4x
 //! after 125 compactions); packs stay within one per half pack target stored plus a constant,
-//! index objects within a constant; every generated batch is stored and the newest state
+//! index objects within a constant, journal objects within one per 8 MiB of journal plus a
+//! constant; every generated batch is stored and the newest state
 //! restores. The full year (3 million batches) is `cargo run --release -p cln-backup-benches
 //! --bin year` (benches/REPORT.md).
 
@@ -73,6 +74,18 @@ fn a_year_in_minutes_stays_bounded() {
             "day {:.0}: {} index objects",
             p.day,
             p.index_objects
+        );
+        // Sealed segments are merged into runs: one journal object per 8 MiB of journal, plus
+        // the slack, the newest snapshot's resume segment and the open stream.
+        assert!(
+            p.journal_segments
+                <= p.journal_bytes / store::ops::prune::SEGMENT_BYTES_PER_OBJECT
+                    + store::ops::prune::SMALL_SEGMENTS_MAX
+                    + 3,
+            "day {:.0}: {} journal objects for {} bytes",
+            p.day,
+            p.journal_segments,
+            p.journal_bytes
         );
     }
     let last = points.last().unwrap();

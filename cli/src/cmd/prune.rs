@@ -136,6 +136,10 @@ pub fn run(g: &Global, a: &PruneArgs) -> Result<()> {
                 out::bytes(r.dead_bytes),
                 r.index_objects
             );
+            println!(
+                "Journal: {} sealed segments ({} objects) merged into {} runs; {} journal objects left.",
+                r.merged_segments, r.merged_objects, r.written_runs, r.journal_objects
+            );
         }
     }
     Ok(())

@@ -565,12 +565,24 @@ fn sizes(repo: &Repository) -> Result<Sizes> {
         let l = repo.backend().list(p)?;
         Ok((l.len() as u64, l.iter().map(|o| o.size).sum()))
     };
-    let segs = store::journal::reader::segments(repo)?;
+    // Every journal object stored: sealed segments and runs (with any a crash left beside a
+    // run), and the open streams.
+    let sealed: Vec<_> = repo
+        .backend()
+        .list("journal/")?
+        .into_iter()
+        .filter(|o| store::journal::parse_sealed_name(&o.name).is_some())
+        .collect();
+    let streams = repo.backend().stream_list()?;
+    let journal = (
+        (sealed.len() + streams.len()) as u64,
+        sealed.iter().chain(&streams).map(|o| o.size).sum(),
+    );
     Ok(Sizes {
         pack: list("packs/")?,
         index: list("index/")?,
         manifest: list("snapshots/")?,
-        journal: (segs.len() as u64, segs.iter().map(|s| s.size).sum()),
+        journal,
         config: list("config")?.1,
     })
 }

@@ -273,7 +273,24 @@ pub struct Journal {
 
 /// Read the journal from segment `from_seq` on and check its continuity (see the module
 /// header). `recovery` applies to the newest segment; all others are read strictly.
+///
+/// A sealed object that is gone by the time it is read was merged into a run (or pruned) since
+/// the listing: the journal is listed and read again, a few times at most.
 pub fn read_journal(repo: &Repository, from_seq: u64, recovery: Recovery) -> Result<Journal> {
+    let mut tries = 0;
+    loop {
+        match read_journal_once(repo, from_seq, recovery) {
+            Err(Error::NotFound { object })
+                if tries < 3 && parse_sealed_name(&object).is_some() =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn read_journal_once(repo: &Repository, from_seq: u64, recovery: Recovery) -> Result<Journal> {
     let all = segments(repo)?;
     // The segment before the first one read, when present, anchors the first one's link.
     let segs: Vec<&SegmentRef> = all.iter().filter(|s| s.last >= from_seq).collect();

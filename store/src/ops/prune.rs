@@ -8,13 +8,16 @@
 //!    ([`gc`], [`repack`]);
 //! 4. publish new index objects naming every chunk of the kept packs, then delete the old ones;
 //! 5. delete packs no index names;
-//! 6. delete journal segments older than the oldest kept snapshot's resume segment.
+//! 6. delete journal segments older than the oldest kept snapshot's resume segment;
+//! 7. merge runs of small sealed journal segments before the newest snapshot's resume segment
+//!    into one sealed run each ([`segmerge`]).
 //!
-//! [`collect_garbage`] runs steps 3-5 alone (after a compaction when no retention is set), so
-//! the pack and index counts stay bounded without a policy.
+//! [`collect_garbage`] runs steps 3-5 and 7 alone (after a compaction when no retention is set),
+//! so the pack, index and journal object counts stay bounded without a policy.
 
 mod gc;
 mod repack;
+mod segmerge;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -28,6 +31,7 @@ use crate::manifest::{self, ChunkList, ChunkRef, Manifest, SnapshotInfo};
 use crate::repo::{Repository, MAINTENANCE_LOCK};
 
 pub use gc::{INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
+pub use segmerge::{RUN_MAX_BYTES, SEGMENT_BYTES_PER_OBJECT, SMALL_SEGMENTS_MAX};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Retention {
@@ -123,6 +127,15 @@ pub struct PruneReport {
     /// Index objects replaced by new ones.
     pub rewritten_indexes: u64,
     pub deleted_segments: u64,
+    /// Journal segments merged into sealed runs (a run counts for every segment it holds),
+    /// the sealed objects they were in, and the runs written.
+    pub merged_segments: u64,
+    pub merged_objects: u64,
+    pub written_runs: u64,
+    /// Sealed objects deleted because a run published before a crash holds their segments.
+    pub deleted_leftover_segments: u64,
+    /// Journal objects left (sealed segments, runs and open streams).
+    pub journal_objects: u64,
     /// Packs and index objects left.
     pub packs: u64,
     pub index_objects: u64,
@@ -266,7 +279,8 @@ pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneR
     apply_locked(repo, plan)
 }
 
-/// Steps 3-5 alone (no snapshot removed): reclaim dead space, merge small packs and indexes.
+/// Steps 3-5 and 7 alone (no snapshot removed): reclaim dead space, merge small packs,
+/// indexes and sealed journal segments.
 pub fn collect_garbage(repo: &Repository, holder: &str) -> Result<PruneReport> {
     apply(
         repo,
@@ -335,6 +349,9 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         repo.backend().stream_delete(&stream_name(seq))?;
         rep.deleted_segments += 1;
     }
+    // 7. Small sealed segments into runs, before the newest kept snapshot's resume segment.
+    let resume = kept.iter().map(|m| m.journal_segment).max();
+    segmerge::merge(repo, resume, &mut rep)?;
     rep.bytes_after = listed_bytes(repo)?;
     rep.duration_ms = started.elapsed().as_millis() as u64;
     Ok(rep)

@@ -156,6 +156,12 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     let segs = reader::segments(repo)?;
     rep.journal_segments = segs.len() as u64;
     let from = manifests.first().map(|m| m.journal_segment).unwrap_or(0);
+    // Records are numbered by the object they were read from: a merged run that holds the
+    // oldest snapshot's resume segment numbers them all by its first segment.
+    let from = segs
+        .iter()
+        .find(|s| s.seq <= from && from <= s.last)
+        .map_or(from, |s| s.seq);
     let from_version = manifests.first().map(|m| m.data_version).unwrap_or(0);
     let first = segs.first().map(|s| s.seq).unwrap_or(0);
     let mut records = Vec::new();

@@ -9,4 +9,5 @@ mod fixtures;
 mod gc;
 mod model;
 mod prune;
+mod segmerge;
 mod upgrade;

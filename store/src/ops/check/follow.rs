@@ -110,6 +110,15 @@ impl Follower {
         let mut fresh = Vec::new();
         let mut in_last = 0usize;
         for (seq, r) in raw {
+            if seq < self.last_seq {
+                // Garbage collection merged the segment read last into a run since: its records
+                // are numbered by the run's first segment now, so which of them were applied
+                // cannot be told by counting. Stop rather than apply one twice.
+                return Err(Error::Invalid(format!(
+                    "journal segment {:016x} was merged into a sealed run during the check: run it again",
+                    self.last_seq
+                )));
+            }
             if seq == self.last_seq {
                 in_last += 1;
                 if in_last <= self.taken_in_last {
