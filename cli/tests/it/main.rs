@@ -10,6 +10,7 @@ mod inspect;
 mod keys;
 mod maintenance;
 mod node;
+mod nonregular;
 mod restore;
 mod scripts;
 mod server;
