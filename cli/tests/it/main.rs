@@ -14,3 +14,4 @@ mod nonregular;
 mod restore;
 mod scripts;
 mod server;
+mod upgrade;
