@@ -104,6 +104,9 @@ pub enum Command {
     /// Upgrade a format-1 repository to format 2 in place (the plugin does it itself when it
     /// opens one); --bind-plaintext binds a format-1 plaintext repository to your key.
     Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Get a node going again after the newest journal segment's end was damaged: keep it
+    /// aside, cut it after its last authentic record, store the node's database as a snapshot.
+    Repair(cmd::repair::RepairArgs),
     /// Sizes, dedup ratio, journal and snapshots of a repository.
     Info(cmd::UrlArg),
     /// Convert a backup file of the old Python plugin (.dbak) into a repository.
