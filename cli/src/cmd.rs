@@ -9,10 +9,12 @@ pub mod init;
 pub mod inspect;
 pub mod key;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod restore_node;
 pub mod server;
 pub mod snapshots;
+pub mod upgrade;
 pub mod verify;
 
 use anyhow::Result;
@@ -38,6 +40,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Prune(a) => prune::run(g, a),
         Command::Compact(a) => compact::run(g, a),
         Command::Verify(a) => verify::run(g, a),
+        Command::Upgrade(a) => upgrade::run(g, a),
+        Command::Repair(a) => repair::run(g, a),
         Command::Info(a) => info::run(g, a),
         Command::Import(a) => import::run(g, a),
         Command::Key(k) => key::run(g, k),

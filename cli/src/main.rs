@@ -85,8 +85,28 @@ pub enum Command {
     Prune(cmd::prune::PruneArgs),
     /// Take a snapshot now (offline: the plugin must not be running on this repository).
     Compact(cmd::compact::CompactArgs),
-    /// Check every object of a repository (with --read-data: every chunk, and a trial restore).
+    /// Check a repository: seals, references, journal continuity (with --read-data: every chunk
+    /// decrypted, and a trial restore).
+    ///
+    /// Plain verify reads the small objects whole and two ranges of each pack. It checks: every
+    /// manifest's seal, that its delta chain resolves and that every chunk it names is in an
+    /// index; every index's seal, and that each pack it names exists and is long enough; each
+    /// pack's header and the seal of its LAST blob only; every journal record's seal and chain;
+    /// journal continuity (consecutive segments, each linked to the one before it, versions
+    /// consecutive from the oldest snapshot on, every snapshot's next batch present) and an
+    /// honest end (a damaged end is a problem, a crash's torn one a warning). It does not decrypt
+    /// the other blobs of a pack: damage inside a pack is found only with --read-data.
+    ///
+    /// With --read-data it also decrypts every blob of every pack (each blob's seal, every
+    /// chunk's address) and restores the newest state to a temporary file (replay, then SQLite's
+    /// integrity_check). Exit 3 when problems are found.
     Verify(cmd::verify::VerifyArgs),
+    /// Upgrade a format-1 repository to format 2 in place (the plugin does it itself when it
+    /// opens one); --bind-plaintext binds a format-1 plaintext repository to your key.
+    Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Get a node going again after the newest journal segment's end was damaged: keep it
+    /// aside, cut it after its last authentic record, store the node's database as a snapshot.
+    Repair(cmd::repair::RepairArgs),
     /// Sizes, dedup ratio, journal and snapshots of a repository.
     Info(cmd::UrlArg),
     /// Convert a backup file of the old Python plugin (.dbak) into a repository.

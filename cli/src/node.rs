@@ -125,6 +125,17 @@ pub fn move_aside(p: &Path) -> Result<PathBuf> {
     Ok(to)
 }
 
+/// `--lightning-dir DIR` must be a directory, and [`check_stopped_network_dir`].
+pub fn check_given_dir(dir: &Path, file: &str, why: &str) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(crate::exit::usage(format!(
+            "--lightning-dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    check_stopped_network_dir(dir, file, why)
+}
+
 /// The network directory `dir` (marked by `file`) must be given, not the base directory above
 /// it; and no lightningd may run on it (`why`: what would go wrong).
 pub fn check_stopped_network_dir(dir: &Path, file: &str, why: &str) -> Result<()> {

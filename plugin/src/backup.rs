@@ -46,6 +46,21 @@ pub fn missing_lock_message(dir: &Path) -> String {
     )
 }
 
+/// The message when the newest journal segment's end is damaged (not a crash's torn write):
+/// the writer cannot continue it, and what the operator runs to get the node going again.
+pub fn damaged_tail_message(url: &str, object: &str, what: &str, dir: &Path) -> String {
+    format!(
+        "The backup at {url} is damaged at the end of its newest journal segment {object}: {what}. \
+         A crash does not leave this (the newest records were altered, or the storage failed), so \
+         cln-backup will not write after it, and lightningd stops without committing. The node's \
+         own database still holds its newest state. To go on: with lightningd stopped, run \
+         `backup-cli repair {url} --cut-damaged-tail --lightning-dir {d}`: it keeps the damaged \
+         segment aside for inspection, cuts it after its last authentic record, and stores this \
+         node's database as a snapshot, so the backup is complete again. Then start lightningd.",
+        d = dir.display()
+    )
+}
+
 /// The lock holder text: who holds the repository's writer lock.
 pub fn holder(dir: &Path) -> String {
     store::repo::holder(&format!(
@@ -142,9 +157,21 @@ impl Backup {
                 identity.format
             ));
         }
-        let writer = repo
-            .writer(&holder(dir), durability)
-            .with_context(|| format!("taking the writer lock of {}", repo.url()))?;
+        let writer = match repo.writer(&holder(dir), durability) {
+            Ok(w) => w,
+            Err(store::Error::DamagedTail { object, what }) => {
+                return Err(anyhow::anyhow!(damaged_tail_message(
+                    &lock.backend_url,
+                    &object,
+                    &what,
+                    dir
+                )))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("taking the writer lock of {}", repo.url())))
+            }
+        };
         Ok(Backup {
             repo,
             multi,

@@ -398,6 +398,13 @@ pub fn watch_destinations(multi: &Option<Arc<MultiBackend>>, out: &Out) {
                                 d.url, d.lag_batches
                             ));
                         }
+                        "refused" => {
+                            *troubled = true;
+                            out.log("unusual", &format!(
+                                "asynchronous destination {}: {err}; lightningd goes on, backed up by the others",
+                                d.url
+                            ));
+                        }
                         "live" if *troubled => {
                             *troubled = false;
                             out.log(

@@ -108,7 +108,7 @@ pub enum Error {
     #[error("{url} does not hold the expected repository: {what}. Check the URL; if the storage was replaced or rolled back, do not write to it")]
     IdentityMismatch { url: String, what: String },
     /// The newest journal record is damaged in a way a crash cannot explain.
-    #[error("{object} is damaged at its end: {what}. The batches stored there are lost from this copy: look for a newer copy (another destination), or accept the loss explicitly (--accept-damaged-tail)")]
+    #[error("{object} is damaged at its end: {what}. The batches stored there are lost from this copy: look for a newer copy (another destination), or accept the loss explicitly (restore --accept-damaged-tail); for the node to write again, `backup-cli repair URL --cut-damaged-tail --lightning-dir DIR` keeps that segment aside, cuts it after its last authentic record and stores the node's database")]
     DamagedTail { object: String, what: String },
     /// A restore found less than an anchor outside the storage shows.
     #[error("the newest state found is data_version {newest}{when}, older than {expected} ({anchor}): the backup was rolled back, or is a copy that fell behind; look for a newer copy")]

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod compact;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod seed;
 pub mod snapshots;

@@ -205,13 +205,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     // 1. The node directory: exists, is the network dir, no running node, backup.lock.
     let mut previous = None;
     if let Some(d) = dir {
-        if !d.is_dir() {
-            return Err(usage(format!(
-                "--lightning-dir {} is not a directory",
-                d.display()
-            )));
-        }
-        node::check_stopped_network_dir(d, DB_FILE_NAME, "init must see the database at rest")?;
+        node::check_given_dir(d, DB_FILE_NAME, "init must see the database at rest")?;
         if let Some(l) = node::read_lock(d)? {
             if l.backend_url != url_text && l.backend_url != a.url {
                 if !a.force {

@@ -11,8 +11,9 @@ use crate::{keys, out, Global};
 pub struct VerifyArgs {
     /// Repository URL
     pub url: String,
-    /// Also read every chunk (checking its seal and address) and restore the newest state to a
-    /// temporary file.
+    /// Also decrypt every blob of every pack (its seal, every chunk's address), not only each
+    /// pack's last blob, and restore the newest state to a temporary file (replay and
+    /// integrity_check).
     #[arg(long)]
     pub read_data: bool,
 }

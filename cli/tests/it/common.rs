@@ -22,6 +22,17 @@ pub fn spawn(c: &mut Command) -> std::process::Child {
     c.spawn().expect("spawn backup-cli")
 }
 
+/// The plugin binary, built beside backup-cli.
+pub fn plugin() -> PathBuf {
+    let plugin = Path::new(BIN).with_file_name("cln-backup");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build the plugin first (`cargo build -p cln-backup`; `cargo test --workspace` does)",
+        plugin.display()
+    );
+    plugin
+}
+
 pub fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata")

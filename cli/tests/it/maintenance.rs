@@ -275,3 +275,18 @@ fn bad_urls_and_missing_or_corrupt_repositories() {
     assert_eq!(run(&["restore"]).code, 2);
     assert_eq!(run(&["frobnicate"]).code, 2);
 }
+
+/// `verify --help` says exactly what plain verify checks, and what only --read-data does.
+#[test]
+fn verify_help_says_what_plain_verify_checks() {
+    let h = run(&["verify", "--help"]).ok();
+    for needle in [
+        "pack's header and the seal of its LAST blob only",
+        "every journal record's seal and chain",
+        "every snapshot's next batch present",
+        "damage inside a pack is found only with --read-data",
+        "decrypts every blob of every pack",
+    ] {
+        assert!(h.stdout.contains(needle), "lacks {needle:?}:\n{}", h.stdout);
+    }
+}

@@ -130,16 +130,6 @@ pub fn node_with_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (net, line)
 }
 
-fn plugin() -> PathBuf {
-    let plugin = Path::new(BIN).with_file_name("cln-backup");
-    assert!(
-        plugin.exists(),
-        "{} is missing: build the plugin first (`cargo build -p cln-backup`; `cargo test --workspace` does)",
-        plugin.display()
-    );
-    plugin
-}
-
 fn trace_writes(session: u32) -> Vec<DbWrite> {
     load_trace(&testdata(&format!("trace-s{session}.jsonl"))).unwrap()
 }

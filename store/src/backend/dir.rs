@@ -102,6 +102,48 @@ fn open_len(path: &Path) -> Option<u64> {
     Some(len)
 }
 
+/// Open the object at `p` for reading, refusing anything but a regular file: a FIFO would block
+/// the read forever, and a directory, a device or a symbolic link is never an object. Opened with
+/// `O_NOFOLLOW | O_NONBLOCK` (a FIFO opens at once), then checked with `fstat`.
+fn open_regular(p: &Path, object: &str) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let refuse = |what: &str| {
+        Error::corrupt(
+            object,
+            format!(
+                "{what} is there, not a regular file: refused (every object is a regular file; move {} away, or restore the file from another copy)",
+                p.display()
+            ),
+        )
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse("a symbolic link"),
+            _ => Error::io("read", object, e),
+        })?;
+    let t = f
+        .metadata()
+        .map_err(|e| Error::io("read", object, e))?
+        .file_type();
+    if t.is_file() {
+        return Ok(f);
+    }
+    Err(refuse(if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something"
+    }))
+}
+
 impl DirBackend {
     /// Open an existing directory (it must exist; `create` makes it).
     pub fn open(root: &Path) -> Result<Self> {
@@ -327,12 +369,16 @@ impl Backend for DirBackend {
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.path(name)?;
-        fs::read(&p).map_err(|e| Error::io("read", name, e))
+        let mut v = Vec::new();
+        open_regular(&p, name)?
+            .read_to_end(&mut v)
+            .map_err(|e| Error::io("read", name, e))?;
+        Ok(v)
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let p = self.path(name)?;
-        let f = File::open(&p).map_err(|e| Error::io("read", name, e))?;
+        let f = open_regular(&p, name)?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
@@ -378,7 +424,10 @@ impl Backend for DirBackend {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("list", fname.clone(), e)),
             };
-            if !meta.is_file() {
+            // A FIFO, device, socket or symbolic link is listed, so that reading it is refused
+            // by name (`open_regular`) rather than the object silently missing; directories
+            // are not objects.
+            if meta.is_dir() {
                 continue;
             }
             let name = if dir_part.is_empty() {
@@ -461,9 +510,10 @@ impl Backend for DirBackend {
         // The length first: what lies below it no longer changes.
         let len = open_len(&self.stream_key(name));
         let mut v = Vec::new();
-        File::open(&p)
-            .and_then(|mut f| f.read_to_end(&mut v))
-            .map_err(|e| Error::io("read", format!("journal/{name}.log"), e))?;
+        let object = format!("journal/{name}.log");
+        open_regular(&p, &object)?
+            .read_to_end(&mut v)
+            .map_err(|e| Error::io("read", object, e))?;
         if let Some(len) = len {
             v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         }

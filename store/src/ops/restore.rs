@@ -343,6 +343,20 @@ fn restore_into(
     if snap.is_none() && records.is_empty() {
         return Err(Error::EmptyRepository);
     }
+    // A version inside a gap that a later snapshot bridges (`backup-cli repair` cut a damaged
+    // end and stored the node's database): no batch of it exists.
+    if let RestoreTarget::Version(v) = target {
+        if *v > base_v
+            && !records
+                .iter()
+                .any(|r| !r.pragma_only() && r.batch.data_version == *v)
+        {
+            return Err(Error::VersionNotAvailable {
+                asked: *v,
+                why: "the journal holds no batch for it: a damaged end was cut there (`backup-cli repair`) and a later snapshot holds the node's state after it; restore an earlier state, or that snapshot's".into(),
+            });
+        }
+    }
     let restored_time_ms = records
         .iter()
         .rev()

@@ -193,9 +193,20 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                 let v = r.batch.data_version;
                 match prev {
                     Some(p) if v <= p => {} // already in the snapshot
-                    Some(p) if v != p + 1 => {
-                        rep.problems.push(format!("journal: data_version {v} follows {p}: batches are missing"));
-                    }
+                    // A snapshot at v-1 bridges a gap: a damaged end cut by `backup-cli
+                    // repair`, whose batches only that snapshot (of the node's database) holds.
+                    Some(p) if v != p + 1 => match manifests.iter().find(|m| m.data_version == v - 1) {
+                        Some(m) => rep.warnings.push(format!(
+                            "journal: data_version {v} follows {p}; batches {} to {} are only in snapshot {} (a damaged end was cut: `backup-cli repair`), so no state between {p} and {} is restorable",
+                            p + 1,
+                            v - 1,
+                            m.id,
+                            v - 1
+                        )),
+                        None => rep.problems.push(format!(
+                            "journal: data_version {v} follows {p}: batches are missing"
+                        )),
+                    },
                     None if v != 1 => rep.warnings.push(format!(
                         "journal starts at data_version {v} with no snapshot before it: only later snapshots restore"
                     )),
