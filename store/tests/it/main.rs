@@ -8,5 +8,7 @@ mod faults;
 mod fixtures;
 mod gc;
 mod model;
+mod mutants_dir;
+mod mutants_journal;
 mod prune;
 mod upgrade;
