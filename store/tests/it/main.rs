@@ -10,5 +10,6 @@ mod gc;
 mod model;
 mod mutants_dir;
 mod mutants_journal;
+mod mutants_sealing;
 mod prune;
 mod upgrade;
