@@ -511,4 +511,6 @@ pub fn decode_sealed(
 }
 
 #[cfg(test)]
+mod mutants_test;
+#[cfg(test)]
 mod test;

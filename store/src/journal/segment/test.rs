@@ -5,13 +5,13 @@ use super::*;
 use crate::crypto::MasterKey;
 use crate::journal::record::{Batch, Link, Predecessor};
 
-const SEQ: u64 = 5;
+pub(super) const SEQ: u64 = 5;
 
-fn repo() -> RepoId {
+pub(super) fn repo() -> RepoId {
     RepoId([7; 16])
 }
 
-fn rec(v: u32) -> Record {
+pub(super) fn rec(v: u32) -> Record {
     Record {
         batch: Batch {
             data_version: v,
@@ -26,7 +26,7 @@ fn rec(v: u32) -> Record {
 
 /// A format-2 stream: header, link, then batches 1..=n. Returns the bytes and each frame's
 /// (offset, length).
-fn stream(crypto: &Crypto, n: u32) -> (Vec<u8>, Vec<(usize, usize)>) {
+pub(super) fn stream(crypto: &Crypto, n: u32) -> (Vec<u8>, Vec<(usize, usize)>) {
     let header = stream_header(crypto, repo(), SEQ);
     let mut data = header.clone();
     let mut frames = Vec::new();
@@ -51,11 +51,11 @@ fn stream(crypto: &Crypto, n: u32) -> (Vec<u8>, Vec<(usize, usize)>) {
     (data, frames)
 }
 
-fn parse(crypto: &Crypto, data: &[u8], recovery: Recovery) -> Result<Parsed> {
+pub(super) fn parse(crypto: &Crypto, data: &[u8], recovery: Recovery) -> Result<Parsed> {
     parse_stream(data, crypto, repo(), SEQ, "s", recovery)
 }
 
-fn cryptos() -> [Crypto; 2] {
+pub(super) fn cryptos() -> [Crypto; 2] {
     [
         Crypto::plaintext(),
         Crypto::encrypted(&MasterKey::from_bytes([3; 32])),
