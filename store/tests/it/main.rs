@@ -6,4 +6,5 @@ mod corruption;
 mod faults;
 mod fixtures;
 mod model;
+mod power;
 mod prune;
