@@ -64,7 +64,12 @@ impl Rng {
 
 /// The seed from `CRASH_SEED` (decimal or 0x-hex), else from the clock.
 pub fn seed_from_env() -> u64 {
-    if let Ok(s) = std::env::var("CRASH_SEED") {
+    seed_from("CRASH_SEED")
+}
+
+/// The seed from the environment variable `var` (decimal or 0x-hex), else from the clock.
+pub fn seed_from(var: &str) -> u64 {
+    if let Ok(s) = std::env::var(var) {
         let s = s.trim();
         let parsed = match s.strip_prefix("0x") {
             Some(h) => u64::from_str_radix(h, 16).ok(),
