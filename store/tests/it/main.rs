@@ -8,3 +8,5 @@ mod fixtures;
 mod model;
 mod power;
 mod prune;
+mod restore_checks;
+mod sealing;
