@@ -397,6 +397,34 @@ impl Emulator {
         self.send_raw(&wire::encode(None, method, &params.to_string()))
     }
 
+    /// Wait (at most the timeout) for a log line that `wanted` accepts, taking in messages
+    /// meanwhile: the first such line logged since the plugin started. For tests that wait for
+    /// an event (a compaction finishing) rather than for time.
+    pub fn wait_log(&mut self, wanted: impl Fn(&LogLine) -> bool) -> Result<LogLine> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(l) = self.logs.iter().find(|l| wanted(l)) {
+                return Ok(l.clone());
+            }
+            if let Some(why) = &self.closed {
+                bail!("the plugin {why} before logging the line waited for");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.next(left) {
+                Incoming::Msg(v) => self.dispatch(v),
+                Incoming::Eof => self.closed = Some(self.exit_reason("closed its stdout")),
+                Incoming::Garbage(e) => {
+                    self.closed = Some(self.exit_reason(&format!("wrote invalid JSON: {e}")))
+                }
+                Incoming::Timeout => bail!(
+                    "no such log line within {:?}; logs so far:\n{}",
+                    self.timeout,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
     /// Take in messages that arrived without waiting for anything (logs, late replies).
     pub fn drain(&mut self) {
         if self.closed.is_some() {
