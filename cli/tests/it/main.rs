@@ -7,5 +7,6 @@ mod import;
 mod init;
 mod keys;
 mod maintenance;
+mod prune_killed;
 mod restore;
 mod server;

@@ -55,7 +55,43 @@ fn serve_init_restore_over_socket() {
     let out = t.path().join("out.sqlite3");
     run(&["restore", &u, p(&out), "--lightning-dir", p(&node)]).ok();
     assert_same_db(&out, &testdata("db-s2.sqlite3"));
-    // The server stored only sealed bytes: no statement text of the database in its files.
+    // The node's next session streams its batches through the server, as the plugin does.
+    let repo =
+        store::Repository::open(&store::BackupUrl::parse(&u).unwrap(), Some(key.clone())).unwrap();
+    append_session(&repo, 3);
+    drop(repo);
+    let out3 = t.path().join("out3.sqlite3");
+    run(&["restore", &u, p(&out3), "--lightning-dir", p(&node)]).ok();
+    assert_same_db(&out3, &testdata("db-s3.sqlite3"));
+    // The server stored only sealed bytes: neither the database's pages nor the statements of
+    // the batches are in its files.
+    let mut files = vec![served.clone()];
+    let mut seen = 0;
+    while let Some(d) = files.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let f = e.unwrap().path();
+            if f.is_dir() {
+                files.push(f);
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap();
+            for needle in [
+                &b"SQLite format 3"[..],
+                b"CREATE TABLE",
+                b"INSERT INTO",
+                b"UPDATE vars SET",
+            ] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds {:?} in plaintext",
+                    f.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "only {seen} files served");
     // A node with another key is not admitted.
     let other = t.path().join("other.key");
     std::fs::write(&other, store::MasterKey::generate().to_file_text()).unwrap();
