@@ -4,7 +4,8 @@
 //! `locks/<name>` held with `flock`. Publish is temp file, fsync, rename (or link, for
 //! `put_if_absent`), fsync of the directory. Append is `pwrite` at the end then `fdatasync`.
 //! After a failed fdatasync a stream refuses further appends: the kernel may have dropped the dirty
-//! pages, so a retried sync could report success for data that is gone.
+//! pages, so a retried sync could report success for data that is gone; and it cuts the record
+//! from the file, which may still show those pages to the next process.
 //!
 //! A stream appended with [`Durability::Fsync`] is written ahead with zeros (up to [`ZERO_AHEAD`]
 //! at a time, synced) so that an append overwrites blocks already allocated and written: its
@@ -651,6 +652,13 @@ impl Stream for DirStream {
         }
         if fsync {
             if let Err(e) = self.file.sync_data() {
+                // The kernel may have dropped the pages it could not write while still showing
+                // them: cut them (and the zeros ahead) at once, so that a process started after
+                // this one dies (lightningd restarted, same boot) never reads the record and
+                // builds on it. Not synced: a power loss leaves the old length, past which the
+                // record is torn or zeros, which readers take for the end.
+                let _ = self.file.set_len(t.len);
+                t.filled = t.len;
                 self.poisoned = Some(format!("fdatasync failed: {e}"));
                 return Err(Error::io("fdatasync", self.name.clone(), e));
             }

@@ -268,7 +268,8 @@ fn create_makes_the_layout_durable() {
 
 /// After a failed fdatasync the stream refuses every later append until it is reopened: the
 /// kernel may have dropped the pages it could not write, and a later fdatasync that succeeds
-/// would acknowledge a batch written after a hole. What was acknowledged before survives.
+/// would acknowledge a batch written after a hole. The failed record is cut from the file at
+/// once. What was acknowledged before survives.
 #[test]
 fn a_stream_refuses_appends_after_a_failed_fdatasync() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,6 +291,16 @@ fn a_stream_refuses_appends_after_a_failed_fdatasync() {
         "{msg}"
     );
     assert_eq!(s.len(), first.len() as u64);
+    // The failed record is gone from the file at once, not only when the stream closes: a
+    // process started now (the plugin after a SIGKILL, in the same boot) must not read a record
+    // whose pages the kernel may have dropped and build on it.
+    let file = std::fs::read(root.join("journal/s.log")).unwrap();
+    assert!(
+        file == first,
+        "the file holds {} bytes, the stream {}",
+        file.len(),
+        first.len()
+    );
     drop(s);
     drop(b);
     sim.restore_power(Survival::Synced).unwrap();
