@@ -369,6 +369,10 @@ struct Node {
     key: Option<MasterKey>,
     /// Trace batches lightningd has committed.
     committed: usize,
+    /// Trace batches the backup held at the last check: one more than `committed` when
+    /// lightningd died between the plugin's answer and its COMMIT, or when a batch pending at a
+    /// kill had been written. A round killed before it re-sends that batch leaves it so.
+    held: usize,
     started: bool,
     init_options: Vec<(String, Value)>,
 }
@@ -407,6 +411,7 @@ impl Node {
             url,
             key,
             committed: 0,
+            held: 0,
             started: false,
             init_options,
         })
@@ -603,6 +608,7 @@ pub fn run(opts: &CampaignOptions) -> Result<CampaignReport> {
         });
         match checked {
             Ok(n) => {
+                node.held = n;
                 if end.pending && n > end.committed {
                     rep.pending_batch_was_written += 1;
                 }
@@ -807,6 +813,15 @@ fn run_round(
             candidates: vec![i],
             pending: false,
             ld_crash: true,
+            exhausted,
+        },
+        // Killed before any answer (even before the first db_write was sent): the backup holds
+        // what it held after the last round.
+        (None, false) if i == node.committed => RoundEnd {
+            committed: i,
+            candidates: vec![node.held.max(i)],
+            pending: false,
+            ld_crash: false,
             exhausted,
         },
         (None, false) => RoundEnd {

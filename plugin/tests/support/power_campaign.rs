@@ -401,9 +401,11 @@ fn live(
     arm(0, rng);
     let w = match repo.writer("power campaign", Durability::Fsync) {
         Ok(w) => Mutex::new(w),
-        Err(_) => {
+        Err(e) => {
+            if !sim.is_off() {
+                life.problem = Some(format!("the journal did not open with the power on: {e}"));
+            }
             life.fired = Some(Phase::Append);
-            life.in_flight = true;
             return;
         }
     };
