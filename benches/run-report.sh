@@ -193,4 +193,65 @@ if [[ -n "${CLN_BACKUP_S3_URL:-}" ]]; then
         echo "the S3 benchmark failed: no section 6" >&2
     fi
 fi
+# 7. Memory as an operator sees it (benches/src/bin/memory.rs): the built binaries under
+# /usr/bin/time -v, at the report's size and (full run) at 4 GiB, beside restic.
+if cargo build --release -p backup-cli -p cln-backup -p ld-emulator >&2; then
+    run memory $B/memory --size-mib "$SIZE" --restic
+    [[ "$SIZE" == 1024 ]] && run memory-4g $B/memory --size-mib 4096
+    {
+        echo
+        echo "## 7. Memory"
+        echo
+        echo "Each operation run as an operator runs it, on the generated database of section 2:"
+        echo "peak RSS from \`/usr/bin/time -v\` (file pages a process maps count), peak anonymous"
+        echo "memory (heap, stacks) sampled from /proc every 2 ms. Target (issue 17): 128 MiB anonymous"
+        echo "and 256 MiB peak RSS whatever the database's size."
+        echo
+        body memory
+        [[ -f "$T/memory-4g.md" ]] && body memory-4g
+    } >>"$OUT"
+# 8. A year of a busy node (benches/src/bin/year.rs): hours, so only with BENCH_YEAR=1 (3 million
+# batches; BENCH_YEAR=quick: 200,000). On S3 too when CLN_BACKUP_S3_URL is set (see section 6).
+# The plot needs matplotlib: installed into target/plot (a venv) from PyPI on first use.
+if [[ -n "${BENCH_YEAR:-}" ]]; then
+    YEAR_ARGS=()
+    [[ "$BENCH_YEAR" == quick ]] && YEAR_ARGS=(--batches 200000 --sessions 8)
+    cargo build --release -p backup-cli -p cln-backup-benches --bin year --bin backup-cli
+    YEAR_RUNS=()
+    rm -f target/bench-data/year-{dir,s3}.{json,md}
+    if run year $B/year "${YEAR_ARGS[@]}" --out target/bench-data; then
+        YEAR_RUNS+=(target/bench-data/year-dir.json)
+    fi
+    if [[ -n "${CLN_BACKUP_S3_URL:-}" ]] && run year-s3 $B/year --s3 "${YEAR_ARGS[@]}" --out target/bench-data; then
+        YEAR_RUNS+=(target/bench-data/year-s3.json)
+    fi
+    if [[ ${#YEAR_RUNS[@]} -gt 0 ]]; then
+        if [[ ! -x target/plot/bin/python3 ]]; then
+            python3 -m venv target/plot && target/plot/bin/pip install --quiet matplotlib
+        fi
+        target/plot/bin/python3 benches/python/year_plot.py "${YEAR_RUNS[@]}" -o benches/year.png || true
+        {
+            echo
+            echo "## 8. A year of a busy node"
+            echo
+            echo "\`benches/src/bin/year.rs\`: the real plugin under the emulator, node D's three sessions, then its"
+            echo "steady channel traffic cycle after cycle with fresh keys (plugin/tests/support/year.rs), time"
+            echo "simulated over 365 days, compaction and retention at their defaults (S3: compaction every"
+            echo "8 MiB, as README.md advises for an S3 primary), restarted after each session. After each:"
+            echo "the repository beside a fresh backup of the newest state plus the journal the retention keeps"
+            echo "(ratio; target <= 1.5x at every point), object counts, the plugin's open time (its first hook)"
+            echo "and peak memory, \`backup-cli restore\` of the newest state (time, peak memory), the longest prune."
+            echo "S3 requests: one compaction and one prune run in-process at each point. Plot: benches/year.png."
+            echo
+            for r in dir s3; do
+                if [[ -f target/bench-data/year-$r.md ]]; then
+                    echo "### $r"
+                    echo
+                    cat target/bench-data/year-$r.md
+                    echo
+                fi
+            done
+        } >>"$OUT"
+    fi
+fi
 echo "wrote $OUT" >&2

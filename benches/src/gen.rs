@@ -105,6 +105,7 @@ fn build_base(out: &Path, min_bytes: u64) -> anyhow::Result<()> {
         rp.apply(&Record {
             batch: b,
             supersedes: false,
+            time_ms: 0,
         })?;
     }
     rp.finish(&tmp)?;
@@ -126,6 +127,7 @@ fn build_base(out: &Path, min_bytes: u64) -> anyhow::Result<()> {
             rp.apply(&Record {
                 batch: invoice_batch(&mut rng, next_id, version),
                 supersedes: false,
+                time_ms: 0,
             })?;
             next_id += 1;
         }
@@ -213,6 +215,7 @@ fn build_changed(base: &Path, out: &Path) -> anyhow::Result<()> {
             rp.apply(&Record {
                 batch: b,
                 supersedes: false,
+                time_ms: 0,
             })?;
         }
         done += rows;

@@ -173,3 +173,19 @@ pub fn bare_append_one(f: &std::fs::File, rec: &[u8], off: &mut u64) -> std::io:
     *off += rec.len() as u64;
     Ok(t.elapsed())
 }
+
+/// Split timed samples into (overlapping none of `intervals`, overlapping one).
+pub fn split(
+    samples: &[(Instant, Duration)],
+    intervals: &[(Instant, Instant)],
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut idle, mut during) = (Vec::new(), Vec::new());
+    for (s, d) in samples {
+        if intervals.iter().any(|(a, b)| *s < *b && *s + *d > *a) {
+            during.push(*d);
+        } else {
+            idle.push(*d);
+        }
+    }
+    (idle, during)
+}

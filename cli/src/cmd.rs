@@ -1,13 +1,16 @@
 //! One file per command; each parses its arguments, calls the store, prints.
 
+pub mod check;
 pub mod compact;
 pub mod demo;
 pub mod import;
 pub mod info;
 pub mod init;
+pub mod inspect;
 pub mod key;
 pub mod prune;
 pub mod restore;
+pub mod restore_node;
 pub mod server;
 pub mod snapshots;
 pub mod verify;
@@ -29,6 +32,8 @@ pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Init(a) => init::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Check(a) => check::run(g, a),
+        Command::Inspect(a) => inspect::run(g, a),
         Command::Snapshots(a) => snapshots::run(g, a),
         Command::Prune(a) => prune::run(g, a),
         Command::Compact(a) => compact::run(g, a),

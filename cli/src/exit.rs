@@ -6,7 +6,7 @@
 //! | 1 | the operation failed (I/O, corrupt or missing repository, wrong key, lock held, ...) |
 //! | 2 | usage error: bad arguments, a malformed or relative URL, an unknown snapshot id, a version beyond the journal |
 //! | 3 | `verify` found problems (the report lists them) |
-//! | 4 | refused for safety: the node is running, a repository or restore target exists, backup.lock points elsewhere |
+//! | 4 | refused for safety: the node is running, a repository or restore target exists, backup.lock points elsewhere, the repository is not the one pinned or not bound to the key, the journal's end is damaged, the backup is older than an anchor shows |
 
 pub const OK: i32 = 0;
 pub const FAILED: i32 = 1;
@@ -47,7 +47,12 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
                 store::Error::BadUrl(_)
                 | store::Error::NoSuchSnapshot(_)
                 | store::Error::VersionNotAvailable { .. } => USAGE,
-                store::Error::TargetExists(_) | store::Error::RepositoryExists { .. } => REFUSED,
+                store::Error::TargetExists(_)
+                | store::Error::RepositoryExists { .. }
+                | store::Error::IdentityMismatch { .. }
+                | store::Error::Unbound { .. }
+                | store::Error::DamagedTail { .. }
+                | store::Error::OlderThanAnchor { .. } => REFUSED,
                 _ => FAILED,
             };
         }

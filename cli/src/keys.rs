@@ -7,8 +7,11 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use store::backend::remote::client::Notify;
+use store::backend::remote::RemoteOptions;
 use store::{BackupUrl, MasterKey, Repository};
 
 use crate::Global;
@@ -32,17 +35,19 @@ pub fn explicit_file(g: &Global) -> Option<PathBuf> {
 }
 
 pub fn read_key_file(path: &Path) -> Result<MasterKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the key file {}: {e}{}",
-            path.display(),
-            if e.kind() == std::io::ErrorKind::NotFound {
-                " (give the right --key-file, or --key-phrase to type the 24 words)"
-            } else {
-                ""
-            }
-        )
-    })?;
+    let text =
+        store::crypto::read_small_file(path, store::crypto::KEY_FILE_MAX, "a cln-backup key file")
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the key file {}: {e}{}",
+                    path.display(),
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        " (give the right --key-file, or --key-phrase to type the 24 words)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
     Ok(MasterKey::from_file_text(
         &text,
         &path.display().to_string(),
@@ -130,12 +135,43 @@ pub fn parse_url(url: &str) -> Result<BackupUrl> {
     })
 }
 
+/// How `backup-cli` reaches a `socket:` repository: the plugin's reconnect policy, but every
+/// wait is printed and `--connect-timeout` bounds them all.
+pub fn remote_options(g: &Global) -> RemoteOptions {
+    let limit = Duration::from_secs_f64(g.connect_timeout.clamp(0.1, 86_400.0));
+    let defaults = RemoteOptions::default();
+    RemoteOptions {
+        connect_timeout: defaults.connect_timeout.min(limit),
+        deadline: Some(limit),
+        notify: Notify::new(|m| eprintln!("{m}")),
+        ..defaults
+    }
+}
+
+/// Open the repository at `url` with [`remote_options`].
+pub fn open_url(g: &Global, url: &BackupUrl, key: Option<MasterKey>) -> store::Result<Repository> {
+    let _p = matches!(url, BackupUrl::Socket { .. }).then(|| {
+        crate::out::Progress::start(g.json, &format!("connecting to the backup server {url}"))
+    });
+    Repository::open_with(url, key, &remote_options(g))
+}
+
 /// Open the repository at `url`, finding its key as above.
 pub fn open(g: &Global, url: &BackupUrl, beside: &[PathBuf]) -> Result<Repository> {
+    open_with_key(g, url, beside).map(|(r, _)| r)
+}
+
+/// [`open`], and the key that opened it (none for a plaintext repository).
+pub fn open_with_key(
+    g: &Global,
+    url: &BackupUrl,
+    beside: &[PathBuf],
+) -> Result<(Repository, Option<FoundKey>)> {
     let found = find(g, beside)?;
     let source = found.as_ref().map(|f| f.source.clone());
-    match Repository::open(url, found.map(|f| f.key)) {
-        Ok(r) => Ok(r),
+    let key = found.as_ref().map(|f| f.key.clone());
+    match open_url(g, url, key) {
+        Ok(r) => Ok((r, found)),
         Err(store::Error::KeyRequired) => {
             let mut looked: Vec<String> = beside
                 .iter()

@@ -4,9 +4,29 @@
 //! key, open the repository, call the store, print. Errors are `anyhow` with context saying what
 //! to do; [`exit`] maps them to the documented exit codes (cli/README.md).
 
+// The std printing macros, shadowed for the whole crate (textual scope: these definitions come
+// before the modules): they go through `out`, which never panics on a closed stdout (out.rs).
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($t:tt)*) => { $crate::out::print_stdout(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { $crate::out::print_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::print_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { $crate::out::print_stderr(format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::out::print_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::print_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 mod cmd;
 mod exit;
+mod hsm;
 mod keys;
+mod ldb;
 mod node;
 mod out;
 
@@ -41,6 +61,10 @@ pub struct Global {
     /// backup.key live.
     #[arg(long, global = true, value_name = "DIR")]
     pub lightning_dir: Option<PathBuf>,
+    /// For socket: repositories, give up reaching the server after this many seconds (each
+    /// wait is shown).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    pub connect_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,8 +72,13 @@ pub enum Command {
     /// Create a repository (and, with --lightning-dir, backup.lock, backup.key and a first
     /// snapshot of lightningd.sqlite3).
     Init(cmd::init::InitArgs),
-    /// Restore the database from a repository into a new file.
+    /// Restore the database from a repository into a new file, or into a node (--lightning-dir).
     Restore(cmd::restore::RestoreArgs),
+    /// Compare the backup with a stopped node's database, table by table (running node:
+    /// `lightning-cli backup-check`).
+    Check(cmd::check::CheckArgs),
+    /// What a backup holds: node id, channels and balances, invoices, payments, forwards.
+    Inspect(cmd::inspect::InspectArgs),
     /// List the snapshots of a repository.
     Snapshots(cmd::UrlArg),
     /// Remove snapshots by a retention policy, then unreferenced data.
@@ -62,10 +91,11 @@ pub enum Command {
     Info(cmd::UrlArg),
     /// Convert a backup file of the old Python plugin (.dbak) into a repository.
     Import(cmd::import::ImportArgs),
-    /// Show the repository key again.
+    /// Create a node's key (and the line its backup server needs), or show it again.
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
-    /// Serve a repository directory to remote nodes (socket: URLs).
+    /// Serve one repository per node to remote nodes (socket: URLs); `server status`,
+    /// `server migrate`.
     Server(cmd::server::ServerArgs),
     /// Run the real plugin under the lightningd emulator against bundled traces, then check.
     Demo(cmd::demo::DemoArgs),
@@ -82,9 +112,16 @@ fn main() {
         }
     };
     let json = cli.global.json;
-    let code = match cmd::run(&cli) {
+    let mut code = match cmd::run(&cli) {
         Ok(()) => exit::OK,
         Err(e) => exit::report(&e, json),
     };
+    if let Some(e) = out::stdout_error() {
+        // The work is done, but its report was lost (a closed pipe is not an error: out.rs).
+        eprintln!("backup-cli: error: writing the output to stdout: {e}");
+        if code == exit::OK {
+            code = exit::FAILED;
+        }
+    }
     std::process::exit(code);
 }

@@ -3,24 +3,32 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 pub const LOCK_FILE_NAME: &str = "backup.lock";
 pub const DB_FILE_NAME: &str = "lightningd.sqlite3";
 
-/// The contents of `backup.lock`, as the old plugin wrote and read it.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct BackupLock {
-    pub backend_url: String,
-}
+/// The contents of `backup.lock` (`store::lockfile`).
+pub type BackupLock = store::lockfile::LockFile;
 
-/// A running lightningd: its pid file and pid.
+/// The name of lightningd's RPC socket in the network directory (its `rpc-file` default).
+pub const RPC_FILE_NAME: &str = "lightning-rpc";
+
+/// A running lightningd, and how it was seen.
 pub struct Running {
-    pub pid_file: PathBuf,
-    pub pid: i32,
+    /// What shows it, for the message: "pid 123 holds /x/lightningd-regtest.pid", or
+    /// "/x/regtest/lightning-rpc accepts connections".
+    pub how: String,
 }
 
-/// Look for `lightningd-<network>.pid` in `dir` and its parent, with a live pid.
+/// Is lightningd running on the network directory `dir`? Two signals, either is enough:
+/// - its pid file `lightningd-<network>.pid` (in the base directory, `dir`'s parent, or `dir`)
+///   is locked: lightningd holds a POSIX lock on it for its whole life (`pidfile_create` in
+///   lightningd/lightningd.c), and the kernel drops it when the process ends, so a pid file left
+///   by a crash (or a pid reused since) does not count;
+/// - its RPC socket `dir/lightning-rpc` accepts a connection (after a crash the socket file
+///   stays, but connecting is refused).
+///
+/// A custom `--pid-file` elsewhere or a custom `rpc-file` is not seen.
 pub fn running_node(dir: &Path) -> Option<Running> {
     let mut dirs = vec![dir.to_path_buf()];
     if let Some(p) = dir.parent() {
@@ -35,21 +43,44 @@ pub fn running_node(dir: &Path) -> Option<Running> {
             if !(name.starts_with("lightningd-") && name.ends_with(".pid")) {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            let Ok(pid) = text.trim().parse::<i32>() else {
-                continue;
-            };
-            if pid_alive(pid) {
+            if let Some(holder) = pid_file_locked(&e.path()) {
                 return Some(Running {
-                    pid_file: e.path(),
-                    pid,
+                    how: format!("{holder} holds the lock on {}", e.path().display()),
                 });
             }
         }
     }
+    let sock = dir.join(RPC_FILE_NAME);
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        return Some(Running {
+            how: format!("{} accepts connections", sock.display()),
+        });
+    }
     None
+}
+
+/// Whether another process holds a lock on the pid file at `p`: a shared lock is tried (and
+/// released at once); lightningd's write lock refuses it. Returns who holds it: "pid N" with the
+/// pid the file names, when it is alive.
+fn pid_file_locked(p: &Path) -> Option<String> {
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    let f = std::fs::File::open(p).ok()?;
+    match fcntl_lock(&f, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = fcntl_lock(&f, FlockOperation::NonBlockingUnlock);
+            None
+        }
+        Err(_) => {
+            let pid = std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|pid| pid_alive(*pid));
+            Some(match pid {
+                Some(pid) => format!("lightningd (pid {pid})"),
+                None => "a process".to_string(),
+            })
+        }
+    }
 }
 
 /// `kill(pid, 0)`: the process exists (EPERM means it exists but is not ours).
@@ -64,53 +95,20 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 pub fn read_lock(dir: &Path) -> Result<Option<BackupLock>> {
-    let p = dir.join(LOCK_FILE_NAME);
-    match std::fs::read(&p) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!("{} is not valid JSON {{\"backend_url\": URL}}", p.display())
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+    Ok(store::lockfile::read(dir)?)
 }
 
-/// Write `backup.lock` atomically (temp file, fsync, rename, fsync the directory).
-pub fn write_lock(dir: &Path, url: &str) -> Result<PathBuf> {
-    let p = dir.join(LOCK_FILE_NAME);
-    let body = serde_json::to_vec(&BackupLock {
-        backend_url: url.to_string(),
-    })?;
-    write_atomic(&p, &body, 0o644)?;
-    Ok(p)
-}
-
-pub fn write_atomic(p: &Path, body: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = p.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        p.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = (|| -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, p)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("writing {}", p.display()))
+/// Write `backup.lock` atomically (temp file, fsync, rename, fsync the directory), pinning the
+/// repository the node is to use.
+pub fn write_lock(dir: &Path, url: &str, repository: store::repo::Identity) -> Result<PathBuf> {
+    Ok(store::lockfile::write(
+        dir,
+        &BackupLock {
+            backend_url: url.to_string(),
+            destinations: Vec::new(),
+            repository: Some(repository),
+        },
+    )?)
 }
 
 /// Move `p` aside as `p.replaced-<unix time>`; returns the new name.
@@ -127,10 +125,30 @@ pub fn move_aside(p: &Path) -> Result<PathBuf> {
     Ok(to)
 }
 
-/// When `dir` looks like the base lightning dir (no database, but a network subdirectory with
-/// one), the subdirectory the operator probably meant.
-pub fn network_subdir(dir: &Path) -> Option<PathBuf> {
-    if dir.join(DB_FILE_NAME).exists() {
+/// The network directory `dir` (marked by `file`) must be given, not the base directory above
+/// it; and no lightningd may run on it (`why`: what would go wrong).
+pub fn check_stopped_network_dir(dir: &Path, file: &str, why: &str) -> Result<()> {
+    if let Some(sub) = network_subdir_with(dir, file) {
+        return Err(crate::exit::usage(format!(
+            "{} holds no {file}, but {} does: give the network directory, --lightning-dir {}",
+            dir.display(),
+            sub.display(),
+            sub.display()
+        )));
+    }
+    if let Some(r) = running_node(dir) {
+        return Err(crate::exit::refused(format!(
+            "lightningd is running ({}): stop it first (`lightning-cli stop`); {why}",
+            r.how
+        )));
+    }
+    Ok(())
+}
+
+/// When `dir` looks like the base lightning dir (no `file`, e.g. the database or hsm_secret, but
+/// a network subdirectory with one), the subdirectory the operator probably meant.
+pub fn network_subdir_with(dir: &Path, file: &str) -> Option<PathBuf> {
+    if dir.join(file).exists() {
         return None;
     }
     [
@@ -138,7 +156,54 @@ pub fn network_subdir(dir: &Path) -> Option<PathBuf> {
     ]
     .iter()
     .map(|n| dir.join(n))
-    .find(|d| d.join(DB_FILE_NAME).exists())
+    .find(|d| d.join(file).exists())
+}
+
+/// What a lightningd database says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbState {
+    /// `vars.data_version` (0 when absent).
+    pub data_version: u32,
+    /// `vars.node_id` as 66 hex digits, when the node has started once.
+    pub node_id: Option<String>,
+}
+
+/// Read `vars.data_version` and `vars.node_id` of the database at `path` (read-only).
+pub fn db_state(path: &Path) -> Result<DbState> {
+    db_state_with(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// [`db_state`] opening the database for writing, so SQLite rolls back a hot journal beside it
+/// first: for a scratch copy only.
+pub fn db_state_rw(path: &Path) -> Result<DbState> {
+    db_state_with(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+}
+
+fn db_state_with(path: &Path, flags: rusqlite::OpenFlags) -> Result<DbState> {
+    use rusqlite::{Connection, OptionalExtension};
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let data_version = store::replay::data_version(&conn, &path.display().to_string())?;
+    let node_id: Option<Vec<u8>> = conn
+        .query_row("SELECT blobval FROM vars WHERE name = 'node_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .with_context(|| format!("reading vars.node_id of {}", path.display()))?
+        .flatten();
+    Ok(DbState {
+        data_version,
+        node_id: node_id.map(hex::encode),
+    })
+}
+
+/// The database and the files SQLite keeps beside it (a rollback journal left by a crash holds
+/// part of the database's state and is applied to whatever database has this name).
+pub fn db_files(dir: &Path) -> Vec<PathBuf> {
+    ["", "-journal", "-wal", "-shm"]
+        .iter()
+        .map(|s| dir.join(format!("{DB_FILE_NAME}{s}")))
+        .collect()
 }
 
 #[cfg(test)]

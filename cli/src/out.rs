@@ -1,10 +1,51 @@
 //! Output for people (sizes, durations, times, progress) and for scripts (one JSON object).
+//!
+//! Every `println!`/`print!` of the crate comes here (main.rs shadows the std macros), so a
+//! closed stdout never panics: `backup-cli restore ... | head` stops printing when `head` goes
+//! away, and the exit status says whether the work was done (the restore was published), not
+//! whether its report could be read. Any other error writing stdout (a full disk under
+//! `> report.json`) makes the exit status 1: a script reading the file must not take a
+//! truncated report for a complete one. Writes to stderr never fail a command.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+/// Set when a reader closed stdout (EPIPE): nothing more is printed.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// The first error other than EPIPE writing stdout, reported at exit.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Write to stdout (what `print!`/`println!` expand to in this crate): never panics.
+pub fn print_stdout(args: std::fmt::Arguments) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            if let Ok(mut slot) = STDOUT_ERROR.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Write to stderr (what `eprint!`/`eprintln!` expand to in this crate): errors are ignored.
+pub fn print_stderr(args: std::fmt::Arguments) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
+}
+
+/// An error writing stdout other than a closed pipe, if there was one.
+pub fn stdout_error() -> Option<String> {
+    STDOUT_ERROR.lock().ok().and_then(|s| s.clone())
+}
 
 /// `1.5 MiB`, `812 B`.
 pub fn bytes(n: u64) -> String {
@@ -41,24 +82,7 @@ pub fn duration(d: Duration) -> String {
 
 /// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn time(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    store::time::utc(unix)
 }
 
 pub fn ratio(r: f64) -> String {

@@ -137,6 +137,9 @@ pub struct Emulator {
     pub other: Vec<Value>,
     /// Round-trip time of each answered `db_write`, in order.
     pub latencies: Vec<Duration>,
+    /// lightningd's own database, when attached: each batch is run before its hook call and
+    /// committed after `continue`, as lightningd does.
+    db: Option<crate::node::Database>,
 }
 
 impl Emulator {
@@ -195,7 +198,58 @@ impl Emulator {
             logs: Vec::new(),
             other: Vec::new(),
             latencies: Vec::new(),
+            db: None,
         })
+    }
+
+    /// Keep lightningd's database from now on ([`crate::node::Database`]).
+    pub fn attach_database(&mut self, db: crate::node::Database) {
+        self.db = Some(db);
+    }
+
+    pub fn database(&self) -> Option<&crate::node::Database> {
+        self.db.as_ref()
+    }
+
+    /// Wait (at most `timeout`) for a log line that `pred` accepts, taking in everything else
+    /// that arrives meanwhile; returns it.
+    pub fn wait_log(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&LogLine) -> bool,
+    ) -> Result<LogLine> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            if let Some(l) = self
+                .logs
+                .get(seen..)
+                .and_then(|ls| ls.iter().find(|l| pred(l)))
+            {
+                return Ok(l.clone());
+            }
+            seen = self.logs.len();
+            if let Some(why) = &self.closed {
+                bail!(
+                    "plugin {why} before the log line awaited; logs:\n{}",
+                    self.log_text()
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "no such log line within {timeout:?}; logs:\n{}",
+                    self.log_text()
+                );
+            }
+            match self.rx.next(left.min(Duration::from_millis(100))) {
+                Incoming::Msg(v) => self.dispatch(v),
+                Incoming::Timeout => {}
+                Incoming::Eof | Incoming::Garbage(_) => {
+                    self.closed = Some("closed its stdout".into())
+                }
+            }
+        }
     }
 
     pub fn set_timeout(&mut self, t: Duration) {
@@ -338,23 +392,41 @@ impl Emulator {
             "db_write",
             &wire::db_write_params(data_version, writes),
         );
+        if let Some(db) = &mut self.db {
+            db.begin(writes)?;
+        }
         let t = Instant::now();
         if let Err(e) = self.send_raw(&msg) {
+            self.end_transaction(false)?;
             return Ok(HookReply::Died(self.exit_reason(&format!("{e:#}"))));
         }
         let reply = match self.wait(&id)? {
-            Err(why) => return Ok(HookReply::Died(why)),
+            Err(why) => {
+                self.end_transaction(false)?;
+                return Ok(HookReply::Died(why));
+            }
             Ok(v) => v,
         };
         self.latencies.push(t.elapsed());
-        Ok(match (reply.get("result"), reply.get("error")) {
+        let reply = match (reply.get("result"), reply.get("error")) {
             (Some(r), _) if r.get("result").and_then(Value::as_str) == Some("continue") => {
                 HookReply::Continue
             }
             (_, Some(e)) => HookReply::Error(e.clone()),
             (Some(r), None) => HookReply::Other(r.clone()),
             (None, None) => HookReply::Other(reply),
-        })
+        };
+        self.end_transaction(reply.is_continue())?;
+        Ok(reply)
+    }
+
+    /// lightningd's COMMIT after `continue`, its stop without committing otherwise.
+    fn end_transaction(&mut self, commit: bool) -> Result<()> {
+        match &mut self.db {
+            Some(db) if commit => db.commit(),
+            Some(db) => db.rollback(),
+            None => Ok(()),
+        }
     }
 
     /// Forward an RPC call as lightningd forwards a client's; returns its id without waiting.
@@ -377,6 +449,12 @@ impl Emulator {
         }
     }
 
+    /// The reply to a forwarded RPC call if it has arrived (without waiting).
+    pub fn rpc_poll(&mut self, id: &str) -> Option<Value> {
+        self.drain();
+        self.pending.remove(id)
+    }
+
     /// An RPC call and its reply object.
     pub fn rpc(&mut self, method: &str, params: Value) -> Result<Value> {
         let id = self.rpc_start(method, params)?;
@@ -395,34 +473,6 @@ impl Emulator {
     /// A notification (no id, no answer), e.g. `shutdown`.
     pub fn notify(&mut self, method: &str, params: Value) -> Result<()> {
         self.send_raw(&wire::encode(None, method, &params.to_string()))
-    }
-
-    /// Wait (at most the timeout) for a log line that `wanted` accepts, taking in messages
-    /// meanwhile: the first such line logged since the plugin started. For tests that wait for
-    /// an event (a compaction finishing) rather than for time.
-    pub fn wait_log(&mut self, wanted: impl Fn(&LogLine) -> bool) -> Result<LogLine> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if let Some(l) = self.logs.iter().find(|l| wanted(l)) {
-                return Ok(l.clone());
-            }
-            if let Some(why) = &self.closed {
-                bail!("the plugin {why} before logging the line waited for");
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.next(left) {
-                Incoming::Msg(v) => self.dispatch(v),
-                Incoming::Eof => self.closed = Some(self.exit_reason("closed its stdout")),
-                Incoming::Garbage(e) => {
-                    self.closed = Some(self.exit_reason(&format!("wrote invalid JSON: {e}")))
-                }
-                Incoming::Timeout => bail!(
-                    "no such log line within {:?}; logs so far:\n{}",
-                    self.timeout,
-                    self.log_text()
-                ),
-            }
-        }
     }
 
     /// Take in messages that arrived without waiting for anything (logs, late replies).

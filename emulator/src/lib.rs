@@ -16,6 +16,7 @@
 //! round-trip time ([`Emulator::latencies`]).
 
 mod emulator;
+pub mod node;
 pub mod session;
 pub mod wire;
 

@@ -7,8 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use store::crypto::Crypto;
 use store::ids::RepoId;
-use store::journal::segment::{encode_frame, parse_stream, stream_header, Recovery};
-use store::journal::{Batch, Record};
+use store::journal::segment::{encode_frame, frame_chain, parse_stream, stream_header, Recovery};
+use store::journal::{Batch, Link, Record};
 
 fuzz_target!(|data: &[u8]| {
     let crypto = Crypto::plaintext();
@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
     let header = stream_header(&crypto, repo, 5);
     let mut stream = header.clone();
     let mut written = Vec::new();
+    let link = Link::default().encode();
+    stream.extend(encode_frame(&crypto, &header, 5, stream.len() as u64, &frame_chain(&stream), &link));
     let (ctl, body) = data.split_at(data.len().min(8));
     for (i, chunk) in body.chunks(23).enumerate() {
         let rec = Record {
@@ -24,8 +26,10 @@ fuzz_target!(|data: &[u8]| {
                 writes: vec![String::from_utf8_lossy(chunk).into_owned()],
             },
             supersedes: false,
+            time_ms: 0,
         };
-        stream.extend(encode_frame(&crypto, &header, 5, stream.len() as u64, &rec));
+        let prev = frame_chain(&stream);
+        stream.extend(encode_frame(&crypto, &header, 5, stream.len() as u64, &prev, &rec.encode()));
         written.push(rec);
     }
     let c = |i: usize| ctl.get(i).copied().unwrap_or(0) as usize;
@@ -37,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let at = (c(4) << 8 | c(5)) % stream.len();
         stream[at] ^= 1 << (c(6) % 8);
     }
-    for recovery in [Recovery::TruncateTornTail, Recovery::Strict] {
+    for recovery in [Recovery::TruncateTornTail, Recovery::Strict, Recovery::AcceptDamagedTail] {
         if let Ok(p) = parse_stream(&stream, &crypto, repo, 5, "fuzz", recovery) {
             assert!(p.records.len() <= written.len());
             assert_eq!(p.records[..], written[..p.records.len()]);

@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use store::config::Config;
 use store::crypto::Crypto;
 use store::envelope::{object_aad, seal_object, Header, Kind};
-use store::journal::segment::decode_sealed;
+use store::ids::RepoId;
+use store::journal::segment::{decode_sealed, encode_sealed};
 use store::manifest::Manifest;
 use store::pack::{decode_index, encode_index};
 
@@ -26,11 +27,18 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, e);
         }
         let name = "journal/0000000000000001.seg";
-        let _ = decode_sealed(&crypto, name, &seal_object(Kind::SealedSegment, &crypto, name, body));
+        if let Ok(s) = decode_sealed(&crypto, name, 1, 1, &seal_object(Kind::SealedSegment, &crypto, name, body)) {
+            let again = encode_sealed(&crypto, name, &s, 1).unwrap();
+            assert_eq!(decode_sealed(&crypto, name, 1, 1, &again).unwrap(), s);
+        }
+        let repo = RepoId([9; 16]);
         let mut cfg = Header::new(Kind::Config, &crypto).encode().to_vec();
-        cfg.extend_from_slice(&[9; 16]);
-        let aad = object_aad(&cfg, "config");
-        cfg.extend(crypto.seal(&aad, body));
-        let _ = Config::decode(&cfg, &crypto);
+        cfg.extend_from_slice(&repo.0);
+        let aad = object_aad(&cfg, repo, "config");
+        let sealed = crypto.seal(&aad, body);
+        cfg.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        cfg.extend(sealed);
+        cfg.push(0);
+        let _ = Config::decode(&cfg, &crypto.clone().for_repository(repo, false));
     }
 });

@@ -9,30 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 use store::backend::multi::{self, Mode, MultiBackend};
 use store::backend::remote::RemoteOptions;
 use store::backend::{Backend, Durability};
 use store::journal::JournalWriter;
 use store::{AppendOutcome, BackupUrl, Batch, MasterKey, Repository};
 
-pub const LOCK_FILE: &str = "backup.lock";
 pub const KEY_FILE: &str = "backup.key";
-
-#[derive(Deserialize)]
-struct LockFile {
-    backend_url: String,
-    /// More destinations beside the primary `backend_url`: `{"url": URL, "mode": "sync"|"async"}`.
-    #[serde(default)]
-    destinations: Vec<DestinationSpec>,
-}
-
-#[derive(Deserialize)]
-struct DestinationSpec {
-    url: String,
-    #[serde(default)]
-    mode: Option<String>,
-}
 
 pub struct Backup {
     pub repo: Repository,
@@ -44,16 +27,22 @@ pub struct Backup {
     pub network_dir: PathBuf,
     /// Whether the first real (non-PRAGMA) batch of this run was stored.
     pub first_done: bool,
+    /// What opening did that lightningd's log should say (an upgrade, a new pin).
+    pub notes: Vec<String>,
 }
 
-/// The message when `backup.lock` is missing: what it means and what to run.
+/// The message when `backup.lock` is missing: what it means and what to run. A node restored
+/// from a backup has no backup.lock either: the restore path continues that repository, and
+/// `init` would start an unrelated one (nothing would connect it to the old backup).
 pub fn missing_lock_message(dir: &Path) -> String {
     format!(
-        "Could not find backup.lock in the lightning-dir ({}). cln-backup refuses to let lightningd \
-         write without a backup. Stop lightningd, create the backup with \
-         `backup-cli init --lightning-dir {} file:///path/to/backup`, then start lightningd again.",
-        dir.display(),
-        dir.display()
+        "Could not find backup.lock in the lightning-dir ({d}). cln-backup refuses to let lightningd \
+         write without a backup. Stop lightningd. If this node's database came from a cln-backup \
+         repository (a restore), or backup.lock was lost: `backup-cli restore URL --lightning-dir {d}` \
+         checks the node and writes backup.lock, and the same repository continues. If this node has \
+         no backup yet: `backup-cli init --lightning-dir {d} file:///path/to/backup`. Then start \
+         lightningd again.",
+        d = dir.display()
     )
 }
 
@@ -69,20 +58,9 @@ impl Backup {
     /// Read `backup.lock` (and `backup.key` if present) in `dir`, open the repository and take
     /// its writer lock.
     pub fn open(dir: &Path, durability: Durability, remote: &RemoteOptions) -> Result<Backup> {
-        let lock_path = dir.join(LOCK_FILE);
-        let text = match std::fs::read_to_string(&lock_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                anyhow::bail!(missing_lock_message(dir))
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", lock_path.display())),
-        };
-        let lock: LockFile = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is not valid JSON {{\"backend_url\": URL}}",
-                lock_path.display()
-            )
-        })?;
+        let lock_path = store::lockfile::path(dir);
+        let lock = store::lockfile::read(dir)?
+            .ok_or_else(|| anyhow::anyhow!(missing_lock_message(dir)))?;
         let url = BackupUrl::parse(&lock.backend_url)
             .with_context(|| format!("backend_url in {}", lock_path.display()))?;
         let key = read_key(dir)?;
@@ -117,6 +95,49 @@ impl Backup {
                 .with_context(|| format!("opening the backup at {}", lock.backend_url))?;
             (repo, Some(m))
         };
+        let mut notes = Vec::new();
+        // The repository must be the one this node pinned (checked before anything is written).
+        if let Some(pin) = &lock.repository {
+            repo.check_identity(pin).with_context(|| {
+                format!(
+                    "{} pins repository {}; refusing to write to another",
+                    lock_path.display(),
+                    pin.id
+                )
+            })?;
+        }
+        let repo = if repo.format() < 2 {
+            let (r, rep) = store::ops::upgrade::upgrade(&repo, &holder(dir), None)
+                .with_context(|| format!("upgrading the backup at {} to format 2", repo.url()))?;
+            notes.push(format!(
+                "upgraded the backup at {} from format {} to format {} ({} journal segments sealed; records are chained from segment {})",
+                r.url(),
+                rep.from_format,
+                r.format(),
+                rep.sealed_streams,
+                rep.chain_from
+            ));
+            r
+        } else {
+            repo
+        };
+        // Pin what was opened (first open of a repository created before pins, or after an
+        // upgrade raised its format), so a later swap or downgrade is refused.
+        let identity = repo.identity();
+        if lock.repository.as_ref() != Some(&identity) {
+            let mut pinned = lock.clone();
+            pinned.repository = Some(identity.clone());
+            store::lockfile::write(dir, &pinned)
+                .with_context(|| format!("pinning the repository in {}", lock_path.display()))?;
+            notes.push(format!(
+                "{} now pins repository {} (key {}, {}, format {}): another repository at that URL will be refused",
+                lock_path.display(),
+                identity.id,
+                identity.key_id.as_deref().unwrap_or("none"),
+                if identity.encrypted { "encrypted" } else { "not encrypted" },
+                identity.format
+            ));
+        }
         let writer = repo
             .writer(&holder(dir), durability)
             .with_context(|| format!("taking the writer lock of {}", repo.url()))?;
@@ -127,6 +148,7 @@ impl Backup {
             writer: Arc::new(Mutex::new(writer)),
             network_dir: dir.to_path_buf(),
             first_done: false,
+            notes,
         })
     }
 
@@ -145,6 +167,7 @@ impl Backup {
             writer,
             network_dir,
             first_done,
+            ..
         } = self;
         drop(writer);
         let writer = repo
@@ -157,6 +180,7 @@ impl Backup {
             writer: Arc::new(Mutex::new(writer)),
             network_dir,
             first_done,
+            notes: Vec::new(),
         })
     }
 
@@ -166,6 +190,9 @@ impl Backup {
             .writer
             .lock()
             .map_err(|_| store::Error::Invalid("journal writer poisoned".into()))?;
+        // A backup server shows each node's newest data_version, which it cannot read
+        // (issue 15): sent with the append.
+        self.repo.backend().note_data_version(batch.data_version);
         let o = w.append(batch)?;
         Ok((o, w.bytes_since_snapshot()))
     }
@@ -179,10 +206,5 @@ fn read_key(dir: &Path) -> Result<Option<MasterKey>> {
             None => return Ok(None),
         }
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(MasterKey::from_file_text(
-        &text,
-        &path.display().to_string(),
-    )?))
+    Ok(Some(MasterKey::read_file(&path)?))
 }

@@ -13,6 +13,9 @@
 //! than left to expire, close the backup, drain asynchronous destinations -> exit 0.
 
 mod backup;
+mod drill;
+mod lnrpc;
+mod metrics;
 mod options;
 mod protocol;
 mod rpc;
@@ -38,6 +41,15 @@ struct Plugin {
     /// Set by the first failed append: every later db_write is refused (fail-stop).
     failed: Option<String>,
     compaction: Arc<rpc::Compaction>,
+    /// The restore drill (`backup-check`), on request and periodic.
+    check: Arc<rpc::Compaction>,
+    metrics: Arc<metrics::Metrics>,
+    /// The RPC socket of lightningd (from init), for `getinfo`.
+    rpc_socket: Option<PathBuf>,
+    /// The work started once both init and the backup are there (node id, drill, metrics).
+    background_started: bool,
+    /// What those threads work on; they hold it weakly, and shutdown drops it.
+    target: Option<Arc<drill::Target>>,
     /// Automatic compaction waits until the journal passes this (raised after a failed try).
     auto_floor: u64,
     /// Set by a `shutdown` notification: the main loop ends.
@@ -67,46 +79,70 @@ impl Plugin {
             "getmanifest" => self.out.result(&id, options::manifest()),
             "init" => self.init(&id, &params),
             "db_write" => self.db_write(&id, &params),
-            "backup-compact" | "backup-status" | "backup-snapshots" => match &self.backup {
-                None => self.out.error(
-                    &id,
-                    PLUGIN_ERROR,
-                    &format!(
-                        "the backup is not open: {}",
-                        self.failed.as_deref().unwrap_or("no db_write received yet")
+            "backup-compact" | "backup-status" | "backup-snapshots" | "backup-check" => {
+                match &self.backup {
+                    None => self.out.error(
+                        &id,
+                        PLUGIN_ERROR,
+                        &format!(
+                            "the backup is not open: {}",
+                            self.failed.as_deref().unwrap_or("no db_write received yet")
+                        ),
                     ),
-                ),
-                Some(b) => match method {
-                    "backup-compact" => {
-                        if rpc::start_compaction(
-                            b,
+                    Some(b) => match method {
+                        "backup-compact" if self.check.running() => self.out.error(
+                            &id,
+                            PLUGIN_ERROR,
+                            "a backup-check is running; compact when it ends (see backup-status)",
+                        ),
+                        "backup-compact" => {
+                            if rpc::start_compaction(
+                                b,
+                                &self.compaction,
+                                &self.out,
+                                Some(id.clone()),
+                                &self.opts.retention,
+                                self.opts.compaction_nice,
+                                &self.metrics,
+                            ) {
+                                Ok(())
+                            } else {
+                                self.out.error(&id, PLUGIN_ERROR, "a compaction is already running; try again when it ends (see backup-status)")
+                            }
+                        }
+                        "backup-check" => match drill::start(
+                            &self
+                                .target
+                                .clone()
+                                .unwrap_or_else(|| Arc::new(drill_target(b))),
+                            &self.check,
                             &self.compaction,
                             &self.out,
+                            &self.metrics,
                             Some(id.clone()),
-                            &self.opts.retention,
                             self.opts.compaction_nice,
                         ) {
+                            Ok(()) => Ok(()),
+                            Err(why) => self.out.error(&id, PLUGIN_ERROR, &why),
+                        },
+                        "backup-status" => {
+                            rpc::status(
+                                b,
+                                &self.compaction,
+                                &self.check,
+                                &self.out,
+                                id,
+                                self.opts.durability.name(),
+                            );
                             Ok(())
-                        } else {
-                            self.out.error(&id, PLUGIN_ERROR, "a compaction is already running; try again when it ends (see backup-status)")
                         }
-                    }
-                    "backup-status" => {
-                        rpc::status(
-                            b,
-                            &self.compaction,
-                            &self.out,
-                            id,
-                            self.opts.durability.name(),
-                        );
-                        Ok(())
-                    }
-                    _ => {
-                        rpc::snapshots(b, &self.out, id);
-                        Ok(())
-                    }
-                },
-            },
+                        _ => {
+                            rpc::snapshots(b, &self.out, id);
+                            Ok(())
+                        }
+                    },
+                }
+            }
             _ => self.out.error(
                 &id,
                 METHOD_NOT_FOUND,
@@ -134,7 +170,9 @@ impl Plugin {
             self.out.log("broken", &options::sqlite_only_message(&w));
         }
         options::check_wallet_in_background(params, &self.dir, &self.out);
+        self.rpc_socket = Some(lnrpc::socket_path(params, &self.dir));
         self.opts = opts;
+        self.opts.remote.notify = self.wait_notices();
         self.initialized = true;
         // Writes before init used the default options; switch now if asked. A new reconnect
         // policy needs the backend opened anew.
@@ -180,6 +218,16 @@ impl Plugin {
             ),
             None => "no backup open yet".into(),
         };
+        self.start_background();
+        if let Some(f) = store::clock::simulated_clock() {
+            self.out.log(
+                "unusual",
+                &format!(
+                    "the clock is simulated from {f} ({} is set): for benchmarks only, never beside a real node",
+                    store::clock::SIMULATED_CLOCK_ENV
+                ),
+            );
+        }
         self.out.log(
             "info",
             &format!(
@@ -195,25 +243,80 @@ impl Plugin {
     }
 
     fn db_write(&mut self, id: &Value, params: &Value) -> std::io::Result<()> {
+        let started = Instant::now();
         let batch = match parse_batch(params) {
             Some(b) => b,
             None => {
                 let msg = format!("db_write with malformed params, refusing it: {params}");
                 self.out.log("broken", &msg);
+                self.metrics.hook_done(started.elapsed(), None);
                 return self.out.error(id, INVALID_PARAMS, &msg);
             }
         };
-        match self.append(&batch) {
-            Ok(()) => self.out.result(id, json!({"result": "continue"})),
+        let (res, acked) = match self.append(&batch) {
+            Ok(bytes) => (
+                self.out.result(id, json!({"result": "continue"})),
+                Some((batch.data_version, bytes)),
+            ),
             Err(msg) => {
                 self.out.log("broken", &msg);
-                self.out.error(id, PLUGIN_ERROR, &msg)
+                (self.out.error(id, PLUGIN_ERROR, &msg), None)
             }
+        };
+        self.metrics.hook_done(started.elapsed(), acked);
+        res
+    }
+
+    /// Once init arrived and the backup is open: record the node id (lightningd's `getinfo`),
+    /// start the periodic restore drill and the metrics file. All of it on other threads.
+    fn start_background(&mut self) {
+        if self.background_started || !self.initialized {
+            return;
+        }
+        let Some(b) = &self.backup else {
+            return;
+        };
+        self.background_started = true;
+        // The threads below hold this weakly: at shutdown the plugin drops it with the backup, so
+        // the journal is closed (its zeros cut, its lock released) and the destinations drained
+        // and joined, whatever those threads are doing.
+        let target = Arc::new(drill_target(b));
+        let weak = Arc::downgrade(&target);
+        self.target = Some(target);
+        if let Some(sock) = &self.rpc_socket {
+            record_node_id(sock.clone(), weak.clone(), self.out.clone());
+        }
+        if self.opts.check_interval > 0 {
+            drill::spawn_periodic(
+                weak.clone(),
+                self.check.clone(),
+                self.compaction.clone(),
+                self.out.clone(),
+                self.metrics.clone(),
+                Duration::from_secs(self.opts.check_interval),
+                self.opts.compaction_nice,
+            );
+        }
+        if let Some(f) = &self.opts.metrics_file {
+            metrics::spawn_writer(
+                self.dir.join(f),
+                self.metrics.clone(),
+                weak,
+                self.out.clone(),
+            );
         }
     }
 
+    /// Where a `socket:` destination says what it waits for (a redial after the link dropped,
+    /// which the hook waits for): lightningd's log.
+    fn wait_notices(&self) -> store::backend::remote::client::Notify {
+        let out = self.out.clone();
+        store::backend::remote::client::Notify::new(move |m| out.log("unusual", m))
+    }
+
     /// The hook path: open on first use, one durable append, log the first-write outcome.
-    fn append(&mut self, batch: &Batch) -> Result<(), String> {
+    /// Returns the journal's bytes since the last snapshot.
+    fn append(&mut self, batch: &Batch) -> Result<u64, String> {
         let v = batch.data_version;
         if let Some(f) = &self.failed {
             return Err(format!(
@@ -228,6 +331,9 @@ impl Plugin {
                     .writer
                     .lock()
                     .map_err(|_| "journal writer poisoned".to_string())?;
+                for note in &b.notes {
+                    self.out.log("info", note);
+                }
                 if let Some(note) = w.recovery_note() {
                     self.out
                         .log("unusual", &format!("journal recovery: {note}"));
@@ -248,6 +354,7 @@ impl Plugin {
             }
             rpc::watch_destinations(&b.multi, &self.out);
             self.backup = Some(b);
+            self.start_background();
         }
         let Some(b) = self.backup.as_mut() else {
             return Err("internal: backup not open".into());
@@ -271,7 +378,7 @@ impl Plugin {
                     }
                 }
                 self.maybe_compact(journal_bytes);
-                Ok(())
+                Ok(journal_bytes)
             }
             Err(e) => {
                 let msg = match &e {
@@ -327,11 +434,30 @@ impl Plugin {
                 );
             }
         } else {
-            self.compaction.close(Duration::ZERO);
+            // A compaction that just ended may still hold the journal writer (and its lock)
+            // for the moment its thread takes to finish: wait for it, or the lock outlives the
+            // process (on S3 a lease that refuses the next start for up to 60 s; seen by the
+            // year benchmark restarting right after a compaction).
+            self.compaction.close(SHUTDOWN_COMPACTION_WAIT);
         }
+        // A restore drill stops at its next step (it publishes nothing).
+        if !self.check.close(SHUTDOWN_COMPACTION_WAIT) {
+            say(
+                "unusual",
+                "shutdown: the backup-check did not stop in time; exiting anyway".into(),
+            );
+        }
+        self.metrics.stop();
+        self.target = None;
         let Some(b) = self.backup.take() else {
             return;
         };
+        // Threads answering RPCs (backup-status) hold the writer for a moment; the writer's
+        // lock goes with its last holder, which must be before the process exits.
+        let t = Instant::now();
+        while Arc::strong_count(&b.writer) > 1 && t.elapsed() < SHUTDOWN_DRAIN_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(m) = &b.multi {
             let t = Instant::now();
             let behind = m.drain(SHUTDOWN_DRAIN_WAIT);
@@ -374,7 +500,7 @@ impl Plugin {
         if !self.initialized || limit == 0 || journal_bytes < limit.max(self.auto_floor) {
             return;
         }
-        if self.compaction.running() {
+        if self.compaction.running() || self.check.running() {
             return;
         }
         if let Some(b) = &self.backup {
@@ -387,9 +513,80 @@ impl Plugin {
                 None,
                 &self.opts.retention,
                 self.opts.compaction_nice,
+                &self.metrics,
             );
         }
     }
+}
+
+fn drill_target(b: &Backup) -> drill::Target {
+    drill::Target {
+        repo: b.repo.clone(),
+        network_dir: b.network_dir.clone(),
+        multi: b.multi.clone(),
+        writer: b.writer.clone(),
+    }
+}
+
+/// Ask lightningd (`getinfo`, on its RPC socket, from a thread: lightningd serves RPC only
+/// between hooks) which node this is, and record it in the repository once. The same node is a
+/// no-op; another node is fail-stop: this node's batches would go into another node's backup, so
+/// every later db_write is refused (lightningd stops) and the log names both ids.
+fn record_node_id(sock: PathBuf, target: std::sync::Weak<drill::Target>, out: Out) {
+    let _ = std::thread::Builder::new()
+        .name("node-id".into())
+        .spawn(move || {
+            // lightningd opens its socket during startup, after init: retry for about 2 minutes.
+            let mut wait = Duration::from_millis(250);
+            let mut tries = 0;
+            let id = loop {
+                match lnrpc::call(&sock, "getinfo", json!({})) {
+                    Ok(v) => match v.get("id").and_then(Value::as_str) {
+                        Some(id) => break id.to_string(),
+                        None => return out.log("unusual", &format!("getinfo gave no node id: {v}")),
+                    },
+                    Err(e) if tries >= 12 => {
+                        return out.log(
+                            "unusual",
+                            &format!("cannot ask lightningd for its node id ({e}); the repository records it at the next start"),
+                        )
+                    }
+                    Err(_) => {
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(15));
+                        tries += 1;
+                    }
+                }
+            };
+            use store::node::{record_node_id, NodeIdSource, NodeRecordOutcome};
+            // The backup was closed meanwhile (shutdown): the next start records it.
+            let Some(t) = target.upgrade() else { return };
+            let repo = &t.repo;
+            match record_node_id(repo, &id, NodeIdSource::Getinfo) {
+                Ok(NodeRecordOutcome::Recorded(_)) => out.log(
+                    "info",
+                    &format!("recorded node {id} in the backup {}", repo.url()),
+                ),
+                Ok(NodeRecordOutcome::AlreadyRecorded(_)) => {
+                    out.log("debug", &format!("the backup records node {id}, as it should"))
+                }
+                Err(e @ store::Error::NodeIdMismatch { .. }) => {
+                    let msg = format!(
+                        "the backup {} belongs to another node: {e}. Refusing every further write \
+                         (lightningd stops): point backup.lock at this node's own backup",
+                        repo.url()
+                    );
+                    if let Ok(mut w) = t.writer.lock() {
+                        w.poison(msg.clone());
+                    }
+                    out.log("broken", &msg);
+                }
+                Err(e) => out.log(
+                    "unusual",
+                    &format!("cannot record node {id} in the backup {}: {e}", repo.url()),
+                ),
+            }
+        });
 }
 
 fn parse_batch(params: &Value) -> Option<Batch> {
@@ -429,6 +626,13 @@ fn main() -> ExitCode {
         .thread_name(|i| format!("background-{i}"))
         .start_handler(|_| rpc::background_priority(19))
         .build_global();
+    // One writer for stdout: every message to lightningd goes through the same mutex.
+    let out = Out::stdout();
+    let warn_out = out.clone();
+    store::warn::set_sink(move |m| {
+        warn_out.log("unusual", m);
+        eprintln!("cln-backup: {m}");
+    });
     let dir = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -437,16 +641,22 @@ fn main() -> ExitCode {
         }
     };
     let mut p = Plugin {
-        out: Out::stdout(),
+        out,
         dir,
         opts: Options::default(),
         initialized: false,
         backup: None,
         failed: None,
         compaction: Arc::default(),
+        check: Arc::default(),
+        metrics: Arc::default(),
+        rpc_socket: None,
+        background_started: false,
+        target: None,
         auto_floor: 0,
         exiting: false,
     };
+    p.opts.remote.notify = p.wait_notices();
     for m in protocol::messages(std::io::stdin().lock()) {
         match m {
             Ok(m) => {

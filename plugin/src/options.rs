@@ -1,7 +1,5 @@
 //! The manifest, the plugin's options (which arrive only at init), and the SQLite-only check.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,6 +21,10 @@ pub const OPT_COMPACTION_NICE: &str = "backup-compaction-nice";
 pub const OPT_RECONNECT_TRIES: &str = "backup-reconnect-tries";
 pub const OPT_RECONNECT_WAIT: &str = "backup-reconnect-wait";
 pub const OPT_RECONNECT_FACTOR: &str = "backup-reconnect-factor";
+pub const OPT_CHECK_INTERVAL: &str = "backup-check-interval";
+/// Default of [`OPT_CHECK_INTERVAL`]: daily.
+pub const DEFAULT_CHECK_INTERVAL: u64 = 86_400;
+pub const OPT_METRICS_FILE: &str = "backup-metrics-file";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -35,9 +37,13 @@ pub struct Options {
     pub retention: Option<Retention>,
     /// CPU nice value of the compaction thread (above 0, with `SCHED_IDLE` too).
     pub compaction_nice: i32,
+    /// Seconds between two restore drills (`backup-check`) in the background; 0 = never.
+    pub check_interval: u64,
+    /// Where to write the Prometheus metrics (relative to the network dir); None = nowhere.
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
-/// `last=N,hourly=N,daily=N,weekly=N,monthly=N` (any subset), or `off`.
+/// `last=N,hourly=N,daily=N,weekly=N,monthly=N,within=30d` (any subset), or `off`.
 pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
     let s = s.trim();
     if s == "off" || s == "0" {
@@ -48,6 +54,11 @@ pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| format!("{OPT_RETENTION}: '{part}' is not key=N"))?;
+        if k.trim() == "within" {
+            r.keep_within = store::ops::prune::parse_duration(v)
+                .map_err(|e| format!("{OPT_RETENTION}: within: {e}"))?;
+            continue;
+        }
         let n: u32 = v
             .trim()
             .parse()
@@ -60,7 +71,7 @@ pub fn parse_retention(s: &str) -> Result<Option<Retention>, String> {
             "monthly" => r.keep_monthly = n,
             other => {
                 return Err(format!(
-                    "{OPT_RETENTION}: unknown key '{other}' (last, hourly, daily, weekly, monthly)"
+                    "{OPT_RETENTION}: unknown key '{other}' (last, hourly, daily, weekly, monthly, within)"
                 ))
             }
         }
@@ -81,6 +92,8 @@ impl Default for Options {
             remote: RemoteOptions::default(),
             retention: parse_retention(DEFAULT_RETENTION).unwrap_or_default(),
             compaction_nice: DEFAULT_COMPACTION_NICE,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            metrics_file: None,
         }
     }
 }
@@ -137,6 +150,19 @@ impl Options {
                     format!("{OPT_RECONNECT_FACTOR} must be a number from 1 to 10, not {v}")
                 })?;
         }
+        if let Some(v) = opts.get(OPT_CHECK_INTERVAL) {
+            o.check_interval = number(v)
+                .filter(|n| *n >= 0.0 && n.fract() == 0.0)
+                .ok_or_else(|| {
+                    format!("{OPT_CHECK_INTERVAL} must be whole seconds (0 disables), not {v}")
+                })? as u64;
+        }
+        if let Some(v) = opts.get(OPT_METRICS_FILE) {
+            let p = v
+                .as_str()
+                .ok_or_else(|| format!("{OPT_METRICS_FILE} must be a file path, not {v}"))?;
+            o.metrics_file = (!p.trim().is_empty()).then(|| std::path::PathBuf::from(p.trim()));
+        }
         if let Some(v) = opts.get(OPT_DURABILITY) {
             o.durability = v
                 .as_str()
@@ -166,7 +192,7 @@ pub fn manifest() -> Value {
                 "name": OPT_RETENTION,
                 "type": "string",
                 "default": DEFAULT_RETENTION,
-                "description": "Snapshots kept after each compaction (keys last, hourly, daily, weekly, monthly; the newest is always kept); the journal from the oldest kept snapshot on is kept, so every data_version since then stays restorable. off keeps everything."
+                "description": "Snapshots kept after each compaction (keys last, hourly, daily, weekly, monthly, and within=30d: every data_version of the last 30 days stays restorable; the newest is always kept); the journal from the oldest kept snapshot on is kept, so every data_version since then stays restorable. off keeps everything."
             },
             {
                 "name": OPT_RECONNECT_TRIES,
@@ -187,6 +213,18 @@ pub fn manifest() -> Value {
                 "description": "socket: destinations: each wait is this many times the previous one"
             },
             {
+                "name": OPT_CHECK_INTERVAL,
+                "type": "int",
+                "default": DEFAULT_CHECK_INTERVAL,
+                "description": "Seconds between restore drills in the background (backup-check: the backup restored and compared table by table with lightningd's database, at low priority, reading it in short steps); 0: only on request"
+            },
+            {
+                "name": OPT_METRICS_FILE,
+                "type": "string",
+                "default": "",
+                "description": "Write Prometheus metrics to this file every 5 s (for node_exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/cln_backup.prom; relative to the network dir); empty: off"
+            },
+            {
                 "name": OPT_DURABILITY,
                 "type": "string",
                 "default": "fsync",
@@ -203,6 +241,11 @@ pub fn manifest() -> Value {
                 "name": "backup-status",
                 "usage": "",
                 "description": "The backup's URL, last data_version, journal bytes since the last snapshot, last snapshot, whether a compaction runs"
+            },
+            {
+                "name": "backup-check",
+                "usage": "",
+                "description": "Restore drill: restore the backup and compare it table by table with lightningd's own database, in the background without stalling lightningd; answers equal or the first difference"
             },
             {
                 "name": "backup-snapshots",
@@ -236,32 +279,15 @@ pub fn sqlite_only_message(wallet: &str) -> String {
 /// Ask lightningd for its `wallet` setting over its RPC socket, on a thread (never on the hook
 /// path, never waited for), and log if it is not SQLite. Silent if the socket is not there.
 pub fn check_wallet_in_background(params: &Value, dir: &Path, out: &Out) {
-    let rpc_file = params
-        .get("configuration")
-        .and_then(|c| c.get("rpc-file"))
-        .and_then(Value::as_str)
-        .unwrap_or("lightning-rpc");
-    let path = dir.join(rpc_file);
+    let path = crate::lnrpc::socket_path(params, dir);
     let out = out.clone();
     std::thread::spawn(move || {
-        let wallet = (|| -> std::io::Result<Option<String>> {
-            let mut s = UnixStream::connect(&path)?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            let req = json!({"jsonrpc": "2.0", "id": "cln-backup:listconfigs#1",
-                "method": "listconfigs", "params": {"config": "wallet"}});
-            s.write_all(req.to_string().as_bytes())?;
-            let mut r = BufReader::new(s);
-            let mut de = serde_json::Deserializer::from_reader(&mut r).into_iter::<Value>();
-            let v = match de.next() {
-                Some(Ok(v)) => v,
-                _ => return Ok(None),
-            };
-            let _ = r.fill_buf();
-            Ok(v.pointer("/result/configs/wallet/value_str")
+        let wallet = crate::lnrpc::call(&path, "listconfigs", json!({"config": "wallet"}));
+        if let Some(w) = wallet.ok().and_then(|v| {
+            v.pointer("/configs/wallet/value_str")
                 .and_then(Value::as_str)
-                .map(str::to_string))
-        })();
-        if let Ok(Some(w)) = wallet {
+                .map(str::to_string)
+        }) {
             if !w.starts_with("sqlite3") {
                 out.log("broken", &sqlite_only_message(&w));
             }
@@ -303,6 +329,24 @@ mod test {
         }
         let o = Options::from_init(&json!({ "options": given })).unwrap();
         assert_eq!(o, Options::default());
+    }
+
+    #[test]
+    fn retention_within() {
+        let r = parse_retention("last=3,within=30d").unwrap().unwrap();
+        assert_eq!((r.keep_last, r.keep_within), (3, 30 * 86_400));
+        let r = parse_retention("within=12h").unwrap().unwrap();
+        assert_eq!((r.keep_last, r.keep_within), (0, 12 * 3600));
+        for bad in [
+            "within=30",
+            "within=0d",
+            "within=d",
+            "within=30x",
+            "within=-1d",
+        ] {
+            let e = parse_retention(bad).unwrap_err();
+            assert!(e.contains("within"), "{bad}: {e}");
+        }
     }
 
     #[test]

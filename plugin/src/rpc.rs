@@ -18,7 +18,8 @@ use crate::protocol::{Out, PLUGIN_ERROR};
 /// Where compaction keeps its local base copy of the database (beside the node's).
 pub const CACHE_DIR: &str = "cln-backup-cache";
 
-/// Shared between the main loop and the compaction thread.
+/// Shared between the main loop and a background job's thread: the compaction's, and (another
+/// instance) the restore drill's (`drill.rs`).
 #[derive(Default)]
 pub struct Compaction {
     running: AtomicBool,
@@ -63,10 +64,37 @@ impl Compaction {
             .and_then(|l| l.clone())
             .unwrap_or(Value::Null)
     }
+
+    /// Mark a job running, unless one runs or shutdown began: the guard clears it.
+    pub fn begin(self: &Arc<Self>) -> Option<Running> {
+        let free = !self.closed.load(Ordering::SeqCst)
+            && self
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        free.then(|| Running(self.clone()))
+    }
+
+    /// Set at shutdown: the running job stops at its next safe point.
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    pub fn set_last(&self, v: Value) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(v);
+        }
+    }
+
+    pub fn set_thread(&self, h: JoinHandle<()>) {
+        if let Ok(mut t) = self.thread.lock() {
+            *t = Some(h);
+        }
+    }
 }
 
 /// Clears `running` however the thread ends.
-struct Running(Arc<Compaction>);
+pub struct Running(Arc<Compaction>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::SeqCst);
@@ -100,16 +128,11 @@ pub fn start_compaction(
     reply_to: Option<Value>,
     backup_retention: &Option<store::ops::prune::Retention>,
     nice: i32,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> bool {
-    if state.closed.load(Ordering::SeqCst)
-        || state
-            .running
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-    {
+    let Some(guard) = state.begin() else {
         return false;
-    }
-    let guard = Running(state.clone());
+    };
     let repo = backup.repo.clone();
     let writer = backup.writer.clone();
     let opts = CompactOptions {
@@ -121,6 +144,7 @@ pub fn start_compaction(
     };
     let out = out.clone();
     let retention = backup_retention.clone();
+    let metrics = metrics.clone();
     let spawned = std::thread::Builder::new()
         .name("compaction".into())
         .spawn(move || {
@@ -140,20 +164,36 @@ pub fn start_compaction(
                 let mut res = compact_cancellable(&repo, &writer, &opts, cancel);
                 // Retention: after a new snapshot, prune what the policy no longer keeps, so
                 // the backup stays bounded (the old plugin's users saw it grow without end).
+                // Without a policy, garbage collection alone: it merges the small packs each
+                // compaction leaves, so the object count stays bounded.
                 let mut pruned = Value::Null;
-                if let (Ok(r), Some(policy)) = (&mut res, &retention) {
+                if let Ok(r) = &mut res {
+                    // An append-only destination (issue 15) refuses the deletes a prune makes:
+                    // its operator prunes on the server's host.
+                    let append_only = repo.backend().append_only();
+                    if append_only && r.snapshot.is_some() {
+                        out.log("info", &format!("{what}: the retention prune is skipped: {} is append-only (its operator prunes on the server's host)", repo.url()));
+                    }
                     // Not at shutdown: the next compaction prunes.
-                    if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) {
-                        match store::ops::prune::plan(&repo, policy)
-                            .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder))
-                        {
+                    if r.snapshot.is_some() && !cancel.load(Ordering::SeqCst) && !append_only {
+                        let done = match &retention {
+                            Some(policy) => store::ops::prune::plan(&repo, policy)
+                                .and_then(|p| store::ops::prune::apply(&repo, &p, &opts.holder)),
+                            None => store::ops::prune::collect_garbage(&repo, &opts.holder),
+                        };
+                        match done {
                             Ok(p) => {
                                 pruned = serde_json::to_value(&p).unwrap_or(Value::Null);
                                 if let Ok(after) = store::ops::stats::stats(&repo) {
                                     r.after = after;
                                 }
                             }
-                            Err(e) => out.log("unusual", &format!("{what}: pruning by the retention policy failed: {e}")),
+                            // A destination behind others that refuses deletes (issue 15).
+                            Err(e @ store::Error::AppendOnly { .. }) => out.log("info", &format!("{what}: the retention prune is skipped: {e}")),
+                            Err(e) => out.log("unusual", &format!(
+                                "{what}: {} failed: {e}. Nothing kept is lost; the next compaction tries again.",
+                                if retention.is_some() { "pruning by the retention policy" } else { "garbage collection" }
+                            )),
                         }
                     }
                 }
@@ -171,9 +211,9 @@ pub fn start_compaction(
                     v["pruned"] = pruned.clone();
                     let line = match &r.snapshot {
                         Some(s) => format!(
-                            "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes",
+                            "{what}: snapshot {} at data_version {} ({} bytes added, dedup ratio {:.2}, {} ms); backup size {} -> {} bytes{}",
                             s.id, s.data_version, r.bytes_added, r.dedup_ratio, r.duration_ms,
-                            r.before.backup_size, r.after.backup_size
+                            r.before.backup_size, r.after.backup_size, prune_summary(&pruned)
                         ),
                         None => format!("{what}: no snapshot made ({})", r.note.as_deref().unwrap_or("nothing to do")),
                     };
@@ -189,9 +229,13 @@ pub fn start_compaction(
                 ),
             };
             out.log(logline.0, &logline.1);
-            if let Ok(mut l) = guard.0.last.lock() {
-                *l = Some(value.clone());
-            }
+            guard.0.set_last(value.clone());
+            // The journal since the new snapshot, as the compaction's stats measured it (the
+            // next hook brings it up to date; the writer's lock stays the hook's).
+            metrics.compaction_done(
+                matches!(res, Ok(_) | Err(store::Error::Cancelled(_))),
+                res.as_ref().ok().map(|r| r.after.journal_bytes_since_snapshot),
+            );
             drop(guard);
             if let Some(id) = reply_to {
                 let _ = match res {
@@ -202,20 +246,46 @@ pub fn start_compaction(
         });
     match spawned {
         Ok(handle) => {
-            if let Ok(mut t) = state.thread.lock() {
-                *t = Some(handle);
-            }
+            state.set_thread(handle);
             true
         }
         Err(_) => false,
     }
 }
 
+/// What the prune after a compaction did, for its log line (empty when none ran).
+fn prune_summary(pruned: &Value) -> String {
+    let n = |k: &str| pruned.get(k).and_then(Value::as_u64).unwrap_or(0);
+    if pruned.is_null() {
+        return String::new();
+    }
+    format!(
+        "; pruned {} snapshots and {} journal segments, {} packs deleted ({} repacked, {} merged, {} written), {} packs and {} index objects left, {} ms",
+        n("removed_snapshots"),
+        n("deleted_segments"),
+        n("deleted_packs"),
+        n("repacked_packs"),
+        n("merged_packs"),
+        n("written_packs"),
+        n("packs"),
+        n("index_objects"),
+        n("duration_ms")
+    )
+}
+
 /// `backup-status`, answered from its own thread (listing snapshots may take a while remotely).
-pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, durability: &str) {
+pub fn status(
+    backup: &Backup,
+    state: &Arc<Compaction>,
+    check: &Arc<Compaction>,
+    out: &Out,
+    id: Value,
+    durability: &str,
+) {
     let repo = backup.repo.clone();
     let writer = backup.writer.clone();
     let state = state.clone();
+    let check = check.clone();
     let out = out.clone();
     let durability = durability.to_string();
     let network_dir: PathBuf = backup.network_dir.clone();
@@ -246,6 +316,10 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
             Err(_) => (None, 0),
         };
         let snaps = store::ops::snapshots::list(&repo);
+        let node_id = store::node::read_node_id(&repo)
+            .ok()
+            .flatten()
+            .map(|n| n.node_id);
         let reply = match snaps {
             Ok(s) => out.result(
                 &id,
@@ -260,6 +334,9 @@ pub fn status(backup: &Backup, state: &Arc<Compaction>, out: &Out, id: Value, du
                     "last_snapshot": s.last(),
                     "compaction_running": state.running(),
                     "last_compaction": state.last(),
+                    "node_id": node_id,
+                    "check_running": check.running(),
+                    "last_check": check.last(),
                     "destinations": destinations,
                 }),
             ),

@@ -205,7 +205,12 @@ fn manifest_touches_nothing_and_unknown_methods_are_errors() {
         .collect();
     assert_eq!(
         names,
-        ["backup-compact", "backup-status", "backup-snapshots"]
+        [
+            "backup-compact",
+            "backup-status",
+            "backup-check",
+            "backup-snapshots"
+        ]
     );
     let r = em.rpc("no-such-method", json!([])).unwrap();
     assert_eq!(r["error"]["code"], json!(-32601), "{r}");
@@ -230,6 +235,14 @@ fn missing_backup_lock_stops_lightningd_with_the_old_message() {
         "{msg}"
     );
     assert!(msg.contains("backup-cli init --lightning-dir"), "{msg}");
+    // A restored node lands here too: the way to continue its repository is named, and
+    // nothing suggests moving the only backup aside.
+    let dir = tmp.path().display().to_string();
+    assert!(
+        msg.contains(&format!("backup-cli restore URL --lightning-dir {dir}")),
+        "{msg}"
+    );
+    assert!(!msg.contains("--force"), "{msg}");
     assert!(
         logs(&r).contains("Could not find backup.lock in the lightning-dir"),
         "{}",
@@ -412,7 +425,7 @@ fn compaction_mid_stream_while_hooks_keep_answering() {
         .unwrap();
     assert!(stop.is_none(), "{stop:?}");
     let done = em
-        .wait_log(|l| {
+        .wait_log(Duration::from_secs(300), |l| {
             l.message.starts_with("automatic compaction: snapshot")
                 || l.message.starts_with("automatic compaction failed")
         })
@@ -437,6 +450,7 @@ fn replayed_to(batches: &[DbWrite], version: u32, dir: &Path) -> String {
                 writes: b.writes.clone(),
             },
             supersedes: false,
+            time_ms: 0,
         };
         rp.apply(&rec).unwrap();
     }
@@ -481,7 +495,13 @@ fn full_disk_during_db_write_is_an_error_never_continue() {
         ..Default::default()
     };
     let r = run_trace_session(&wrapper, &node.net, &trace(2), &opts).unwrap();
-    let stop = r.stop.as_ref().expect("the disk fills up within s2");
+    let stop = r.stop.as_ref().unwrap_or_else(|| {
+        panic!(
+            "the disk fills up within s2: limit {limit_kib} KiB\n{}\n{}",
+            logs(&r),
+            r.stderr
+        )
+    });
     let HookReply::Error(e) = &stop.reply else {
         panic!("{:?}\n{}", stop.reply, r.stderr)
     };
@@ -631,3 +651,55 @@ fn a_write_error_that_clears_does_not_resume_the_backup() {
     set_fsize(libc::RLIM_INFINITY);
     refused_until_restarted(&node, em, 40, "after a write error");
 }
+
+/// A typo in backup.lock (`"destination"` for `"destinations"`) must not silently drop a
+/// destination: the plugin refuses the file, naming the field, and lightningd stops.
+#[test]
+fn unknown_backup_lock_fields_are_refused_with_their_name() {
+    let node = Node::new(false);
+    let url = format!("file://{}", node.repo.display());
+    for (lock, field) in [
+        (
+            json!({ "backend_url": url, "destination": [{ "url": url, "mode": "async" }] }),
+            "destination",
+        ),
+        (
+            json!({ "backend_url": url, "destinations": [{ "url": url, "mdoe": "async" }] }),
+            "mdoe",
+        ),
+    ] {
+        std::fs::write(node.net.join("backup.lock"), lock.to_string()).unwrap();
+        let msg = first_write_refused(&node);
+        assert!(
+            msg.contains("backup.lock") && msg.contains(&format!("unknown field `{field}`")),
+            "{msg}"
+        );
+    }
+}
+
+/// `backup.key` is read with a bound: a link to `/dev/zero` is refused at once (not read for
+/// gigabytes), and lightningd stops with the reason.
+#[test]
+fn a_key_file_that_never_ends_is_refused() {
+    let node = Node::new(false);
+    std::os::unix::fs::symlink("/dev/zero", node.net.join("backup.key")).unwrap();
+    let msg = first_write_refused(&node);
+    assert!(
+        msg.contains("backup.key") && msg.contains("longer than 4096 bytes"),
+        "{msg}"
+    );
+}
+
+/// Run session 1: lightningd must stop at the first write; the error message it got.
+fn first_write_refused(node: &Node) -> String {
+    let r = node.session(&trace(1), true, vec![]);
+    let stop = r.stop.as_ref().expect("lightningd must stop");
+    assert_eq!((stop.index, r.continued), (0, 0));
+    let HookReply::Error(e) = &stop.reply else {
+        panic!("{:?}", stop.reply)
+    };
+    e["message"].as_str().unwrap().to_string()
+}
+
+#[path = "support/drill.rs"]
+mod drill;

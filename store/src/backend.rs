@@ -79,6 +79,27 @@ pub trait Backend: Send + Sync {
     /// Take the named exclusive lock, recording `holder` (who, where, since when) so that a refused
     /// second taker can be told who holds it. Released when the guard drops or the process dies.
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>>;
+
+    /// [`lock`](Backend::lock) on behalf of `owner`, a stable id of who holds it across
+    /// processes (a `backup-cli server` passes the node and its client session): a lock held
+    /// under the same owner by another process (a second server process behind one address,
+    /// serving the same session) is taken over instead of refused. Backends whose locks cannot
+    /// outlive their process (a directory's flock) do as `lock`.
+    fn lock_for(&self, name: &str, holder: &str, owner: &str) -> Result<Box<dyn LockGuard>> {
+        let _ = owner;
+        self.lock(name, holder)
+    }
+
+    /// True when the destination refuses deletes, replacements and cuts below what it
+    /// acknowledged (a `backup-cli server` run with `--append-only`): prune cannot run through it,
+    /// and compaction leaves sealed streams in place. Known only where the destination says so.
+    fn append_only(&self) -> bool {
+        false
+    }
+
+    /// The newest data_version stored through this backend, for a destination that reports it
+    /// (a `backup-cli server` shows each node's in its status; it cannot read the records).
+    fn note_data_version(&self, _data_version: u32) {}
 }
 
 pub trait Stream: Send {
@@ -112,6 +133,17 @@ pub fn check_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A `list` prefix every backend accepts: a valid name (see [`check_name`]), or a valid name
+/// followed by `/`, or empty (the whole repository). A prefix can never reach outside the
+/// repository (`..`, an absolute path).
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    match prefix.strip_suffix('/').unwrap_or(prefix) {
+        "" if prefix.is_empty() => Ok(()),
+        p => check_name(p)
+            .map_err(|_| crate::Error::Invalid(format!("invalid list prefix '{prefix}'"))),
+    }
 }
 
 /// Open the backend a URL names. `link_key` is the repository key, which remote destinations use

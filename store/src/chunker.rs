@@ -16,13 +16,17 @@ pub struct PageChunker {
     pub chunk_size: usize,
 }
 
+impl PageChunker {
+    /// The spans of a file of `len` bytes (page-aligned cuts need only the length).
+    pub fn spans_of_len(&self, len: usize) -> Vec<(usize, usize)> {
+        let cs = self.chunk_size.max(1);
+        (0..len).step_by(cs).map(|o| (o, cs.min(len - o))).collect()
+    }
+}
+
 impl Chunker for PageChunker {
     fn spans(&self, data: &[u8]) -> Vec<(usize, usize)> {
-        let cs = self.chunk_size.max(1);
-        (0..data.len())
-            .step_by(cs)
-            .map(|o| (o, cs.min(data.len() - o)))
-            .collect()
+        self.spans_of_len(data.len())
     }
 }
 

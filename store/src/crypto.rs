@@ -17,11 +17,14 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, KeyId};
+use crate::ids::{ChunkId, KeyId, RepoId};
 
 pub const KEY_LEN: usize = 32;
+/// A key file is one line of 80 bytes; a file longer than this is not a key file, and is not
+/// read further (`--key-file /dev/zero` must fail at once, not read gigabytes).
+pub const KEY_FILE_MAX: u64 = 4096;
 const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = 16;
 
 pub fn fill_random(buf: &mut [u8]) {
     // getrandom only fails on platforms without an entropy source; there is no safe fallback.
@@ -124,6 +127,13 @@ impl MasterKey {
     pub fn to_file_text(&self) -> String {
         format!("cln-backup-key:{}\n", hex::encode(self.0))
     }
+    /// Read and parse a key file, reading at most [`KEY_FILE_MAX`] bytes of it.
+    pub fn read_file(path: &std::path::Path) -> Result<Self> {
+        let object = path.display().to_string();
+        let text = read_small_file(path, KEY_FILE_MAX, "a cln-backup key file")
+            .map_err(|e| Error::io("read", &object, e))?;
+        Self::from_file_text(&text, &object)
+    }
     pub fn from_file_text(text: &str, path: &str) -> Result<Self> {
         let t = text.trim();
         let hexpart = t.strip_prefix("cln-backup-key:").ok_or_else(|| {
@@ -142,6 +152,29 @@ impl MasterKey {
     }
 }
 
+/// The text of a small file (a key, an auth key list, `backup.lock`), reading at most `limit`
+/// bytes: a longer file (or a device such as `/dev/zero`) is an `InvalidData` error saying it is
+/// not `what`, after reading `limit + 1` bytes.
+pub fn read_small_file(path: &std::path::Path, limit: u64, what: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {limit} bytes: not {what}"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: not {what}"),
+        )
+    })
+}
+
 /// What a repository handle needs to address chunks and seal objects.
 #[derive(Clone)]
 pub struct Crypto {
@@ -149,6 +182,13 @@ pub struct Crypto {
     key_id: KeyId,
     id_key: Option<[u8; KEY_LEN]>,
     aead: Option<XChaCha20Poly1305>,
+    /// The repository whose objects this seals and opens (format 2 binds it into every seal).
+    repo: RepoId,
+    /// Whether format-1 objects are accepted (a repository upgraded from format 1).
+    format1: bool,
+    /// The key's binding subkey, when a key is known: it authenticates the config of a
+    /// plaintext repository (whose seals are only checksums) to the key's holder.
+    binding_key: Option<[u8; KEY_LEN]>,
 }
 
 impl std::fmt::Debug for Crypto {
@@ -164,6 +204,17 @@ impl Crypto {
             key_id: KeyId([0; 8]),
             id_key: None,
             aead: None,
+            repo: RepoId([0; 16]),
+            format1: true,
+            binding_key: None,
+        }
+    }
+    /// A plaintext repository whose config is bound to `key` (created with `--no-encryption`
+    /// by someone holding a key, e.g. for a `socket:` destination's authentication).
+    pub fn plaintext_bound(key: &MasterKey) -> Self {
+        Crypto {
+            binding_key: Some(key.subkey("config binding")),
+            ..Self::plaintext()
         }
     }
     pub fn encrypted(key: &MasterKey) -> Self {
@@ -173,7 +224,29 @@ impl Crypto {
             key_id: key.id(),
             id_key: Some(key.subkey("chunk id")),
             aead: Some(XChaCha20Poly1305::new((&seal).into())),
+            repo: RepoId([0; 16]),
+            format1: true,
+            binding_key: Some(key.subkey("config binding")),
         }
+    }
+    /// Bind to a repository: its id goes into every format-2 seal; `format1` says whether
+    /// format-1 objects are accepted (only in a repository upgraded from format 1).
+    pub fn for_repository(mut self, repo: RepoId, format1: bool) -> Self {
+        self.repo = repo;
+        self.format1 = format1;
+        self
+    }
+    pub fn repo_id(&self) -> RepoId {
+        self.repo
+    }
+    pub fn accepts_format1(&self) -> bool {
+        self.format1
+    }
+    /// The key binding of a config: keyed blake3 of its bytes under the key's binding subkey.
+    pub fn binding(&self, data: &[u8]) -> Option<[u8; 32]> {
+        self.binding_key
+            .as_ref()
+            .map(|k| *blake3::keyed_hash(k, data).as_bytes())
     }
     pub fn encryption(&self) -> Encryption {
         self.encryption

@@ -7,16 +7,25 @@
 //! +------+-----+--------+-----------+-----+------------+
 //! ```
 //! The header is folded into the associated data of everything sealed after it, so changing the
-//! format byte or the kind of an object fails authentication.
+//! format byte or the kind of an object fails authentication. From format 2 on, whole objects
+//! also bind the repository id (associated data `header ‖ repo id ‖ name`), so an object of
+//! another repository sealed with the same key fails authentication too.
+//!
+//! Format per kind: config, manifests, journal streams, sealed segments and the node record are
+//! written at format 2; packs and indexes keep format 1 (their layout did not change, and a pack's
+//! blobs are content addressed, so binding them to a repository adds nothing). A repository
+//! created at format 2 refuses format-1 objects of the kinds that moved on; one upgraded from
+//! format 1 keeps reading the format-1 objects it had.
 
 use crate::codec::Dec;
 use crate::crypto::{Crypto, Encryption};
 use crate::error::{Error, Result};
-use crate::ids::KeyId;
+use crate::ids::{KeyId, RepoId};
 
 pub const MAGIC: &[u8; 4] = b"CLNB";
 pub const HEADER_LEN: usize = 16;
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest object format this build writes (per kind: [`Kind::format`]).
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -28,6 +37,7 @@ pub enum Kind {
     SealedSegment = 5,
     JournalStream = 6,
     Lock = 7,
+    Node = 8,
 }
 
 impl Kind {
@@ -40,8 +50,17 @@ impl Kind {
             5 => Kind::SealedSegment,
             6 => Kind::JournalStream,
             7 => Kind::Lock,
+            8 => Kind::Node,
             _ => return None,
         })
+    }
+
+    /// The format this build writes objects of this kind at.
+    pub fn format(self) -> u8 {
+        match self {
+            Kind::Pack | Kind::Index => 1,
+            _ => FORMAT_VERSION,
+        }
     }
 }
 
@@ -57,7 +76,7 @@ impl Header {
     pub fn new(kind: Kind, crypto: &Crypto) -> Self {
         Header {
             kind,
-            format: FORMAT_VERSION,
+            format: kind.format(),
             encryption: crypto.encryption(),
             key_id: crypto.key_id(),
         }
@@ -85,7 +104,27 @@ impl Header {
                 format!("is a {:?} object, expected {kind:?}", h.kind),
             ));
         }
-        check_key(&h, crypto)?;
+        match check_key(&h, crypto) {
+            // Inside a repository already opened with its key: an object sealed with another key
+            // was put there from elsewhere.
+            Err(Error::WrongKey { expected, got }) if kind != Kind::Config => {
+                return Err(Error::corrupt(
+                    object,
+                    format!("sealed with key {expected}, not this repository's key {got}: it was put there from elsewhere"),
+                ))
+            }
+            other => other?,
+        }
+        if h.format < kind.format() && !crypto.accepts_format1() {
+            return Err(Error::corrupt(
+                object,
+                format!(
+                    "a format-{} object in a repository created at format {}: it was put there from elsewhere",
+                    h.format,
+                    kind.format()
+                ),
+            ));
+        }
         Ok(h)
     }
 
@@ -99,12 +138,12 @@ impl Header {
         let kind = Kind::from_code(kind_code)
             .ok_or_else(|| Error::corrupt(object, format!("unknown object kind {kind_code}")))?;
         let format = d.u8()?;
-        if format != FORMAT_VERSION {
+        if format == 0 || format > kind.format() {
             return Err(Error::Unsupported {
                 object: object.to_string(),
                 what: "format version",
                 found: format.into(),
-                supported: FORMAT_VERSION.into(),
+                supported: kind.format().into(),
             });
         }
         let encryption = Encryption::from_code(d.u8()?, object)?;
@@ -137,10 +176,11 @@ pub fn check_key(h: &Header, crypto: &Crypto) -> Result<()> {
     Ok(())
 }
 
-/// Seal a whole object: header, then one sealed body bound to the header and the object name.
+/// Seal a whole object: header, then one sealed body bound to the header, the repository (from
+/// format 2) and the object name.
 pub fn seal_object(kind: Kind, crypto: &Crypto, name: &str, body: &[u8]) -> Vec<u8> {
     let header = Header::new(kind, crypto).encode();
-    let aad = object_aad(&header, name);
+    let aad = object_aad(&header, crypto.repo_id(), name);
     let mut out = header.to_vec();
     out.extend_from_slice(&crypto.seal(&aad, body));
     out
@@ -150,13 +190,18 @@ pub fn seal_object(kind: Kind, crypto: &Crypto, name: &str, body: &[u8]) -> Vec<
 pub fn open_object(kind: Kind, crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<u8>> {
     Header::decode_expect(data, kind, crypto, name)?;
     let header = data.get(..HEADER_LEN).unwrap_or_default();
-    let aad = object_aad(header, name);
+    let aad = object_aad(header, crypto.repo_id(), name);
     crypto.open(name, &aad, data.get(HEADER_LEN..).unwrap_or_default())
 }
 
-pub fn object_aad(header: &[u8], name: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(header.len() + name.len() + 1);
+/// Associated data of a whole object: `header ‖ name` at format 1, `header ‖ repo id ‖ name`
+/// from format 2 (the format byte of `header` says which).
+pub fn object_aad(header: &[u8], repo: RepoId, name: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 16 + name.len());
     aad.extend_from_slice(header);
+    if header.get(5).is_some_and(|&f| f >= 2) {
+        aad.extend_from_slice(&repo.0);
+    }
     aad.extend_from_slice(name.as_bytes());
     aad
 }

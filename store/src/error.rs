@@ -86,10 +86,44 @@ pub enum Error {
     },
     #[error("restored database {object} failed its check: {what}; it was removed")]
     RestoreCheck { object: String, what: String },
+    #[error("{object} records node {recorded}, not {given}: this repository backs up another node (check backup.lock and hsm_secret; never mix two nodes in one repository)")]
+    NodeIdMismatch {
+        object: String,
+        recorded: String,
+        given: String,
+    },
     #[error("{0}")]
     Remote(String),
+    /// The destination keeps everything it was given (`backup-cli server --append-only`, or an
+    /// S3 bucket whose credentials cannot delete): it refused to delete, replace or cut
+    /// `object`. Prune and GC run where the repository is, by its operator.
+    #[error("{object}: the destination is append-only and refuses to {op} it; prune and GC run on the server's host, against its directory (`backup-cli prune file:///...`)")]
+    AppendOnly { object: String, op: &'static str },
     #[error("{0}")]
     Invalid(String),
+    /// A key was given, but the repository's config is not authenticated by it.
+    #[error("this repository is not authenticated by your key: {why}. Someone who can write the storage may have put another repository there (a downgrade to plaintext). If you created it yourself with --no-encryption, open it without a key; for a format-1 plaintext repository of your own, `backup-cli upgrade --bind-plaintext` binds it to your key")]
+    Unbound { why: String },
+    /// The repository is not the one the node's `backup.lock` (or the caller) expects.
+    #[error("{url} does not hold the expected repository: {what}. Check the URL; if the storage was replaced or rolled back, do not write to it")]
+    IdentityMismatch { url: String, what: String },
+    /// The newest journal record is damaged in a way a crash cannot explain.
+    #[error("{object} is damaged at its end: {what}. The batches stored there are lost from this copy: look for a newer copy (another destination), or accept the loss explicitly (--accept-damaged-tail)")]
+    DamagedTail { object: String, what: String },
+    /// A restore found less than an anchor outside the storage shows.
+    #[error("the newest state found is data_version {newest}{when}, older than {expected} ({anchor}): the backup was rolled back, or is a copy that fell behind; look for a newer copy")]
+    OlderThanAnchor {
+        newest: u32,
+        when: String,
+        expected: u32,
+        anchor: String,
+    },
+    /// A batch too large for every reader to read back: refused before it is written.
+    #[error("batch for data_version {version} is {size} bytes sealed, above the {max}-byte limit of a journal record; refusing to store it")]
+    BatchTooLarge { version: u32, size: u64, max: u64 },
+    /// A format-1 repository must be upgraded before it is written to.
+    #[error("the repository at {url} is at format 1; upgrade it with `backup-cli upgrade {url}` (the plugin does this itself when it opens it)")]
+    NeedsUpgrade { url: String },
     /// An operation stopped at a safe point because its caller asked it to (the plugin at
     /// shutdown): nothing half-done is visible, the next run starts over.
     #[error("{0} was cancelled before it finished; nothing it did is visible, and the next one starts over")]
@@ -146,6 +180,7 @@ impl Error {
             Error::Corrupt { .. }
                 | Error::ChecksumMismatch { .. }
                 | Error::AuthenticationFailed { .. }
+                | Error::DamagedTail { .. }
         )
     }
 }

@@ -20,7 +20,7 @@ pub mod segment;
 pub mod trace;
 pub mod writer;
 
-pub use record::{Batch, Record};
+pub use record::{Batch, Link, Predecessor, Record};
 pub use writer::{AppendOutcome, JournalWriter};
 
 /// Segment sequence numbers name streams (`{seq:016x}`) and sealed objects (`journal/{seq:016x}.seg`).
@@ -32,6 +32,16 @@ pub fn sealed_name(seq: u64) -> String {
     format!("journal/{seq:016x}.seg")
 }
 
+/// A sealed object holding segments `first..=last`: `journal/<first>.seg` for one, or
+/// `journal/<first>-<last>.seg` for a merged run.
+pub fn sealed_run_name(first: u64, last: u64) -> String {
+    if first == last {
+        sealed_name(first)
+    } else {
+        format!("journal/{first:016x}-{last:016x}.seg")
+    }
+}
+
 pub fn parse_stream_name(name: &str) -> Option<u64> {
     if name.len() != 16 {
         return None;
@@ -39,6 +49,14 @@ pub fn parse_stream_name(name: &str) -> Option<u64> {
     u64::from_str_radix(name, 16).ok()
 }
 
-pub fn parse_sealed_name(name: &str) -> Option<u64> {
-    parse_stream_name(name.strip_prefix("journal/")?.strip_suffix(".seg")?)
+/// The segments a sealed object's name says it holds: `(first, last)`.
+pub fn parse_sealed_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_prefix("journal/")?.strip_suffix(".seg")?;
+    match stem.split_once('-') {
+        None => parse_stream_name(stem).map(|s| (s, s)),
+        Some((a, b)) => {
+            let (first, last) = (parse_stream_name(a)?, parse_stream_name(b)?);
+            (first < last).then_some((first, last))
+        }
+    }
 }

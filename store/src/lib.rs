@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chunker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod crypto;
@@ -16,14 +17,18 @@ pub mod error;
 pub mod ids;
 pub mod journal;
 pub mod legacy;
+pub mod lockfile;
 pub mod manifest;
 pub mod model;
+pub mod node;
 pub mod ops;
 pub mod pack;
 pub mod replay;
 pub mod repo;
 pub mod snapshot;
+pub mod time;
 pub mod url;
+pub mod warn;
 
 pub use backend::Durability;
 pub use config::ConfigBody;

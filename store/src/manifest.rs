@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! envelope header (16, kind Manifest) | sealed(zstd(body))
-//! body: u8 body version (1) | snapshot id (8) | u64 time | u32 data_version | u64 journal segment
-//!       | u8 flags (bit 0: foreign_keys on) | u64 db size | u32 page size | u64 chunk count
-//!       | u64 stored bytes added | u64 chunks added | u8 list kind
+//! body: u8 body version (2; 1 before format 2) | snapshot id (8) | u64 time | u32 data_version
+//!       | u64 journal segment | u8 flags (bit 0: foreign_keys on) | u64 db size | u32 page size
+//!       | u64 chunk count | u64 stored bytes added | u64 chunks added
+//!       | [version 2: u64 data time (ms) | u8 has next | u32 next data_version | u64 next segment]
+//!       | u8 list kind
 //!   list kind 0 (full):  chunk count × (chunk id (32) | u32 length)
 //!   list kind 1 (delta): parent id (8) | u32 depth | u64 run count
 //!                        | runs: u64 first position | u32 n | n × (chunk id | u32 length)
@@ -14,7 +16,10 @@
 //! a full manifest before it deletes its parent.
 //!
 //! `journal segment` is the first segment replay must read after this snapshot: records with a
-//! data_version above the snapshot's are applied from there on.
+//! data_version above the snapshot's are applied from there on. `next` (version 2) is the newest
+//! batch the compaction saw and left out (a snapshot never holds the newest batch): it must be in
+//! the journal after the snapshot, so a journal cut back to before it is found from the
+//! repository alone. `data time` is when the batch at the snapshot's version was stored.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -53,6 +58,19 @@ pub struct Manifest {
     pub list: ChunkList,
     /// Size of the stored manifest object (filled in when read).
     pub object_size: u64,
+    /// Unix milliseconds when the batch at `data_version` was stored (0 when unknown: format 1,
+    /// or a snapshot of a database file).
+    pub data_time_ms: u64,
+    /// The newest batch the compaction saw, which the journal after this snapshot must hold.
+    pub next: Option<NextBatch>,
+}
+
+/// A batch a manifest says follows it in the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct NextBatch {
+    pub data_version: u32,
+    /// The segment it was in when the snapshot was made.
+    pub segment: u64,
 }
 
 /// What users and scripts see of a snapshot (`backup-cli snapshots --json`, `backup-snapshots`).
@@ -104,7 +122,7 @@ impl Manifest {
     pub fn encode(&self, crypto: &Crypto) -> Result<Vec<u8>> {
         let name = manifest_name(&self.id);
         let mut e = Enc::new();
-        e.u8(1)
+        e.u8(2)
             .bytes(&self.id.0)
             .u64(self.time)
             .u32(self.data_version)
@@ -114,6 +132,14 @@ impl Manifest {
             .u32(self.page_size)
             .u64(self.chunk_count);
         e.u64(self.stored_bytes).u64(self.new_chunks);
+        let next = self.next.unwrap_or(NextBatch {
+            data_version: 0,
+            segment: 0,
+        });
+        e.u64(self.data_time_ms)
+            .u8(u8::from(self.next.is_some()))
+            .u32(next.data_version)
+            .u64(next.segment);
         match &self.list {
             ChunkList::Full(refs) => {
                 e.u8(0);
@@ -146,12 +172,12 @@ impl Manifest {
             .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
         let mut d = Dec::new(&raw, name);
         let v = d.u8()?;
-        if v != 1 {
+        if v != 1 && v != 2 {
             return Err(Error::Unsupported {
                 object: name.into(),
                 what: "manifest version",
                 found: v.into(),
-                supported: 1,
+                supported: 2,
             });
         }
         let id = SnapshotId(d.array()?);
@@ -170,6 +196,22 @@ impl Manifest {
         let chunk_count = d.u64()?;
         let stored_bytes = d.u64()?;
         let new_chunks = d.u64()?;
+        let (data_time_ms, next) = if v >= 2 {
+            let t = d.u64()?;
+            let has = d.u8()?;
+            let (nv, ns) = (d.u32()?, d.u64()?);
+            let next = match has {
+                0 => None,
+                1 => Some(NextBatch {
+                    data_version: nv,
+                    segment: ns,
+                }),
+                x => return Err(d.err(format!("bad next flag {x}"))),
+            };
+            (t, next)
+        } else {
+            (0, None)
+        };
         let read_refs = |d: &mut Dec, n: usize| -> Result<Vec<ChunkRef>> {
             if n > d.remaining() / 36 {
                 return Err(d.err(format!("chunk count {n} exceeds the manifest")));
@@ -217,6 +259,8 @@ impl Manifest {
             new_chunks,
             list,
             object_size: data.len() as u64,
+            data_time_ms,
+            next,
         })
     }
 }
@@ -237,6 +281,7 @@ pub fn list(repo: &Repository) -> Result<Vec<Manifest>> {
         .list("snapshots/")?
         .into_iter()
         .map(|o| o.name)
+        .filter(|n| crate::warn::is_object(n, "snapshots/", |h| SnapshotId::parse(h).is_ok()))
         .collect();
     // A manifest listed and then gone was deleted in between by a prune (which takes the
     // maintenance lock; listing does not): it is no longer a snapshot, so it is left out. Found
@@ -281,11 +326,7 @@ pub fn find(repo: &Repository, id_or_prefix: &str) -> Result<Manifest> {
 pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
     match &m.list {
         ChunkList::Full(refs) => Ok(refs.clone()),
-        ChunkList::Delta {
-            parent,
-            depth,
-            runs,
-        } => {
+        ChunkList::Delta { parent, depth, .. } => {
             if *depth > 1024 {
                 return Err(Error::corrupt(manifest_name(&m.id), "delta chain too deep"));
             }
@@ -296,28 +337,38 @@ pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
                 ),
                 other => other,
             })?;
-            let mut refs = resolve(repo, &p)?;
-            refs.resize(
-                usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
-                (ChunkId([0; 32]), 0),
-            );
-            for (start, run) in runs {
-                for (i, r) in run.iter().enumerate() {
-                    let pos = usize::try_from(*start)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(i);
-                    let slot = refs.get_mut(pos).ok_or_else(|| {
-                        Error::corrupt(
-                            manifest_name(&m.id),
-                            format!("delta position {pos} beyond {} chunks", m.chunk_count),
-                        )
-                    })?;
-                    *slot = *r;
-                }
-            }
-            Ok(refs)
+            resolve_on(m, resolve(repo, &p)?)
         }
     }
+}
+
+/// The full chunk list of `m` given its parent's (`parent_refs`, ignored for a full manifest):
+/// for callers that hold a chain's lists in memory (prune resolves every kept snapshot).
+pub fn resolve_on(m: &Manifest, parent_refs: Vec<ChunkRef>) -> Result<Vec<ChunkRef>> {
+    let runs = match &m.list {
+        ChunkList::Full(refs) => return Ok(refs.clone()),
+        ChunkList::Delta { runs, .. } => runs,
+    };
+    let mut refs = parent_refs;
+    refs.resize(
+        usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
+        (ChunkId([0; 32]), 0),
+    );
+    for (start, run) in runs {
+        for (i, r) in run.iter().enumerate() {
+            let pos = usize::try_from(*start)
+                .unwrap_or(usize::MAX)
+                .saturating_add(i);
+            let slot = refs.get_mut(pos).ok_or_else(|| {
+                Error::corrupt(
+                    manifest_name(&m.id),
+                    format!("delta position {pos} beyond {} chunks", m.chunk_count),
+                )
+            })?;
+            *slot = *r;
+        }
+    }
+    Ok(refs)
 }
 
 /// Express `refs` as runs of positions that differ from `parent`.

@@ -191,17 +191,23 @@ pub fn read_blob(
     len: u32,
     raw_hint: usize,
 ) -> Result<Vec<u8>> {
-    let name = pack_name(pack);
+    let sealed = repo
+        .backend()
+        .get_range(&pack_name(pack), offset, u64::from(len))?;
+    let _ = raw_hint;
+    open_blob(repo, pack, offset, &sealed)
+}
+
+/// Open and decompress the sealed blob `sealed`, read from `offset` of `pack`.
+pub fn open_blob(repo: &Repository, pack: &PackId, offset: u64, sealed: &[u8]) -> Result<Vec<u8>> {
     // The pack prefix is determined by the key and the pack id: rebuild it rather than read it.
     // A stored prefix that differs makes the seal fail, naming the pack.
     let mut prefix = Header::new(Kind::Pack, repo.crypto()).encode().to_vec();
     prefix.extend_from_slice(&pack.0);
-    let sealed = repo.backend().get_range(&name, offset, u64::from(len))?;
-    let object = format!("{name} (blob at offset {offset})");
+    let object = format!("{} (blob at offset {offset})", pack_name(pack));
     let z = repo
         .crypto()
-        .open(&object, &blob_aad(&prefix, offset), &sealed)?;
-    let _ = raw_hint;
+        .open(&object, &blob_aad(&prefix, offset), sealed)?;
     zstd::stream::decode_all(z.as_slice()).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))
 }
 
@@ -244,45 +250,63 @@ pub struct ChunkIndex {
 
 impl ChunkIndex {
     pub fn load(repo: &Repository) -> Result<ChunkIndex> {
-        // A prune's garbage collection (under the maintenance lock, which readers do not take)
-        // publishes a replacement index and then deletes the old ones: an index listed and then
-        // gone means the listing is stale, so list again (its replacement is there by then).
-        let mut tries = 0;
-        let (names, parts) = loop {
-            tries += 1;
-            let names: Vec<String> = repo
-                .backend()
-                .list("index/")?
-                .into_iter()
-                .map(|o| o.name)
-                .collect();
-            let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
-                .par_iter()
-                .map(|n| {
-                    let data = repo.backend().get(n)?;
-                    decode_index(repo.crypto(), n, &data)
-                })
-                .collect();
-            let vanished = parts
-                .iter()
-                .any(|p| matches!(p, Err(Error::NotFound { .. })));
-            if !vanished || tries >= 5 {
-                break (names, parts);
-            }
-        };
-        let parts: Vec<Vec<(ChunkId, Location)>> = parts.into_iter().collect::<Result<_>>()?;
-        let mut map =
-            IdMap::with_capacity_and_hasher(parts.iter().map(Vec::len).sum(), Default::default());
-        for p in parts {
-            for (id, loc) in p {
+        let objects = load_index_objects(repo)?;
+        let mut map = IdMap::with_capacity_and_hasher(
+            objects.iter().map(|o| o.1.len()).sum(),
+            Default::default(),
+        );
+        let mut names = Vec::with_capacity(objects.len());
+        for (name, entries) in objects {
+            for (id, loc) in entries {
                 map.entry(id).or_insert(loc);
             }
+            names.push(name);
         }
         Ok(ChunkIndex {
             map,
             objects: names,
         })
     }
+}
+
+/// An index object's name and entries.
+pub type IndexObject = (String, Vec<(ChunkId, Location)>);
+
+/// Every index object with its entries, in name order. Where two name the same chunk, the
+/// first location is the one [`ChunkIndex`] uses.
+pub fn load_index_objects(repo: &Repository) -> Result<Vec<IndexObject>> {
+    // A prune's garbage collection (under the maintenance lock, which readers do not take)
+    // publishes a replacement index and then deletes the old ones: an index listed and then
+    // gone means the listing is stale, so list again (its replacement is there by then).
+    let mut tries = 0;
+    let (names, parts) = loop {
+        tries += 1;
+        let names: Vec<String> = repo
+            .backend()
+            .list("index/")?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| crate::warn::is_object(n, "index/", |h| PackId::parse(h).is_ok()))
+            .collect();
+        let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
+            .par_iter()
+            .map(|n| {
+                let data = repo.backend().get(n)?;
+                decode_index(repo.crypto(), n, &data)
+            })
+            .collect();
+        let vanished = parts
+            .iter()
+            .any(|p| matches!(p, Err(Error::NotFound { .. })));
+        if !vanished || tries >= 5 {
+            break (names, parts);
+        }
+    };
+    names
+        .into_iter()
+        .zip(parts)
+        .map(|(n, p)| p.map(|p| (n, p)))
+        .collect()
 }
 
 pub fn encode_index(

@@ -87,6 +87,11 @@ impl Replayer {
         self.foreign_keys
     }
 
+    /// The replica's connection, to read it mid-replay (it sees the open transaction).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn exec(&self, sql: &str, version: u32) -> Result<()> {
         self.conn.execute_batch(sql).map_err(|e| Error::Sqlite {
             object: format!(

@@ -18,6 +18,20 @@ use crate::journal::JournalWriter;
 use crate::url::BackupUrl;
 
 pub const WRITER_LOCK: &str = "writer";
+
+/// A repository's identity as a node pins it (`backup.lock`'s `"repository"`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The repository id (32 hex digits).
+    pub id: String,
+    /// The id of the key that seals it (16 hex digits); absent for a plaintext repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub encrypted: bool,
+    /// The newest format the node has seen it at.
+    pub format: u8,
+}
 pub const MAINTENANCE_LOCK: &str = "maintenance";
 
 #[derive(Clone)]
@@ -28,6 +42,8 @@ pub struct Repository {
 struct Inner {
     backend: Arc<dyn Backend>,
     crypto: Crypto,
+    /// The key it was opened with (an upgrade re-opens the repository with it).
+    key: Option<MasterKey>,
     config: Config,
     /// Sealed journal segments already counted by [`crate::ops::stats::stats`], by number.
     sealed: Mutex<HashMap<u64, SegmentSummary>>,
@@ -41,6 +57,8 @@ pub(crate) struct SegmentSummary {
     /// The object's size when it was read: a different size is a different object.
     pub size: u64,
     pub records: u64,
+    /// The oldest data_version of a batch that is not only a pragma.
+    pub first_version: Option<u32>,
     /// The newest data_version of a batch that is not only a pragma.
     pub last_version: Option<u32>,
 }
@@ -61,22 +79,31 @@ impl Repository {
         body: ConfigBody,
     ) -> Result<Repository> {
         let backend = backend::open(url, key, true)?;
-        Self::init_backend(backend, if encrypt { key } else { None }, encrypt, body)
+        Self::init_backend(backend, key, encrypt, body)
     }
 
     pub fn init_backend(
         backend: Arc<dyn Backend>,
         key: Option<&MasterKey>,
         encrypt: bool,
-        body: ConfigBody,
+        mut body: ConfigBody,
     ) -> Result<Repository> {
         let crypto = match (encrypt, key) {
             (true, Some(k)) => Crypto::encrypted(k),
             (true, None) => return Err(Error::KeyRequired),
-            (false, _) => Crypto::plaintext(),
+            // A key beside a plaintext repository (a `socket:` destination's authentication)
+            // binds its config, so that key's holders can tell it from a planted one.
+            (false, Some(k)) => Crypto::plaintext_bound(k),
+            (false, None) => Crypto::plaintext(),
         };
+        let repo_id = RepoId::random();
+        let crypto = crypto.for_repository(repo_id, false);
+        body.format = crate::envelope::FORMAT_VERSION;
+        body.encrypted = encrypt;
+        body.chain_from = 0;
+        body.upgraded = None;
         let config = Config {
-            repo_id: RepoId::random(),
+            repo_id,
             header: crate::envelope::Header::new(crate::envelope::Kind::Config, &crypto),
             body,
         };
@@ -87,6 +114,7 @@ impl Repository {
             inner: Arc::new(Inner {
                 backend,
                 crypto,
+                key: key.cloned(),
                 config,
                 sealed: Mutex::default(),
             }),
@@ -119,20 +147,81 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NoRepository { url: backend.url() }),
             other => other?,
         };
-        let (header, _) = Config::peek(&data)?;
-        let crypto = match (header.encryption, key) {
-            (Encryption::None, _) => Crypto::plaintext(),
-            (_, Some(k)) => Crypto::encrypted(&k),
+        let (header, repo_id) = Config::peek(&data)?;
+        let crypto = match (header.encryption, &key) {
+            (Encryption::None, None) => Crypto::plaintext(),
+            (Encryption::None, Some(k)) => Crypto::plaintext_bound(k),
+            (_, Some(k)) => Crypto::encrypted(k),
             (_, None) => return Err(Error::KeyRequired),
         };
-        let config = Config::decode(&data, &crypto)?;
+        let config = Config::decode(&data, &crypto.clone().for_repository(repo_id, true))?;
+        // Format-1 objects are expected only in a repository that began at format 1.
+        let format1 = config.format() < 2 || config.body.upgraded.is_some();
+        let crypto = crypto.for_repository(repo_id, format1);
         Ok(Repository {
             inner: Arc::new(Inner {
                 backend,
                 crypto,
+                key,
                 config,
                 sealed: Mutex::default(),
             }),
+        })
+    }
+
+    /// The key the repository was opened with.
+    pub fn key(&self) -> Option<&MasterKey> {
+        self.inner.key.as_ref()
+    }
+
+    /// The repository's format (1 until upgraded, see [`crate::ops::upgrade`]).
+    pub fn format(&self) -> u8 {
+        self.inner.config.format()
+    }
+
+    /// What a node pins of this repository in its `backup.lock`.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            id: self.repo_id().to_string(),
+            key_id: self
+                .is_encrypted()
+                .then(|| self.inner.crypto.key_id().to_string()),
+            encrypted: self.is_encrypted(),
+            format: self.format(),
+        }
+    }
+
+    /// Refuse a repository that is not the one `expected` pins: another repository (a copied
+    /// or mistyped `backup.lock`, a swapped destination), another key, a plaintext one where an
+    /// encrypted one was (a downgrade), or one at an older format than the node has seen (a
+    /// rollback to before an upgrade).
+    pub fn check_identity(&self, expected: &Identity) -> Result<()> {
+        let got = self.identity();
+        let what = if got.id != expected.id {
+            format!("its repository id is {}, expected {}", got.id, expected.id)
+        } else if got.encrypted != expected.encrypted {
+            if expected.encrypted {
+                "it is not encrypted, but the repository pinned is (a downgrade)".to_string()
+            } else {
+                "it is encrypted, but the repository pinned is not".to_string()
+            }
+        } else if got.key_id != expected.key_id {
+            format!(
+                "it is sealed with key {}, expected key {}",
+                got.key_id.as_deref().unwrap_or("none"),
+                expected.key_id.as_deref().unwrap_or("none")
+            )
+        } else if got.format < expected.format {
+            format!(
+                "it is at format {}, but this node has seen it at format {} (rolled back to an older copy?)",
+                got.format, expected.format
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::IdentityMismatch {
+            url: self.url(),
+            what,
         })
     }
 

@@ -1,8 +1,10 @@
 //! Writing a snapshot of a database file: chunk, address, store new chunks in packs, publish
 //! the index, then the manifest (the commit point).
 //!
-//! The file is read through a memory map and processed in windows, so memory stays bounded by
-//! the window, not the database. Hashing and compression run on all cores (rayon).
+//! The file is processed in windows ([`WINDOW`] bytes of chunks), each mapped on its own and
+//! unmapped before the next, so resident memory stays bounded by a window and the pipeline
+//! behind it, not by the database: a 4 GiB file costs no more than a 1 GiB one, besides the
+//! per-chunk lists (36 bytes a chunk). Hashing and compression run on all cores (rayon).
 //!
 //! Crash cases (each step is an atomic, durable publish; see docs/format.md):
 //! 1. packs published, no index: orphan packs, deleted by the next prune.
@@ -21,53 +23,143 @@ use crate::manifest::{self, ChunkList, ChunkRef, Manifest};
 use crate::pack::{self, ChunkIndex, PackBuilder, BLOB_CHUNKS, BLOB_MAX_RAW};
 use crate::repo::Repository;
 
-/// Raw bytes handled per window: bounds memory during a snapshot.
-const WINDOW: usize = 64 << 20;
+/// Raw bytes handled per window: bounds memory during a snapshot (the mapped window, its
+/// compressed copy, the packs it fills).
+const WINDOW: usize = 16 << 20;
 
 pub struct SnapshotInput<'a> {
     pub path: &'a Path,
     pub data_version: u32,
     pub journal_segment: u64,
     pub foreign_keys: bool,
+    /// When the batch at `data_version` was stored (unix ms; 0 when unknown).
+    pub data_time_ms: u64,
+    /// The newest batch the compaction saw and left out (see [`crate::manifest::NextBatch`]).
+    pub next: Option<crate::manifest::NextBatch>,
 }
 
-/// Map a database file read-only.
-pub fn map_file(path: &Path) -> Result<Option<memmap2::Mmap>> {
-    let f = File::open(path).map_err(|e| Error::io("open", path.display().to_string(), e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io("stat", path.display().to_string(), e))?
-        .len();
-    if len == 0 {
-        return Ok(None);
+/// A database file opened for a snapshot: its length, page size and chunk spans, read without
+/// mapping it whole.
+struct DbFile {
+    file: File,
+    object: String,
+    len: usize,
+    page_size: u32,
+    spans: Vec<(usize, usize)>,
+}
+
+impl DbFile {
+    fn open(repo: &Repository, path: &Path) -> Result<DbFile> {
+        use std::os::unix::fs::FileExt;
+        let object = path.display().to_string();
+        let file = File::open(path).map_err(|e| Error::io("open", &object, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &object, e))?
+            .len();
+        if len == 0 {
+            return Err(Error::corrupt(&object, "the database file is empty"));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::corrupt(&object, "too large for this machine"))?;
+        let mut header = [0u8; 100];
+        let n = file
+            .read_at(&mut header, 0)
+            .map_err(|e| Error::io("read", &object, e))?;
+        let page_size = chunker::sqlite_page_size(header.get(..n).unwrap_or_default(), &object)?;
+        let spans = match &repo.config().body.chunker {
+            crate::config::ChunkerParams::FastCdc { min, avg, max } => {
+                // Content-defined cuts need the bytes: one streaming pass (a max-size buffer).
+                let reader = std::io::BufReader::with_capacity(
+                    1 << 20,
+                    File::open(path).map_err(|e| Error::io("open", &object, e))?,
+                );
+                fastcdc::v2020::StreamCDC::new(reader, *min, *avg, *max)
+                    .map(|c| {
+                        c.map(|c| (c.offset as usize, c.length)).map_err(|e| {
+                            Error::io("read", &object, std::io::Error::other(e.to_string()))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            crate::config::ChunkerParams::Pages { pages } => chunker::PageChunker {
+                chunk_size: (*pages).max(1) as usize * page_size as usize,
+            }
+            .spans_of_len(len),
+        };
+        Ok(DbFile {
+            file,
+            object,
+            len,
+            page_size,
+            spans,
+        })
     }
-    // SAFETY: the file is private to this process (a compaction base or a temporary copy) and is
-    // not modified while mapped.
-    #[allow(unsafe_code)]
-    let m = unsafe { memmap2::Mmap::map(&f) }
-        .map_err(|e| Error::io("map", path.display().to_string(), e))?;
-    Ok(Some(m))
+
+    /// The chunks `spans[ws..we]`, mapped (read-only; unmapped when dropped), and the offset in
+    /// the file of the map's first byte.
+    fn window(&self, ws: usize, we: usize) -> Result<(memmap2::Mmap, usize)> {
+        let start = self.spans.get(ws).map(|s| s.0).unwrap_or(0);
+        let end = we
+            .checked_sub(1)
+            .and_then(|i| self.spans.get(i))
+            .map(|s| s.0 + s.1)
+            .unwrap_or(start);
+        // SAFETY: the file is private to this process (a compaction base or a temporary copy)
+        // and is not modified while mapped.
+        #[allow(unsafe_code)]
+        let m = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start as u64)
+                .len(end.saturating_sub(start).max(1))
+                .map(&self.file)
+        }
+        .map_err(|e| Error::io("map", &self.object, e))?;
+        Ok((m, start))
+    }
+
+    /// The index just past the window that starts at chunk `ws`.
+    fn window_end(&self, ws: usize) -> usize {
+        let mut we = ws;
+        let mut raw = 0;
+        while we < self.spans.len() && raw < WINDOW {
+            raw += self.spans.get(we).map(|s| s.1).unwrap_or(0);
+            we += 1;
+        }
+        we
+    }
 }
 
-/// Chunk ids of a file, in order.
+/// Bytes `o..o + l` of the file, from a window mapped at file offset `base`.
+fn bytes_at(window: &[u8], base: usize, o: usize, l: usize) -> &[u8] {
+    o.checked_sub(base)
+        .and_then(|r| window.get(r..r + l))
+        .unwrap_or_default()
+}
+
 /// Page size, chunk spans and chunk references of a database image.
 pub type Chunked = (u32, Vec<(usize, usize)>, Vec<ChunkRef>);
 
-pub fn chunk_refs(repo: &Repository, data: &[u8], object: &str) -> Result<Chunked> {
-    let page_size = chunker::sqlite_page_size(data, object)?;
-    let ch = chunker::for_params(&repo.config().body.chunker, page_size);
-    let spans = ch.spans(data);
+/// The chunk references of a database file, read window by window as a snapshot reads it.
+pub fn file_chunk_refs(repo: &Repository, path: &Path) -> Result<Chunked> {
+    let db = DbFile::open(repo, path)?;
     let crypto = repo.crypto();
-    let refs: Vec<ChunkRef> = spans
-        .par_iter()
-        .map(|&(o, l)| {
-            (
-                crypto.chunk_id(data.get(o..o + l).unwrap_or_default()),
-                l as u32,
-            )
-        })
-        .collect();
-    Ok((page_size, spans, refs))
+    let mut refs = Vec::with_capacity(db.spans.len());
+    let mut ws = 0;
+    while ws < db.spans.len() {
+        let we = db.window_end(ws);
+        let (map, base) = db.window(ws, we)?;
+        let part: Vec<ChunkRef> = db
+            .spans
+            .get(ws..we)
+            .unwrap_or_default()
+            .par_iter()
+            .map(|&(o, l)| (crypto.chunk_id(bytes_at(&map, base, o, l)), l as u32))
+            .collect();
+        refs.extend(part);
+        ws = we;
+    }
+    Ok((db.page_size, db.spans, refs))
 }
 
 pub fn write_snapshot(
@@ -77,12 +169,9 @@ pub fn write_snapshot(
     parent_refs: Option<&[ChunkRef]>,
     index: &mut ChunkIndex,
 ) -> Result<Manifest> {
-    let object = input.path.display().to_string();
-    let map = map_file(input.path)?
-        .ok_or_else(|| Error::corrupt(&object, "the database file is empty"))?;
-    let data: &[u8] = &map;
-    let page_size = chunker::sqlite_page_size(data, &object)?;
-    let spans = chunker::for_params(&repo.config().body.chunker, page_size).spans(data);
+    let db = DbFile::open(repo, input.path)?;
+    let page_size = db.page_size;
+    let spans = &db.spans;
     let level = repo.config().body.zstd_level;
     let pack_target = repo.config().body.pack_target as usize;
     // Filled window by window below: hashing a window overlaps the disk writing the packs of
@@ -92,10 +181,11 @@ pub fn write_snapshot(
     let mut seen: std::collections::HashSet<ChunkId, foldhash::fast::RandomState> =
         Default::default();
 
-    // Compression (rayon) and publishing run side by side: full packs go through a short queue
-    // to two publisher threads (mostly waiting on the disk), so the disk writes and syncs one
-    // pack while the next is written and the cores compress the one after.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<PackBuilder>(1);
+    // Compression (rayon) and publishing run side by side: full packs go to two publisher
+    // threads (mostly waiting on the disk), so the disk writes and syncs one pack while the next
+    // is written and the cores compress the one after. The channel is a rendezvous: a full pack
+    // waits in its builder until a publisher takes it, so few pack buffers live at once.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PackBuilder>(0);
     let rx = std::sync::Mutex::new(rx);
     // The buffers of published packs come back to build the next ones in.
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -136,23 +226,14 @@ pub fn write_snapshot(
             while ws < spans.len() {
                 // The next window of chunks: hash it, find its new chunks (each once, in file
                 // order), group neighbouring new chunks, compress, seal, hand over full packs.
-                let mut we = ws;
-                let mut raw = 0;
-                while we < spans.len() && raw < WINDOW {
-                    raw += spans.get(we).map(|s| s.1).unwrap_or(0);
-                    we += 1;
-                }
+                let we = db.window_end(ws);
+                let (map, base) = db.window(ws, we)?;
+                let data: &[u8] = &map;
                 let wrefs: Vec<ChunkRef> = spans
                     .get(ws..we)
                     .unwrap_or_default()
                     .par_iter()
-                    .map(|&(o, l)| {
-                        (
-                            repo.crypto()
-                                .chunk_id(data.get(o..o + l).unwrap_or_default()),
-                            l as u32,
-                        )
-                    })
+                    .map(|&(o, l)| (repo.crypto().chunk_id(bytes_at(data, base, o, l)), l as u32))
                     .collect();
                 let mut new = Vec::new();
                 for (k, (id, _)) in wrefs.iter().enumerate() {
@@ -163,7 +244,7 @@ pub fn write_snapshot(
                 refs.extend_from_slice(&wrefs);
                 new_chunks += new.len();
                 ws = we;
-                let groups = group_neighbours(&new, &spans);
+                let groups = group_neighbours(&new, spans);
                 let window = groups.as_slice();
                 let compressed: Vec<pack::CompressedGroup> = window
                     .par_iter()
@@ -181,7 +262,7 @@ pub fn write_snapshot(
                         let start = g.first().and_then(|&i| spans.get(i)).map(|s| s.0);
                         let end = g.last().and_then(|&i| spans.get(i)).map(|s| s.0 + s.1);
                         let raw = match (start, end) {
-                            (Some(s), Some(e)) => data.get(s..e).unwrap_or_default(),
+                            (Some(s), Some(e)) => bytes_at(data, base, s, e - s),
                             _ => &[],
                         };
                         pack::compress_contiguous(&ids, raw, level)
@@ -191,7 +272,8 @@ pub fn write_snapshot(
                 // is known in advance) and make room for it there, then seal them all in
                 // parallel straight into the packs.
                 let overhead = repo.crypto().overhead();
-                let mut builders = vec![std::mem::replace(&mut builder, new_builder())];
+                // The pack being filled goes on (no spare buffer is taken for it).
+                let mut builders = vec![builder];
                 let mut starts = vec![builders.first().map(PackBuilder::len).unwrap_or(0)];
                 let mut plan = Vec::with_capacity(compressed.len());
                 for g in &compressed {
@@ -252,6 +334,8 @@ pub fn write_snapshot(
         produced?;
         Ok(published)
     })?;
+    // Not needed any more, and as large as the index about to be built (32 bytes a new chunk).
+    drop(seen);
     if !entries.is_empty() {
         let name = pack::index_name();
         let idx = pack::encode_index(repo.crypto(), &name, &entries)?;
@@ -264,6 +348,9 @@ pub fn write_snapshot(
     }
 
     let id = SnapshotId::random();
+    let chunk_count = refs.len() as u64;
+    let db_size = db.len as u64;
+    drop(db);
     let full_every = repo.config().body.full_manifest_every.max(1);
     let list = match (parent, parent_refs) {
         (Some(p), Some(prefs)) if p.depth() + 1 < full_every => {
@@ -276,10 +363,10 @@ pub fn write_snapshot(
                     runs,
                 }
             } else {
-                ChunkList::Full(refs.clone())
+                ChunkList::Full(refs)
             }
         }
-        _ => ChunkList::Full(refs.clone()),
+        _ => ChunkList::Full(refs),
     };
     let mut m = Manifest {
         id,
@@ -287,17 +374,19 @@ pub fn write_snapshot(
         data_version: input.data_version,
         journal_segment: input.journal_segment,
         foreign_keys: input.foreign_keys,
-        db_size: data.len() as u64,
+        db_size,
         page_size,
-        chunk_count: refs.len() as u64,
+        chunk_count,
         stored_bytes: 0,
         new_chunks: new_chunks as u64,
         list,
         object_size: 0,
+        data_time_ms: input.data_time_ms,
+        next: input.next,
     };
     // The manifest's own size counts in what the snapshot added.
-    let probe = m.encode(repo.crypto())?;
-    m.stored_bytes = stored + probe.len() as u64;
+    let probe = m.encode(repo.crypto())?.len() as u64;
+    m.stored_bytes = stored + probe;
     let bytes = m.encode(repo.crypto())?;
     m.object_size = bytes.len() as u64;
     repo.backend()

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use store::backend::dir::DirBackend;
 use store::backend::remote::{
-    auth_key, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle, ServerOptions,
+    auth_key, NodeEntry, RemoteBackend, RemoteOptions, ServerAuth, ServerHandle, ServerOptions,
+    ServerRoot,
 };
 use store::backend::{Backend, Durability, LockGuard, ObjectInfo, Stream};
 use store::{Error, MasterKey};
@@ -27,17 +28,24 @@ fn opts() -> RemoteOptions {
         factor: 1.2,
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(20),
+        ..RemoteOptions::default()
     }
 }
 
-fn serve(backend: Arc<dyn Backend>, listen: &str, keys: &[&MasterKey]) -> ServerHandle {
+/// One node, "node1", whose repository is `backend`.
+fn serve(backend: Arc<dyn Backend>, listen: &str, key: &MasterKey) -> ServerHandle {
     ServerHandle::spawn(
-        backend,
+        one_backend(backend),
         listen,
-        ServerAuth::from_keys(keys.iter().map(|k| auth_key(k)).collect()),
+        ServerAuth::single("node1", auth_key(key)),
         ServerOptions::default(),
     )
     .unwrap()
+}
+
+/// A server root whose every node is `backend` (tests that inject faults into it).
+fn one_backend(backend: Arc<dyn Backend>) -> ServerRoot {
+    ServerRoot::Custom(Arc::new(move |_| Ok(backend.clone())))
 }
 
 fn connect(addr: SocketAddr, key: &MasterKey, o: RemoteOptions) -> Result<RemoteBackend, Error> {
@@ -71,7 +79,7 @@ fn round_trip(listen: &str) {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
     let key = MasterKey::generate();
-    let server = serve(local.clone(), listen, &[&key]);
+    let server = serve(local.clone(), listen, &key);
     let c = connect(server.addr(), &key, opts()).unwrap();
     assert!(c.url().starts_with("socket:"), "{}", c.url());
 
@@ -177,9 +185,9 @@ fn locks_lapse_when_the_holder_vanishes_and_are_not_retaken_over_another() {
     let key = MasterKey::generate();
     // The server closes connections idle for 200 ms: a vanished client's locks lapse.
     let server = ServerHandle::spawn(
-        local,
+        one_backend(local),
         "127.0.0.1:0",
-        ServerAuth::from_keys(vec![auth_key(&key)]),
+        ServerAuth::single("node1", auth_key(&key)),
         ServerOptions {
             idle_timeout: Duration::from_millis(200),
             ..ServerOptions::default()
@@ -213,16 +221,32 @@ fn locks_lapse_when_the_holder_vanishes_and_are_not_retaken_over_another() {
     drop(guard);
 }
 
+/// Two nodes on one server (a directory root): a stranger's key gets nothing; each node sees
+/// only its own repository; names and prefixes that would leave it are refused.
 #[test]
-fn a_wrong_key_gets_nothing_and_others_are_still_served() {
+fn a_wrong_key_gets_nothing_and_nodes_see_only_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("repo");
-    let local = Arc::new(DirBackend::create(&root).unwrap());
-    local.put("config", b"sealed").unwrap();
+    let root = dir.path().join("root");
     let (a, b) = (MasterKey::generate(), MasterKey::generate());
-    // Two nodes share the server; a third key is unknown to it.
-    let server = serve(local, "127.0.0.1:0", &[&a, &b]);
+    let server = ServerHandle::spawn(
+        ServerRoot::Dir(root.clone()),
+        "127.0.0.1:0",
+        ServerAuth::from_nodes(vec![
+            NodeEntry::new("alice", auth_key(&a)),
+            NodeEntry::new("bob", auth_key(&b)),
+        ])
+        .unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let ca = connect(server.addr(), &a, opts()).unwrap();
+    ca.put("config", b"alice's sealed config").unwrap();
+    let mut s = ca
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    s.append(b"alice's record").unwrap();
     let before = tree(&root);
+
     let stranger = MasterKey::generate();
     let err = connect(server.addr(), &stranger, opts())
         .map(|_| ())
@@ -231,15 +255,45 @@ fn a_wrong_key_gets_nothing_and_others_are_still_served() {
     assert!(msg.contains("refused this node's key"), "{msg}");
     assert!(msg.contains(&server.addr().port().to_string()), "{msg}");
     // The repository key itself is not the auth key either.
-    let mut raw = [0u8; 32];
-    raw.copy_from_slice(a.as_bytes());
     let as_auth = MasterKey::from_bytes(auth_key(&a));
     assert!(connect(server.addr(), &as_auth, opts()).is_err());
     assert_eq!(tree(&root), before);
-    for k in [&a, &b] {
-        let c = connect(server.addr(), k, opts()).unwrap();
-        assert_eq!(c.get("config").unwrap(), b"sealed");
+
+    // Bob's repository is his own: alice's objects, streams and locks are not in it.
+    let cb = connect(server.addr(), &b, opts()).unwrap();
+    assert_eq!(cb.grant().unwrap().name, "bob");
+    assert!(matches!(cb.get("config"), Err(Error::NotFound { .. })));
+    assert!(cb.list("").unwrap().is_empty());
+    assert!(cb.stream_list().unwrap().is_empty());
+    assert!(cb.stream_read("0000000000000000").unwrap().is_empty());
+    let _g = ca.lock("writer", "alice's plugin").unwrap();
+    drop(cb.lock("writer", "bob's plugin").unwrap());
+    // Names that would leave it are refused, list prefixes included.
+    for bad in [
+        "../alice/config",
+        "/etc/passwd",
+        "nodes/../../x",
+        "locks/writer",
+        "journal/0000000000000000.log",
+        "tmp/x",
+    ] {
+        assert!(cb.get(bad).is_err(), "{bad}");
+        assert!(cb.put(bad, b"x").is_err(), "{bad}");
+        assert!(cb.delete(bad).is_err(), "{bad}");
     }
+    for bad in ["../", "../alice/", "/", "..", "nodes/../../"] {
+        let e = cb.list(bad).unwrap_err().to_string();
+        assert!(e.contains("invalid list prefix"), "{bad}: {e}");
+    }
+    for bad in ["../alice/journal/0000000000000000", "a/b"] {
+        assert!(cb.stream_read(bad).is_err(), "{bad}");
+        assert!(cb.stream_open(bad, Durability::Fsync).is_err(), "{bad}");
+    }
+    assert_eq!(ca.get("config").unwrap(), b"alice's sealed config");
+    assert_eq!(
+        ca.stream_read("0000000000000000").unwrap(),
+        b"alice's record"
+    );
 }
 
 #[test]
@@ -249,7 +303,7 @@ fn garbage_bytes_are_refused_and_the_server_keeps_serving() {
     let local = Arc::new(DirBackend::create(&root).unwrap());
     local.put("config", b"sealed").unwrap();
     let key = MasterKey::generate();
-    let server = serve(local, "127.0.0.1:0", &[&key]);
+    let server = serve(local, "127.0.0.1:0", &key);
     let before = tree(&root);
     for garbage in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -289,6 +343,7 @@ fn a_stalled_server_trips_the_timeout_with_a_clear_error() {
         factor: 1.5,
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_millis(300),
+        ..RemoteOptions::default()
     };
     let err = connect(addr, &MasterKey::generate(), o)
         .map(|_| ())
@@ -412,7 +467,7 @@ fn server_killed_mid_stream_loses_nothing_and_doubles_nothing() {
         reached: reached_tx,
         release: Arc::new(Mutex::new(release_rx)),
     });
-    let server = serve(gate, "127.0.0.1:0", &[&key]);
+    let server = serve(gate, "127.0.0.1:0", &key);
     let addr = server.addr();
 
     let writer = std::thread::spawn({
@@ -442,7 +497,7 @@ fn server_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     server.stop();
 
     // Restart on the same address, without the gate: the client redials and re-sends #40.
-    let server = serve(local.clone(), &addr.to_string(), &[&key]);
+    let server = serve(local.clone(), &addr.to_string(), &key);
     assert_eq!(server.addr(), addr);
     writer.join().unwrap();
 
@@ -461,7 +516,7 @@ fn already_stored_is_answered_only_for_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
     let key = MasterKey::generate();
-    let server = serve(local.clone(), "127.0.0.1:0", &[&key]);
+    let server = serve(local.clone(), "127.0.0.1:0", &key);
     let c = connect(server.addr(), &key, opts()).unwrap();
     let name = "0000000000000000";
     // Two handles opened at length 0: the second sends its appends at offset 0 again, as a
@@ -493,7 +548,7 @@ fn retries_run_out_with_a_message_naming_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
     let key = MasterKey::generate();
-    let server = serve(local, "127.0.0.1:0", &[&key]);
+    let server = serve(local, "127.0.0.1:0", &key);
     let addr = server.addr();
     let o = RemoteOptions {
         tries: 2,
@@ -576,7 +631,7 @@ fn onion_names_go_to_the_proxy_unresolved() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
     let key = MasterKey::generate();
-    let server = serve(local, "127.0.0.1:0", &[&key]);
+    let server = serve(local, "127.0.0.1:0", &key);
     let (proxy, seen) = socks_relay(server.addr());
     let onion = "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx.onion";
     let url = store::BackupUrl::parse(&format!(
@@ -592,64 +647,46 @@ fn onion_names_go_to_the_proxy_unresolved() {
     assert!(seen.iter().all(|(t, n)| *t == 3 && n == onion), "{seen:?}");
 }
 
-/// microsocks (Debian package `microsocks`), a real SOCKS5 proxy, in the path.
+/// Through a real SOCKS5 proxy (the `fast-socks5` crate's server, started in this process by
+/// `testsvc`), with the server named by a host name the proxy resolves, as Tor resolves a
+/// `.onion`: the proxy must see the name, not an address resolved by the client.
 #[test]
-fn through_microsocks() {
-    let bin = Path::new("/usr/bin/microsocks");
-    assert!(
-        bin.exists(),
-        "this test needs a real SOCKS5 proxy: apt-get install -y microsocks"
-    );
+fn through_a_real_socks5_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
     let key = MasterKey::generate();
-    let server = serve(local.clone(), "127.0.0.1:0", &[&key]);
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = std::process::Command::new(bin)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    // On every address `localhost` resolves to (the proxy connects to one of them).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = serve(local.clone(), &format!("localhost:{port}"), &key);
+    let proxy = testsvc::socks5::Socks5Proxy::start();
+    let url = store::BackupUrl::parse(&format!(
+        "socket:localhost:{}?proxy=socks5:127.0.0.1:{}",
+        server.addr().port(),
+        proxy.addr().port()
+    ))
+    .unwrap();
+    let c = store::backend::open(&url, Some(&key), false).unwrap();
+    let mut s = c
+        .stream_open("0000000000000000", Durability::Fsync)
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
-    let res = (|| {
-        let o = RemoteOptions {
-            tries: 20,
-            first_wait: Duration::from_millis(50),
-            ..opts()
-        };
-        let c = RemoteBackend::connect(
-            "127.0.0.1",
-            server.addr().port(),
-            Some(("127.0.0.1".into(), port)),
-            &key,
-            o,
-        )?;
-        let mut s = c.stream_open("0000000000000000", Durability::Fsync)?;
-        s.append(b"via microsocks")?;
-        c.get_range("nonexistent", 0, 1)
-            .map(|_| ())
-            .or_else(|e| match e {
-                Error::NotFound { .. } => Ok(()),
-                e => Err(e),
-            })?;
-        Ok::<_, Error>(())
-    })();
-    drop(child);
-    res.unwrap();
+    s.append(b"via a SOCKS5 proxy").unwrap();
+    assert!(matches!(
+        c.get_range("nonexistent", 0, 1),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(
         local.stream_read("0000000000000000").unwrap(),
-        b"via microsocks"
+        b"via a SOCKS5 proxy"
+    );
+    let targets = proxy.targets();
+    let want = format!("localhost:{}", server.addr().port());
+    assert!(
+        !targets.is_empty() && targets.iter().all(|t| *t == want),
+        "{targets:?}"
     );
 }
 
@@ -685,7 +722,7 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
         reached: reached_tx,
         release: Arc::new(Mutex::new(release_rx)),
     });
-    let server = serve(gate, "127.0.0.1:0", &[&key]);
+    let server = serve(gate, "127.0.0.1:0", &key);
     let addr = server.addr();
 
     let node = std::thread::spawn({
@@ -726,7 +763,7 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
     server.close_connections();
     release_tx.send(()).unwrap();
     server.stop();
-    let server = serve(local.clone(), &addr.to_string(), &[&key]);
+    let server = serve(local.clone(), &addr.to_string(), &key);
     let last = node.join().unwrap();
 
     // Restore through the server, as `backup-cli restore socket:...` does.
@@ -752,4 +789,82 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
         }
     }
     drop(server);
+}
+
+/// An append-only node (and a quota): it creates objects and appends; a delete, a replacement
+/// by other bytes, a stream deleted or cut below what the server acknowledged are refused with
+/// a typed error, and nothing on disk changes. A truncate never grows a stream, append-only or
+/// not; the quota refuses what would pass it.
+#[test]
+fn append_only_refuses_delete_replace_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let (a, b) = (MasterKey::generate(), MasterKey::generate());
+    let mut locked = NodeEntry::new("locked", auth_key(&a));
+    locked.append_only = true;
+    let mut small = NodeEntry::new("small", auth_key(&b));
+    small.quota = Some(1000);
+    let server = ServerHandle::spawn(
+        ServerRoot::Dir(root.clone()),
+        "127.0.0.1:0",
+        ServerAuth::from_nodes(vec![locked, small]).unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let c = connect(server.addr(), &a, opts()).unwrap();
+    assert!(c.append_only());
+    c.put("config", b"v1").unwrap();
+    // The same bytes again (a request re-sent after a lost answer) are fine.
+    c.put("config", b"v1").unwrap();
+    assert!(c.put_if_absent("packs/aa", b"pack").unwrap());
+    let mut s = c
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    s.append(b"header and records").unwrap();
+    s.append(b" and more").unwrap();
+    let before = tree(&root.join("nodes/locked"));
+    let refused = |r: Result<(), Error>, op: &str| match r {
+        Err(Error::AppendOnly { op: o, .. }) => assert_eq!(o, op),
+        other => panic!("expected an append-only refusal of {op}, got {other:?}"),
+    };
+    refused(c.put("config", b"v2"), "replace");
+    refused(c.delete("config"), "delete");
+    refused(c.delete("packs/aa"), "delete");
+    refused(c.stream_delete("0000000000000000"), "delete stream");
+    refused(s.truncate(5), "cut");
+    let e = s.truncate(1 << 30).unwrap_err().to_string();
+    assert!(e.contains("would grow it"), "{e}");
+    assert_eq!(tree(&root.join("nodes/locked")), before);
+    assert_eq!(c.get("config").unwrap(), b"v1");
+    assert_eq!(
+        c.stream_read("0000000000000000").unwrap(),
+        b"header and records and more"
+    );
+    // Appends go on.
+    s.append(b"!").unwrap();
+
+    // The other node is not append-only; its quota is 1000 bytes.
+    let q = connect(server.addr(), &b, opts()).unwrap();
+    assert!(!q.append_only());
+    q.put("config", &[7; 600]).unwrap();
+    let e = q.put("packs/x", &[7; 600]).unwrap_err().to_string();
+    assert!(e.contains("quota") && e.contains("small"), "{e}");
+    let mut qs = q
+        .stream_open("0000000000000000", Durability::Fsync)
+        .unwrap();
+    qs.append(&[1; 300]).unwrap();
+    assert!(qs
+        .append(&[1; 300])
+        .unwrap_err()
+        .to_string()
+        .contains("quota"));
+    // Deleting makes room again.
+    q.delete("config").unwrap();
+    q.put("packs/x", &[7; 600]).unwrap();
+    qs.truncate(100).unwrap();
+    assert!(qs
+        .truncate(200)
+        .unwrap_err()
+        .to_string()
+        .contains("would grow it"));
 }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cln_backup_benches::driver::{self, SessionTimes};
-use cln_backup_benches::measure::{summary, target};
+use cln_backup_benches::measure::{split, summary, target};
 use cln_backup_benches::{arg, bench_data, flag, load_trace, testdata};
 use store::config::ConfigBody;
 use store::journal::{Batch, JournalWriter, Record};
@@ -269,6 +269,7 @@ fn bare_append(dir: &Path, batches: &[Batch], prealloc: bool) -> anyhow::Result<
             Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             }
             .encode()
         })
@@ -536,22 +537,6 @@ fn plugin_automatic(
 /// its ratio moved between 1.7x and 2.6x from run to run.
 const AUTO_ROUNDS: usize = 3;
 
-/// Split samples into (overlapping no interval, overlapping one).
-fn split(
-    samples: &[(Instant, Duration)],
-    intervals: &[(Instant, Instant)],
-) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut idle, mut during) = (Vec::new(), Vec::new());
-    for (s, d) in samples {
-        if intervals.iter().any(|(a, b)| *s < *b && *s + *d > *a) {
-            during.push(*d);
-        } else {
-            idle.push(*d);
-        }
-    }
-    (idle, during)
-}
-
 fn new_repo(dir: &Path, encrypt: bool) -> anyhow::Result<Repository> {
     let key = MasterKey::generate();
     Ok(Repository::init(
@@ -643,6 +628,7 @@ fn journal_paired(
             let rec = Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             }
             .encode();
             let t = Instant::now();

@@ -76,6 +76,7 @@ fn replay(encrypt: bool) -> anyhow::Result<()> {
         rp.apply(&Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         })?;
     }
     rp.finish(&db)?;
@@ -177,6 +178,8 @@ fn restore_big(size_mib: u64, encrypt: bool) -> anyhow::Result<()> {
         data_version: gen::data_version(&g.base)?,
         journal_segment: 0,
         foreign_keys: true,
+        data_time_ms: 0,
+        next: None,
     };
     let m = write_snapshot(&repo, &input, None, None, &mut index)?;
     drop(index);

@@ -197,6 +197,7 @@ fn bare_paired(
         let rec = Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         }
         .encode();
         append.push(bare_append_one(&f, &rec, &mut off)?);

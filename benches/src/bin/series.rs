@@ -165,6 +165,7 @@ fn restic(batches: &[Batch], every: usize) -> anyhow::Result<u64> {
             r.apply(&Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             })?;
         }
         if (i + 1) % every == 0 || i + 1 == batches.len() {

@@ -294,6 +294,8 @@ fn ours(
         data_version: gen::data_version(&g.base)?,
         journal_segment: 0,
         foreign_keys: true,
+        data_time_ms: 0,
+        next: None,
     };
     let m1 = write_snapshot(&repo, &input, None, None, &mut index)?;
     let t1 = t.elapsed();
@@ -317,6 +319,8 @@ fn ours(
         data_version: gen::data_version(&g.changed)?,
         journal_segment: 0,
         foreign_keys: true,
+        data_time_ms: 0,
+        next: None,
     };
     let m2 = write_snapshot(&repo, &input, parent.as_ref(), prefs.as_deref(), &mut index)?;
     let t2 = t.elapsed();

@@ -199,11 +199,12 @@ fn run_steps(demo: &mut Demo, plugin: &Path, work: &Path) -> Result<()> {
         key_file: None,
         key_phrase: false,
         lightning_dir: Some(net.clone()),
+        connect_timeout: 30.0,
     };
     let nk = new_key(&g, true, Some(&net))?;
     nk.write()?;
     let repo = Repository::init(&url, nk.key.as_ref(), true, ConfigBody::default())?;
-    node::write_lock(&net, &url.to_string())?;
+    node::write_lock(&net, &url.to_string(), repo.identity())?;
     demo.step(
         "init",
         true,
@@ -388,6 +389,7 @@ fn run_steps(demo: &mut Demo, plugin: &Path, work: &Path) -> Result<()> {
                     writes: b.writes.clone(),
                 },
                 supersedes: false,
+                time_ms: 0,
             })?;
         }
         rp.finish(&direct)?;

@@ -75,7 +75,7 @@ pub fn run(g: &Global, a: &ImportArgs) -> Result<()> {
 
     // The repository: an existing empty one, or a new one.
     let nk = new_key(g, !a.no_encryption, g.lightning_dir.as_deref())?;
-    let (repo, created) = match Repository::open(&url, nk.key.clone()) {
+    let (repo, created) = match keys::open_url(g, &url, nk.key.clone()) {
         Ok(r) => {
             let s = store::ops::stats::stats(&r)?;
             if s.snapshot_count > 0 || s.journal_records > 0 {

@@ -75,5 +75,16 @@ pub fn run(g: &Global, a: &UrlArg) -> Result<()> {
         Some(v) => println!("  newest       data_version {v}"),
         None => println!("  newest       empty (nothing stored yet)"),
     }
+    match &s.oldest_restorable {
+        Some(r) => println!(
+            "  restorable   back to data_version {}{}",
+            r.data_version,
+            match r.time {
+                Some(t) => format!(" (the oldest snapshot, {})", out::time(t)),
+                None => " (the journal from the node's first batch)".into(),
+            }
+        ),
+        None => println!("  restorable   nothing yet"),
+    }
     Ok(())
 }

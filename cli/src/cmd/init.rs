@@ -44,15 +44,20 @@ struct InitOutput {
     previous_backend_url: Option<String>,
     moved_aside: Option<String>,
     snapshot: Option<SnapshotInfo>,
+    /// The node id recorded in the repository (from the database's vars.node_id).
+    node_id: Option<String>,
     plugin_config: String,
 }
 
 /// Is there a repository (or something else) at `url`? For a local directory, a non-empty
 /// directory that is not a repository counts too: init would mix its files into it.
-fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
-    match Repository::open(url, key.cloned()) {
+fn existing(g: &Global, url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> {
+    match keys::open_url(g, url, key.cloned()) {
         Err(store::Error::NoRepository { .. }) => {}
-        Ok(_) | Err(store::Error::KeyRequired) | Err(store::Error::WrongKey { .. }) => {
+        Ok(_)
+        | Err(store::Error::KeyRequired)
+        | Err(store::Error::WrongKey { .. })
+        | Err(store::Error::Unbound { .. }) => {
             return Ok(Some(format!("a repository already exists at {url}")))
         }
         Err(e) => return Err(anyhow::Error::from(e).context(format!("checking {url} before init"))),
@@ -70,6 +75,22 @@ fn existing(url: &BackupUrl, key: Option<&MasterKey>) -> Result<Option<String>> 
     Ok(None)
 }
 
+/// Why init refuses an existing repository, and the two ways on: continue it (a restore into
+/// the node, which checks the node and writes backup.lock), or start over (which moves it aside).
+fn existing_message(what: &str, url: &str, dir: Option<&Path>) -> String {
+    let dir = dir
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "DIR".into());
+    format!(
+        "{what}. To continue it on this node (its database was lost or replaced, or backup.lock \
+         was): `backup-cli restore {url} --lightning-dir {dir}` restores the newest state if \
+         needed, checks that it belongs to this node's hsm_secret, and writes backup.lock so the \
+         plugin goes on in the same repository. Only to abandon that backup: --force MOVES THE \
+         EXISTING REPOSITORY ASIDE (a local one is renamed, nothing deleted) and starts a new, \
+         empty one here"
+    )
+}
+
 fn plugin_path() -> String {
     std::env::current_exe()
         .ok()
@@ -77,6 +98,16 @@ fn plugin_path() -> String {
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/path/to/cln-backup".into())
+}
+
+/// Record the database's `vars.node_id` in the repository (a node that never started has none).
+fn record_node_id(repo: &Repository, db: &Path) -> Result<Option<String>> {
+    let Some(id) = node::db_state(db)?.node_id else {
+        return Ok(None);
+    };
+    store::node::record_node_id(repo, &id, store::node::NodeIdSource::Database)
+        .with_context(|| format!("recording node {id} in {}", repo.url()))?;
+    Ok(Some(id))
 }
 
 pub fn write_new_key(path: &Path, key: &MasterKey) -> Result<()> {
@@ -180,22 +211,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
                 d.display()
             )));
         }
-        if let Some(sub) = node::network_subdir(d) {
-            return Err(usage(format!(
-                "{} holds no {DB_FILE_NAME}, but {} does: give the network directory, --lightning-dir {}",
-                d.display(),
-                sub.display(),
-                sub.display()
-            )));
-        }
-        if let Some(r) = node::running_node(d) {
-            return Err(refused(format!(
-                "lightningd is running (pid {}, {}): stop it first (`lightning-cli stop`); \
-                 init must see the database at rest",
-                r.pid,
-                r.pid_file.display()
-            )));
-        }
+        node::check_stopped_network_dir(d, DB_FILE_NAME, "init must see the database at rest")?;
         if let Some(l) = node::read_lock(d)? {
             if l.backend_url != url_text && l.backend_url != a.url {
                 if !a.force {
@@ -218,15 +234,26 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 3. The destination must be empty (or moved aside with --force).
     let mut moved_aside = None;
-    if let Some(what) = existing(&url, key.as_ref())? {
+    if let Some(what) = existing(g, &url, key.as_ref())? {
         if !a.force {
-            return Err(refused(format!(
-                "{what}; the plugin continues an existing repository as it is. \
-                 To start over, use --force (a local repository is moved aside, not deleted)"
-            )));
+            return Err(refused(existing_message(&what, &url_text, dir)));
         }
         match &url {
-            BackupUrl::File(p) => moved_aside = Some(node::move_aside(p)?),
+            BackupUrl::File(p) => {
+                // Never beside a live writer: its later batches would land in neither place.
+                let backend = store::backend::dir::DirBackend::open(p)?;
+                let _writer = store::backend::Backend::lock(
+                    &backend,
+                    store::repo::WRITER_LOCK,
+                    &store::repo::holder("backup-cli init --force"),
+                )
+                .map_err(|e| {
+                    refused(format!(
+                        "{e}: a plugin (or another command) is writing to {url}; stop lightningd before you move its repository aside"
+                    ))
+                })?;
+                moved_aside = Some(node::move_aside(p)?);
+            }
             _ => {
                 return Err(refused(format!(
                     "{what}; --force cannot move a remote repository aside: remove it there first"
@@ -238,7 +265,16 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     let created_path = nk.write()?;
 
     // 4. The repository.
-    let repo = match Repository::init(&url, key.as_ref(), encrypt, ConfigBody::default()) {
+    let created = store::backend::open_with(&url, key.as_ref(), true, &keys::remote_options(g))
+        .and_then(|b| {
+            Repository::init_backend(
+                b,
+                key.as_ref().filter(|_| encrypt),
+                encrypt,
+                ConfigBody::default(),
+            )
+        });
+    let repo = match created {
         Ok(r) => r,
         Err(e) => {
             if let Some(p) = &created_path {
@@ -250,6 +286,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
 
     // 5. The first snapshot, from the node's database.
     let mut snapshot = None;
+    let mut node_id = None;
     if let Some(d) = dir {
         let db = d.join(DB_FILE_NAME);
         if db.exists() {
@@ -266,12 +303,13 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
             )
             .with_context(|| format!("storing {} as the first snapshot", db.display()))?;
             snapshot = Some(m.info());
+            node_id = record_node_id(&repo, &db)?;
         }
     }
 
     // 6. backup.lock, last: the plugin starts only once everything above exists.
     let lock_file = match dir {
-        Some(d) => Some(node::write_lock(d, &url_text)?),
+        Some(d) => Some(node::write_lock(d, &url_text, repo.identity())?),
         None => None,
     };
 
@@ -291,6 +329,7 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
         previous_backend_url: previous,
         moved_aside: moved_aside.as_ref().map(|p| p.display().to_string()),
         snapshot,
+        node_id,
         plugin_config,
     };
     if g.json {
@@ -298,6 +337,23 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<()> {
     }
     print_human(&o, dir);
     Ok(())
+}
+
+/// The 24 words in numbered rows of six, to write down.
+pub fn phrase_rows(phrase: &str) -> Vec<String> {
+    let words: Vec<&str> = phrase.split(' ').collect();
+    words
+        .chunks(6)
+        .enumerate()
+        .map(|(i, row)| {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(j, w)| format!("{:>2}. {w:<9}", i * 6 + j + 1))
+                .collect();
+            format!("  {}", cells.join(" ").trim_end())
+        })
+        .collect()
 }
 
 fn print_human(o: &InitOutput, dir: Option<&Path>) {
@@ -320,14 +376,8 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             "  !!! the backup CANNOT be restored. Keep it apart from the node, like hsm_secret."
         );
         println!();
-        let words: Vec<&str> = p.split(' ').collect();
-        for (i, row) in words.chunks(6).enumerate() {
-            let cells: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(j, w)| format!("{:>2}. {w:<9}", i * 6 + j + 1))
-                .collect();
-            println!("  {}", cells.join(" ").trim_end());
+        for row in phrase_rows(p) {
+            println!("{row}");
         }
         println!();
         println!("  (`backup-cli key export` shows it again while the key file exists.)");
@@ -340,6 +390,9 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             out::bytes(s.db_size),
             out::bytes(s.stored_bytes)
         );
+    }
+    if let Some(id) = &o.node_id {
+        println!("Recorded node {id} (the database's vars.node_id) in the repository.");
     }
     if let Some(l) = &o.lock_file {
         match &o.previous_backend_url {
@@ -363,8 +416,9 @@ fn print_human(o: &InitOutput, dir: Option<&Path>) {
             println!("     \"Versions match up\" on the first write: every change is then durable before it commits.");
             println!("  3. Check it: backup-cli info {}", o.url);
             println!(
-                "     Restore:  backup-cli restore {} /path/to/new/lightningd.sqlite3",
-                o.url
+                "     After a disaster: backup-cli restore {} --lightning-dir {}",
+                o.url,
+                d.display()
             );
         }
         None => {

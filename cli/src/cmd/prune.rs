@@ -27,6 +27,10 @@ pub struct PruneArgs {
     /// ... of each of the last N months.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub keep_monthly: u32,
+    /// Keep every data_version of this span restorable (e.g. 30d, 12h, 2w): every snapshot
+    /// newer than now minus it, and the newest one at or before that.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
     /// Show the plan only.
     #[arg(long)]
     pub dry_run: bool,
@@ -48,11 +52,18 @@ pub fn run(g: &Global, a: &PruneArgs) -> Result<()> {
         keep_daily: a.keep_daily,
         keep_weekly: a.keep_weekly,
         keep_monthly: a.keep_monthly,
+        keep_within: match &a.keep_within {
+            Some(s) => {
+                prune::parse_duration(s).map_err(|e| usage(format!("--keep-within: {e}")))?
+            }
+            None => 0,
+        },
     };
     if retention.is_empty() {
         return Err(usage(
             "give a retention policy: at least one of --keep-last, --keep-hourly, --keep-daily, \
-             --keep-weekly, --keep-monthly above 0 (the newest snapshot is always kept)",
+             --keep-weekly, --keep-monthly above 0, or --keep-within (the newest snapshot is \
+             always kept)",
         ));
     }
     let repo = keys::open(g, &url, &[])?;
@@ -103,15 +114,29 @@ pub fn run(g: &Global, a: &PruneArgs) -> Result<()> {
     }
     match report {
         None => println!("Dry run: nothing was changed."),
-        Some(r) => println!(
-            "Removed {} snapshots, {} packs, {} journal segments; {} -> {} ({} freed).",
-            r.removed_snapshots,
-            r.deleted_packs,
-            r.deleted_segments,
-            out::bytes(r.bytes_before),
-            out::bytes(r.bytes_after),
-            out::bytes(r.bytes_before.saturating_sub(r.bytes_after))
-        ),
+        Some(r) => {
+            println!(
+                "Removed {} snapshots, {} packs, {} journal segments; {} -> {} ({} freed).",
+                r.removed_snapshots,
+                r.deleted_packs,
+                r.deleted_segments,
+                out::bytes(r.bytes_before),
+                out::bytes(r.bytes_after),
+                out::bytes(r.bytes_before.saturating_sub(r.bytes_after))
+            );
+            println!(
+                "Packs: {} rewritten for dead space, {} small ones merged, {} written ({}); {} packs \
+                 ({}, {} of it dead) and {} index objects left.",
+                r.repacked_packs,
+                r.merged_packs,
+                r.written_packs,
+                out::bytes(r.written_bytes),
+                r.packs,
+                out::bytes(r.pack_bytes),
+                out::bytes(r.dead_bytes),
+                r.index_objects
+            );
+        }
     }
     Ok(())
 }

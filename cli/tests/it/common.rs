@@ -86,9 +86,17 @@ pub fn cmd(args: &[&str]) -> Command {
 }
 
 pub fn run(args: &[&str]) -> Run {
+    run_env::<&str>(args, &[])
+}
+
+/// [`run`] with more environment (e.g. a PATH with a stand-in tool, a simulated clock).
+pub fn run_env<V: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(&str, V)]) -> Run {
+    let mut c = cmd(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
     let child = spawn(
-        cmd(args)
-            .stdin(Stdio::null())
+        c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
@@ -185,4 +193,38 @@ pub fn assert_same_db(got: &Path, want: &Path) {
     let a = store::dump::dump(got).unwrap();
     let b = store::dump::dump(want).unwrap();
     assert!(a == b, "{} differs from {}", got.display(), want.display());
+}
+
+/// A lightningd stand-in for the running check: holds a POSIX lock on its pid file, as
+/// lightningd does for its whole life (`pidfile_create`), until dropped. The lock belongs to this
+/// test process, so the backup-cli child sees it held.
+pub struct PidFileLock(#[allow(dead_code)] std::fs::File);
+
+impl PidFileLock {
+    pub fn hold(path: &Path) -> PidFileLock {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        // Through the locked file: closing any other descriptor of it would drop the lock.
+        use std::io::Write;
+        (&f).write_all(format!("{}\n", std::process::id()).as_bytes())
+            .unwrap();
+        PidFileLock(f)
+    }
+}
+
+/// A file of the real channel fixtures (testdata/channels/); `.zst` files are decompressed
+/// into `into`.
+pub fn channels(name: &str) -> PathBuf {
+    testdata(&format!("channels/{name}"))
+}
+
+pub fn unzstd(src: &Path, dest: &Path) {
+    let f = std::fs::File::open(src).unwrap();
+    let mut out = std::fs::File::create(dest).unwrap();
+    zstd::stream::copy_decode(f, &mut out).unwrap();
 }

@@ -58,26 +58,47 @@ fn init_refuses_while_the_node_runs() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("regtest");
     std::fs::create_dir(&dir).unwrap();
-    // lightningd writes its pid file in the base dir, the parent of the network dir.
+    // lightningd locks its pid file, in the base dir (the parent of the network dir), for as
+    // long as it runs.
     let pid_file = t.path().join("lightningd-regtest.pid");
-    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let running = PidFileLock::hold(&pid_file);
     let repo = url(&t.path().join("repo"));
     run(&["init", "--lightning-dir", p(&dir), &repo]).fails(4, "lightningd is running");
     assert!(!t.path().join("repo").exists());
     assert!(!dir.join("backup.key").exists());
+    drop(running);
 
-    // A stale pid file (no such process) does not block.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    std::fs::write(&pid_file, format!("{dead}\n")).unwrap();
+    // Its RPC socket accepting connections shows it too.
+    let rpc = std::os::unix::net::UnixListener::bind(dir.join("lightning-rpc")).unwrap();
+    run(&["init", "--lightning-dir", p(&dir), &repo]).fails(4, "accepts connections");
+    assert!(!t.path().join("repo").exists());
+    drop(rpc);
+
+    // What a crash leaves (kill -9): the pid file, unlocked, with a pid that is alive again
+    // (reused; here our own), and the socket file, refusing connections. Neither blocks.
+    assert!(pid_file.exists() && dir.join("lightning-rpc").exists());
     run(&["init", "--lightning-dir", p(&dir), &repo]).ok();
 }
 
 #[test]
 fn init_refuses_an_existing_repository_unless_forced() {
     let n = Node::new();
-    run(&["init", "--lightning-dir", p(&n.dir), &n.url()]).fails(4, "a repository already exists");
+    let r = run(&["init", "--lightning-dir", p(&n.dir), &n.url()])
+        .fails(4, "a repository already exists");
+    // The way to continue it (a restore into the node) is named first, and --force says that
+    // it moves the only backup aside.
+    assert!(
+        r.stderr.contains(&format!(
+            "backup-cli restore {} --lightning-dir {}",
+            n.url(),
+            n.dir.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r
+        .stderr
+        .contains("--force MOVES THE EXISTING REPOSITORY ASIDE"));
     // A non-empty directory that is not a repository is refused too.
     let other = n.path("stuff");
     std::fs::create_dir(&other).unwrap();

@@ -68,12 +68,33 @@ fn key_export() {
         .json();
     assert_eq!(j["phrase"], n.key().to_phrase());
     assert_eq!(j["key_id"], n.key().id().to_string());
-    // --server: only the auth key the server expects, one hex line, not the key itself.
-    let s = run(&["key", "export", "--server", "--lightning-dir", p(&n.dir)]).ok();
+    // --server: only the line the server's auth file expects (name and auth key), not the key.
+    let s = run(&[
+        "key",
+        "export",
+        "--server",
+        "--name",
+        "n1",
+        "--lightning-dir",
+        p(&n.dir),
+    ])
+    .ok();
     let line = s.stdout.trim();
-    assert_eq!(line, store::backend::remote::auth_key_hex(&n.key()));
-    assert_eq!(line.len(), 64);
+    assert_eq!(
+        line,
+        format!("n1 {}", store::backend::remote::auth_key_hex(&n.key()))
+    );
     assert!(!line.contains(&hex_of(&n.key())));
+    run(&[
+        "key",
+        "export",
+        "--server",
+        "--name",
+        "../x",
+        "--lightning-dir",
+        p(&n.dir),
+    ])
+    .fails(2, "bad node name");
     run(&["key", "export"]).fails(1, "no key found");
 }
 

@@ -1,12 +1,16 @@
 //! Integration tests of `backup-cli`: every command run as the built binary, on real files,
 //! with databases compared against lightningd's real ones (testdata/db-s*.sqlite3).
 
+mod attacks;
 mod common;
 mod demo;
 mod import;
 mod init;
+mod inspect;
 mod keys;
 mod maintenance;
+mod node;
 mod prune_killed;
 mod restore;
+mod scripts;
 mod server;

@@ -134,6 +134,99 @@ fn snapshots_info_prune_verify() {
     assert!(!bj["problems"].as_array().unwrap().is_empty());
 }
 
+/// `prune --keep-within` keeps every data_version of the span restorable and what is older
+/// goes; `info` says how far back a restore reaches. Time is the simulated clock the benchmarks
+/// use (`CLN_BACKUP_SIMULATED_CLOCK_FILE`), so snapshots are days apart.
+#[test]
+fn keep_within_keeps_the_span_restorable() {
+    let n = Node::new();
+    let repo = n.repo();
+    let u = n.url();
+    let ld = p(&n.dir);
+    let clock = n.path("clock");
+    let env = [(store::clock::SIMULATED_CLOCK_ENV, clock.as_path())];
+    let at = |ms: u64, args: &[&str]| {
+        std::fs::write(&clock, ms.to_string()).unwrap();
+        run_env(args, &env)
+    };
+    let day = 86_400_000u64;
+    let t0 = 1_780_000_000_000u64;
+    for (s, t) in [(1, t0), (2, t0 + 10 * day), (3, t0 + 40 * day)] {
+        append_session(&repo, s);
+        let c = at(t, &["compact", "--json", "--lightning-dir", ld, &u])
+            .ok()
+            .json();
+        assert_eq!(c["snapshot"]["time"], t / 1000, "{c}");
+    }
+    // 45 days on: the span starts at day 15, so the snapshot of day 10 is where replay starts.
+    let a = at(
+        t0 + 45 * day,
+        &[
+            "prune",
+            "--json",
+            "--keep-within",
+            "30d",
+            &u,
+            "--lightning-dir",
+            ld,
+        ],
+    )
+    .ok()
+    .json();
+    let kept: Vec<u64> = a["plan"]["keep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["snapshot"]["data_version"].as_u64().unwrap())
+        .collect();
+    let v2 = u64::from(last_version(2) - 1);
+    assert_eq!(kept, [v2, u64::from(last_version(3) - 1)], "{a}");
+    assert!(a["plan"]["keep"][0]["reasons"]
+        .to_string()
+        .contains("within 30d"));
+    assert_eq!(a["report"]["removed_snapshots"], 1);
+
+    let i = at(
+        t0 + 45 * day,
+        &["info", "--json", &u, "--lightning-dir", ld],
+    )
+    .ok()
+    .json();
+    assert_eq!(i["oldest_restorable"]["data_version"], v2, "{i}");
+    assert_eq!(i["oldest_restorable"]["time"], (t0 + 10 * day) / 1000);
+    let human = run(&["info", &u, "--lightning-dir", ld]).ok();
+    assert!(
+        human.stdout.contains(&format!("back to data_version {v2}")),
+        "{}",
+        human.stdout
+    );
+    // Every version of the span restores; one before it does not.
+    let mid = last_version(2).to_string();
+    let out = n.path("mid.sqlite3");
+    run(&[
+        "restore",
+        &u,
+        p(&out),
+        "--to-version",
+        &mid,
+        "--lightning-dir",
+        ld,
+    ])
+    .ok();
+    let old = (last_version(1) - 5).to_string();
+    run(&[
+        "restore",
+        &u,
+        p(&n.path("old.sqlite3")),
+        "--to-version",
+        &old,
+        "--lightning-dir",
+        ld,
+    ])
+    .fails(2, "oldest restorable");
+    run(&["prune", "--keep-within", "30", &u, "--lightning-dir", ld]).fails(2, "unit");
+}
+
 #[test]
 fn compact_refuses_while_the_writer_is_held() {
     let n = Node::new();
@@ -166,11 +259,18 @@ fn bad_urls_and_missing_or_corrupt_repositories() {
     run(&["info", &url(&plain)]).fails(1, "corrupt");
     let n = Node::new();
     let cfg = n.repo_path.join("config");
-    let mut c = std::fs::read(&cfg).unwrap();
+    let orig = std::fs::read(&cfg).unwrap();
+    // The sealed body (its tag sits before the 33-byte key binding), then the binding itself.
+    let mut c = orig.clone();
+    let tag = c.len() - 40;
+    c[tag] ^= 1;
+    std::fs::write(&cfg, &c).unwrap();
+    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "failed authentication");
+    let mut c = orig.clone();
     let last = c.len() - 3;
     c[last] ^= 1;
     std::fs::write(&cfg, &c).unwrap();
-    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "failed authentication");
+    run(&["info", &n.url(), "--lightning-dir", p(&n.dir)]).fails(1, "key binding is damaged");
     // Clap usage errors exit 2.
     assert_eq!(run(&["restore"]).code, 2);
     assert_eq!(run(&["frobnicate"]).code, 2);

@@ -42,6 +42,7 @@ fn lightningd_at(all: &[Batch], version: u32, scratch: &Path) -> String {
         rp.apply(&store::journal::Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         })
         .unwrap();
     }

@@ -138,6 +138,7 @@ impl Expected {
             rp.apply(&Record {
                 batch: b.clone(),
                 supersedes: false,
+                time_ms: 0,
             })?;
         }
         rp.finish(&path)?;

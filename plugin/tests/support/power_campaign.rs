@@ -186,6 +186,7 @@ fn database_at(trace: &[Batch], n: usize, path: &Path) -> Result<()> {
         rp.apply(&Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         })?;
     }
     rp.finish(path)?;

@@ -248,8 +248,8 @@ fn canonical(root: &Path) -> PathBuf {
 /// Through the page cache, the kernel copies every byte of a pack and manages its pages on the
 /// same two cores that compress the next packs; a 1 GiB first snapshot took 2.41-2.44 s that
 /// way and 1.77-1.79 s with direct writes (three runs each, benches/REPORT.md). The object is
-/// copied once into an aligned buffer (direct I/O needs aligned memory, offsets and lengths),
-/// written in [`DIRECT_SLICE`] writes, cut to its length, and synced as any other.
+/// copied slice by slice through one aligned buffer of [`DIRECT_SLICE`] bytes (direct I/O needs
+/// aligned memory, offsets and lengths), cut to its length, and synced as any other.
 const DIRECT_MIN: usize = 1 << 20;
 const DIRECT_SLICE: usize = 1 << 20;
 
@@ -259,7 +259,9 @@ const DIRECT_SLICE: usize = 1 << 20;
 struct Block([u8; 4096]);
 
 /// Write `data` to a new file at `path` with `O_DIRECT`, then sync it. `EINVAL` means the
-/// filesystem refused direct I/O.
+/// filesystem refused direct I/O. The bytes go through one aligned [`DIRECT_SLICE`] buffer per
+/// thread (not a copy of the whole pack), the last slice padded with zeros and the file cut to
+/// its length after.
 fn write_direct(io: &dyn Io, path: &Path, data: &[u8]) -> std::io::Result<()> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -267,18 +269,21 @@ fn write_direct(io: &dyn Io, path: &Path, data: &[u8]) -> std::io::Result<()> {
     let f = io.open(path, Open::CreateNewDirect)?;
     BUFFER.with(|b| -> std::io::Result<()> {
         let mut blocks = b.borrow_mut();
-        let n = data.len().div_ceil(size_of::<Block>());
+        let n = DIRECT_SLICE / size_of::<Block>();
         if blocks.len() < n {
             blocks.resize(n, Block([0; 4096]));
         }
         let buf: &mut [u8] = bytemuck::cast_slice_mut(blocks.get_mut(..n).unwrap_or_default());
-        let (body, pad) = buf.split_at_mut(data.len());
-        body.copy_from_slice(data);
-        pad.fill(0);
         let mut at = 0;
-        for slice in buf.chunks(DIRECT_SLICE) {
-            f.write_all_at(slice, at)?;
-            at += slice.len() as u64;
+        for slice in data.chunks(DIRECT_SLICE) {
+            let padded = slice.len().div_ceil(size_of::<Block>()) * size_of::<Block>();
+            let (body, rest) = buf.split_at_mut(slice.len());
+            body.copy_from_slice(slice);
+            if let Some(pad) = rest.get_mut(..padded - slice.len()) {
+                pad.fill(0);
+            }
+            f.write_all_at(buf.get(..padded).unwrap_or_default(), at)?;
+            at += padded as u64;
         }
         Ok(())
     })?;
@@ -352,6 +357,8 @@ impl Backend for DirBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // Never outside the root (`..`, an absolute path): a prefix is a name's beginning.
+        super::check_prefix(prefix)?;
         // Prefixes are directories ("packs/") or a file name prefix within the root.
         let (dir_part, file_prefix) = match prefix.rfind('/') {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),

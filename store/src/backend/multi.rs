@@ -23,14 +23,23 @@
 //! the newest consistent state it holds (manifests are written after the packs they reference,
 //! and replication keeps that order in the queue).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+mod catch_up;
+mod identity;
+mod queue;
+mod status;
+
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
+pub use identity::Verdict;
+pub use queue::Opener;
+use queue::{worker, Op, Phase, Replica, ReplicaState, Source};
+pub use status::DestStatus;
 
 /// How the node waits for a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,159 +69,6 @@ impl Mode {
 pub struct Destination {
     pub backend: Arc<dyn Backend>,
     pub mode: Mode,
-}
-
-/// What `backup-status` shows for one destination.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DestStatus {
-    pub url: String,
-    pub mode: Mode,
-    /// `"live"` (replicating from its queue), `"catching up"` (comparing with the primary),
-    /// `"opening"` (not opened yet) or `"down"` (could not be opened yet: see `last_error`).
-    pub state: &'static str,
-    /// Writes not yet on this destination, and how many of them are journal appends (batches).
-    pub lag_writes: u64,
-    pub lag_batches: u64,
-    /// Bytes of those writes.
-    pub lag_bytes: u64,
-    /// Age of the oldest write not yet on this destination (0 when caught up).
-    pub lag_seconds: f64,
-    /// The last failure, kept after recovery for the operator to see.
-    pub last_error: Option<String>,
-}
-
-/// Directories compared during catch-up (objects); streams are compared separately.
-const COMPARED_DIRS: &[&str] = &["", "packs/", "index/", "journal/", "snapshots/"];
-/// Queued bytes above which an asynchronous destination drops its queue and catches up instead.
-const QUEUE_CAP_BYTES: u64 = 64 << 20;
-
-#[derive(Clone, Debug)]
-enum Op {
-    Put {
-        name: String,
-        data: Arc<[u8]>,
-    },
-    Delete {
-        name: String,
-    },
-    Append {
-        stream: String,
-        offset: u64,
-        data: Arc<[u8]>,
-    },
-    Truncate {
-        stream: String,
-        len: u64,
-    },
-    StreamDelete {
-        stream: String,
-    },
-}
-
-impl Op {
-    fn bytes(&self) -> u64 {
-        match self {
-            Op::Put { data, .. } | Op::Append { data, .. } => data.len() as u64,
-            _ => 0,
-        }
-    }
-    fn is_append(&self) -> bool {
-        matches!(self, Op::Append { .. })
-    }
-}
-
-enum Phase {
-    /// Not opened yet (its thread retries); writes are counted like in catch-up.
-    Down,
-    Live,
-    CatchUp,
-}
-
-/// Opens an asynchronous destination from its replication thread (called again until it works).
-pub type Opener = Box<dyn FnMut() -> Result<Arc<dyn Backend>> + Send>;
-
-/// An asynchronous destination as given to the replication thread.
-enum Source {
-    Open(Arc<dyn Backend>),
-    Deferred(Opener),
-}
-
-struct ReplicaState {
-    queue: VecDeque<(Op, Instant)>,
-    queued_bytes: u64,
-    phase: Phase,
-    /// Catch-up: names written since the outage, compared by content (not only by size).
-    dirty_objects: BTreeSet<String>,
-    dirty_streams: BTreeSet<String>,
-    /// Failed attempts to open the destination (phase `Down`).
-    open_failures: u64,
-    /// Catch-up: writes (and their bytes, appends) since the outage, and when it began.
-    missed_writes: u64,
-    missed_batches: u64,
-    missed_bytes: u64,
-    behind_since: Option<Instant>,
-    last_error: Option<String>,
-    shutdown: bool,
-}
-
-struct Replica {
-    url: String,
-    state: Mutex<ReplicaState>,
-    cv: Condvar,
-}
-
-impl Replica {
-    fn lock(&self) -> MutexGuard<'_, ReplicaState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn enqueue(&self, op: Op) {
-        let mut st = self.lock();
-        let now = Instant::now();
-        match st.phase {
-            Phase::Live if st.queued_bytes + op.bytes() <= QUEUE_CAP_BYTES => {
-                st.queued_bytes += op.bytes();
-                st.queue.push_back((op, now));
-            }
-            Phase::Live => {
-                st.last_error = Some(format!(
-                    "replication queue over {} MiB: catching up by comparison instead",
-                    QUEUE_CAP_BYTES >> 20
-                ));
-                to_catch_up(&mut st);
-                mark_dirty(&mut st, &op, now);
-            }
-            Phase::CatchUp | Phase::Down => mark_dirty(&mut st, &op, now),
-        }
-        self.cv.notify_all();
-    }
-}
-
-fn mark_dirty(st: &mut ReplicaState, op: &Op, when: Instant) {
-    match op {
-        Op::Put { name, .. } | Op::Delete { name } => {
-            st.dirty_objects.insert(name.clone());
-        }
-        Op::Append { stream, .. } | Op::Truncate { stream, .. } | Op::StreamDelete { stream } => {
-            st.dirty_streams.insert(stream.clone());
-        }
-    }
-    st.missed_writes += 1;
-    st.missed_bytes += op.bytes();
-    if op.is_append() {
-        st.missed_batches += 1;
-    }
-    st.behind_since.get_or_insert(when);
-}
-
-/// Drop the queue (its writes become dirty names) and switch to catch-up.
-fn to_catch_up(st: &mut ReplicaState) {
-    let queue = std::mem::take(&mut st.queue);
-    st.queued_bytes = 0;
-    st.phase = Phase::CatchUp;
-    for (op, t) in &queue {
-        mark_dirty(st, op, *t);
-    }
 }
 
 pub struct MultiBackend {
@@ -252,6 +108,19 @@ impl MultiBackend {
         let Some(primary) = sync.first().cloned() else {
             return Err(Error::Invalid("no destination given".into()));
         };
+        // A synchronous destination that holds another repository is never written to: the
+        // node stops (the hook fails) with the destination named.
+        if sync.len() > 1 {
+            let ours = identity::primary_config(&*primary)?;
+            for b in sync.iter().skip(1) {
+                if let identity::Verdict::Foreign(what) = identity::check(ours.as_deref(), &**b)? {
+                    return Err(Error::IdentityMismatch {
+                        url: b.url(),
+                        what: format!("{what}; it is a synchronous destination in backup.lock, and nothing is written there"),
+                    });
+                }
+            }
+        }
         asyncs.extend(
             deferred
                 .into_iter()
@@ -311,110 +180,6 @@ impl MultiBackend {
         for r in &self.replicas {
             r.enqueue(op.clone());
         }
-    }
-
-    /// Status of every destination, in the configured order (synchronous first).
-    pub fn status(&self) -> Vec<DestStatus> {
-        let mut out: Vec<DestStatus> = self
-            .sync
-            .iter()
-            .map(|b| DestStatus {
-                url: b.url(),
-                mode: Mode::Sync,
-                state: "live",
-                lag_writes: 0,
-                lag_batches: 0,
-                lag_bytes: 0,
-                lag_seconds: 0.0,
-                last_error: None,
-            })
-            .collect();
-        for r in &self.replicas {
-            let st = r.lock();
-            let (state, writes, batches, bytes, since) = match st.phase {
-                Phase::Live => (
-                    "live",
-                    st.queue.len() as u64,
-                    st.queue.iter().filter(|(o, _)| o.is_append()).count() as u64,
-                    st.queued_bytes,
-                    st.queue.front().map(|(_, t)| *t),
-                ),
-                Phase::CatchUp | Phase::Down => (
-                    match st.phase {
-                        Phase::Down if st.open_failures == 0 => "opening",
-                        Phase::Down => "down",
-                        _ => "catching up",
-                    },
-                    st.missed_writes,
-                    st.missed_batches,
-                    st.missed_bytes,
-                    st.behind_since,
-                ),
-            };
-            out.push(DestStatus {
-                url: r.url.clone(),
-                mode: Mode::Async,
-                state,
-                lag_writes: writes,
-                lag_batches: batches,
-                lag_bytes: bytes,
-                lag_seconds: since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
-                last_error: st.last_error.clone(),
-            });
-        }
-        out
-    }
-
-    /// Wait until every asynchronous destination has caught up (queue empty, live), or the
-    /// timeout passes. True if caught up.
-    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        for r in &self.replicas {
-            let mut st = r.lock();
-            loop {
-                if matches!(st.phase, Phase::Live) && st.queue.is_empty() {
-                    break;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return false;
-                }
-                st = match r.cv.wait_timeout(st, deadline - now) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                };
-            }
-        }
-        true
-    }
-
-    /// Give the destinations that are up (not `down`) until `timeout` to take every queued or
-    /// missed write; returns the status of those still behind (down ones included), for the
-    /// operator. The next start catches up what is left.
-    pub fn drain(&self, timeout: Duration) -> Vec<DestStatus> {
-        let deadline = Instant::now() + timeout;
-        for r in &self.replicas {
-            let mut st = r.lock();
-            loop {
-                let done = match st.phase {
-                    Phase::Live => st.queue.is_empty(),
-                    Phase::Down => true,
-                    Phase::CatchUp => false,
-                };
-                let now = Instant::now();
-                if done || now >= deadline {
-                    break;
-                }
-                st = match r.cv.wait_timeout(st, deadline - now) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                };
-            }
-        }
-        self.status()
-            .into_iter()
-            .filter(|d| d.mode == Mode::Async && (d.state != "live" || d.lag_writes > 0))
-            .collect()
     }
 }
 
@@ -519,297 +284,6 @@ impl Drop for MultiBackend {
             }
         }
     }
-}
-
-/// Wait `d` (new writes wake the condvar but do not end the wait: a retry per write would
-/// hammer a destination that is down); false if shutting down.
-fn pause(r: &Replica, mut st: MutexGuard<'_, ReplicaState>, d: Duration) -> bool {
-    let until = Instant::now() + d;
-    loop {
-        let now = Instant::now();
-        if st.shutdown {
-            return false;
-        }
-        if now >= until {
-            return true;
-        }
-        st = match r.cv.wait_timeout(st, until - now) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        };
-    }
-}
-
-/// Open a deferred destination, retrying with back-off until it opens (None: shutting down).
-fn open_deferred(r: &Replica, open: &mut Opener) -> Option<Arc<dyn Backend>> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        if r.lock().shutdown {
-            return None;
-        }
-        let res = open();
-        let mut st = r.lock();
-        match res {
-            Ok(b) => {
-                // Everything written meanwhile is dirty already: compare and repair.
-                st.phase = Phase::CatchUp;
-                r.cv.notify_all();
-                return Some(b);
-            }
-            Err(e) => {
-                st.open_failures += 1;
-                st.last_error = Some(e.to_string());
-                if !pause(r, st, backoff) {
-                    return None;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-fn worker(r: &Replica, src: &dyn Backend, source: Source) {
-    let backend = match source {
-        Source::Open(b) => b,
-        Source::Deferred(mut open) => match open_deferred(r, &mut open) {
-            Some(b) => b,
-            None => return,
-        },
-    };
-    let dst = &*backend;
-    let mut streams: HashMap<String, Box<dyn Stream>> = HashMap::new();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let mut st = r.lock();
-        if st.shutdown {
-            return;
-        }
-        match st.phase {
-            Phase::Live => {
-                let Some((op, _)) = st.queue.front().cloned() else {
-                    r.cv.notify_all(); // wake `wait_caught_up`
-                    let _ = r.cv.wait_timeout(st, Duration::from_secs(1));
-                    continue;
-                };
-                drop(st);
-                let res = apply(dst, &mut streams, &op);
-                let mut st = r.lock();
-                match res {
-                    Ok(()) => {
-                        if let Some((done, _)) = st.queue.pop_front() {
-                            st.queued_bytes = st.queued_bytes.saturating_sub(done.bytes());
-                        }
-                        if st.queue.is_empty() {
-                            r.cv.notify_all();
-                        }
-                    }
-                    Err(e) => {
-                        st.last_error = Some(e.to_string());
-                        streams.clear();
-                        to_catch_up(&mut st);
-                    }
-                }
-            }
-            Phase::CatchUp | Phase::Down => {
-                let dirty_objects = std::mem::take(&mut st.dirty_objects);
-                let dirty_streams = std::mem::take(&mut st.dirty_streams);
-                let writes_before = st.missed_writes;
-                drop(st);
-                streams.clear();
-                let stopping = || r.lock().shutdown;
-                let res = catch_up(src, dst, &dirty_objects, &dirty_streams, &stopping);
-                let mut st = r.lock();
-                match res {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(200);
-                        if st.missed_writes == writes_before {
-                            // Nothing new arrived during the pass: caught up, back to the queue.
-                            st.phase = Phase::Live;
-                            st.missed_writes = 0;
-                            st.missed_batches = 0;
-                            st.missed_bytes = 0;
-                            st.behind_since = None;
-                            r.cv.notify_all();
-                        }
-                    }
-                    Err(e) => {
-                        st.last_error = Some(e.to_string());
-                        st.dirty_objects.extend(dirty_objects);
-                        st.dirty_streams.extend(dirty_streams);
-                        pause(r, st, backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn apply(dst: &dyn Backend, streams: &mut HashMap<String, Box<dyn Stream>>, op: &Op) -> Result<()> {
-    match op {
-        Op::Put { name, data } => dst.put(name, data),
-        Op::Delete { name } => dst.delete(name),
-        Op::StreamDelete { stream } => {
-            streams.remove(stream);
-            dst.stream_delete(stream)
-        }
-        Op::Append {
-            stream,
-            offset,
-            data,
-        } => {
-            let s = open_cached(dst, streams, stream)?;
-            let len = s.len();
-            let end = offset + data.len() as u64;
-            if len == *offset {
-                s.append(data)
-            } else if len >= end {
-                Ok(()) // already copied by a catch-up pass
-            } else {
-                Err(Error::Invalid(format!(
-                    "{} stream {stream} is {len} bytes, expected {offset}: catching up",
-                    dst.url()
-                )))
-            }
-        }
-        Op::Truncate { stream, len } => {
-            let s = open_cached(dst, streams, stream)?;
-            if s.len() > *len {
-                s.truncate(*len)
-            } else {
-                Ok(())
-            }
-        }
-    }
-}
-
-fn open_cached<'a>(
-    dst: &dyn Backend,
-    streams: &'a mut HashMap<String, Box<dyn Stream>>,
-    stream: &str,
-) -> Result<&'a mut Box<dyn Stream>> {
-    if !streams.contains_key(stream) {
-        let s = dst.stream_open(stream, Durability::Fsync)?;
-        streams.insert(stream.to_string(), s);
-    }
-    streams
-        .get_mut(stream)
-        .ok_or_else(|| Error::Invalid(format!("stream {stream} vanished from the cache")))
-}
-
-/// Make `dst` hold what `src` holds: one comparison pass.
-fn catch_up(
-    src: &dyn Backend,
-    dst: &dyn Backend,
-    dirty_objects: &BTreeSet<String>,
-    dirty_streams: &BTreeSet<String>,
-    stopping: &dyn Fn() -> bool,
-) -> Result<()> {
-    // Checked before each write, so a pass left behind by a dropped `MultiBackend` (its thread
-    // not joined) stops after at most one more call instead of racing the next one.
-    let stop_check = || -> Result<()> {
-        match stopping() {
-            true => Err(Error::Invalid("replication stopped".into())),
-            false => Ok(()),
-        }
-    };
-    let copy = |name: &str| -> Result<()> {
-        stop_check()?;
-        match src.get(name) {
-            Ok(data) => dst.put(name, &data),
-            Err(Error::NotFound { .. }) => dst.delete(name),
-            Err(e) => Err(e),
-        }
-    };
-    // Copies in COMPARED_DIRS order (packs and indexes before the manifests that name them),
-    // deletions in the reverse order (manifests before the packs they named).
-    let mut seen = BTreeSet::new();
-    let mut stale = Vec::new();
-    for dir in COMPARED_DIRS {
-        let have: BTreeMap<String, u64> = dst
-            .list(dir)?
-            .into_iter()
-            .map(|o| (o.name, o.size))
-            .collect();
-        let want = src.list(dir)?;
-        for o in &want {
-            seen.insert(o.name.clone());
-            if have.get(&o.name) != Some(&o.size) || dirty_objects.contains(&o.name) {
-                copy(&o.name)?;
-            }
-        }
-        let want_names: BTreeSet<&str> = want.iter().map(|o| o.name.as_str()).collect();
-        stale.push(
-            have.into_keys()
-                .filter(|n| !want_names.contains(n.as_str()))
-                .collect::<Vec<_>>(),
-        );
-    }
-    for names in stale.iter().rev() {
-        for name in names {
-            stop_check()?;
-            dst.delete(name)?;
-        }
-    }
-    for name in dirty_objects {
-        if !seen.contains(name) {
-            copy(name)?;
-        }
-    }
-
-    let want: BTreeMap<String, u64> = src
-        .stream_list()?
-        .into_iter()
-        .map(|o| (o.name, o.size))
-        .collect();
-    let have: BTreeMap<String, u64> = dst
-        .stream_list()?
-        .into_iter()
-        .map(|o| (o.name, o.size))
-        .collect();
-    for (name, &size) in &want {
-        stop_check()?;
-        let dst_len = have.get(name).copied().unwrap_or(0);
-        let dirty = dirty_streams.contains(name);
-        if dst_len == size && !dirty {
-            continue;
-        }
-        let data = src.stream_read(name)?;
-        let mut s = dst.stream_open(name, Durability::Fsync)?;
-        // Keep the longest common prefix: equal bytes need no copy, differing ones are cut.
-        let common = if dst_len == 0 {
-            0
-        } else if dirty || dst_len > size {
-            let theirs = dst.stream_read(name)?;
-            theirs
-                .iter()
-                .zip(data.iter())
-                .take_while(|(a, b)| a == b)
-                .count() as u64
-        } else {
-            dst_len
-        };
-        if s.len() > common {
-            s.truncate(common)?;
-        }
-        let start = usize::try_from(common).unwrap_or(usize::MAX);
-        if let Some(tail) = data.get(start..) {
-            if !tail.is_empty() {
-                s.append(tail)?;
-            }
-        }
-    }
-    for name in have.keys() {
-        if !want.contains_key(name) {
-            dst.stream_delete(name)?;
-        }
-    }
-    for name in dirty_streams {
-        if !want.contains_key(name) && !have.contains_key(name) {
-            dst.stream_delete(name)?;
-        }
-    }
-    Ok(())
 }
 
 impl Backend for MultiBackend {
@@ -923,6 +397,26 @@ impl Backend for MultiBackend {
         }
         Ok(Box::new(MultiLock { _guards: guards }))
     }
+
+    fn lock_for(&self, name: &str, holder: &str, owner: &str) -> Result<Box<dyn LockGuard>> {
+        let mut guards = Vec::new();
+        for b in &self.sync {
+            guards.push(b.lock_for(name, holder, owner)?);
+        }
+        Ok(Box::new(MultiLock { _guards: guards }))
+    }
+
+    /// Any synchronous destination refusing deletes makes a prune through this one fail: the
+    /// plugin then leaves pruning to that destination's operator.
+    fn append_only(&self) -> bool {
+        self.sync.iter().any(|b| b.append_only())
+    }
+
+    fn note_data_version(&self, data_version: u32) {
+        for b in &self.sync {
+            b.note_data_version(data_version);
+        }
+    }
 }
 
 struct MultiLock {
@@ -988,127 +482,4 @@ impl Stream for MultiStream {
 }
 
 #[cfg(test)]
-mod test {
-    use super::*;
-    use crate::backend::dir::DirBackend;
-    use std::sync::atomic::AtomicU32;
-
-    /// An asynchronous destination that cannot be opened at start: the writes go on, it shows as
-    /// down with the opener's error and its lag, and once it opens it catches up.
-    #[test]
-    fn deferred_destination_down_at_start_catches_up() {
-        deferred_destination_catches_up(Durability::Flush);
-    }
-
-    /// The same with synced streams, which a local directory writes ahead with zeros: the
-    /// catch-up copies the stream, not the zeros.
-    #[test]
-    fn deferred_destination_catches_up_a_stream_written_ahead() {
-        deferred_destination_catches_up(Durability::Fsync);
-    }
-
-    fn deferred_destination_catches_up(durability: Durability) {
-        let tmp = tempfile::tempdir().unwrap();
-        let primary: Arc<dyn Backend> =
-            Arc::new(DirBackend::create(&tmp.path().join("primary")).unwrap());
-        let second_dir = tmp.path().join("second");
-        let up = Arc::new(AtomicBool::new(false));
-        let tries = Arc::new(AtomicU32::new(0));
-        let (up2, tries2, dir2) = (up.clone(), tries.clone(), second_dir.clone());
-        let open: Opener = Box::new(move || {
-            tries2.fetch_add(1, Ordering::SeqCst);
-            if !up2.load(Ordering::SeqCst) {
-                return Err(Error::Invalid("server down (test)".into()));
-            }
-            Ok(Arc::new(DirBackend::create(&dir2)?) as Arc<dyn Backend>)
-        });
-        let m = MultiBackend::with_deferred(
-            vec![Destination {
-                backend: primary.clone(),
-                mode: Mode::Sync,
-            }],
-            vec![("file:///second".into(), open)],
-        )
-        .unwrap();
-        m.put("config", b"cfg").unwrap();
-        let mut s = m.stream_open("0000000000000001", durability).unwrap();
-        for i in 0..20u8 {
-            s.append(&[i; 32]).unwrap();
-        }
-        m.put("snapshots/a", b"manifest").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let down = loop {
-            let st = m.status().remove(1);
-            if st.state == "down" {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "never reported down: {st:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert_eq!(down.url, "file:///second");
-        assert!(
-            down.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("server down (test)")),
-            "{down:?}"
-        );
-        assert_eq!((down.lag_batches, down.lag_writes), (20, 22), "{down:?}");
-        assert!(!m.wait_caught_up(Duration::from_millis(300)));
-        // Drain does not wait for a destination that is down; it reports it.
-        let behind = m.drain(Duration::from_secs(5));
-        assert_eq!(behind.len(), 1);
-        assert_eq!(behind[0].state, "down");
-
-        up.store(true, Ordering::SeqCst);
-        assert!(
-            m.wait_caught_up(Duration::from_secs(30)),
-            "{:?}",
-            m.status()
-        );
-        for i in 20..30u8 {
-            s.append(&[i; 32]).unwrap();
-        }
-        assert!(
-            m.wait_caught_up(Duration::from_secs(30)),
-            "{:?}",
-            m.status()
-        );
-        let second = DirBackend::open(&second_dir).unwrap();
-        for dir in COMPARED_DIRS {
-            assert_eq!(
-                primary.list(dir).unwrap(),
-                second.list(dir).unwrap(),
-                "{dir}"
-            );
-        }
-        assert_eq!(second.get("snapshots/a").unwrap(), b"manifest");
-        let stream: Vec<u8> = (0..30u8).flat_map(|i| [i; 32]).collect();
-        assert_eq!(primary.stream_read("0000000000000001").unwrap(), stream);
-        assert_eq!(second.stream_read("0000000000000001").unwrap(), stream);
-        assert!(tries.load(Ordering::SeqCst) >= 2);
-        let st = m.status().remove(1);
-        assert_eq!((st.state, st.lag_writes), ("live", 0));
-    }
-
-    /// A synchronous destination that cannot be opened is an error (the node must not run
-    /// without it); an asynchronous one is not.
-    #[test]
-    fn open_fails_only_for_a_synchronous_destination() {
-        let tmp = tempfile::tempdir().unwrap();
-        let primary = crate::url::BackupUrl::File(tmp.path().join("p"));
-        DirBackend::create(&tmp.path().join("p")).unwrap();
-        let missing = crate::url::BackupUrl::File(tmp.path().join("missing"));
-        let err = open(&primary, &[(missing.clone(), Mode::Sync)], None, false)
-            .err()
-            .unwrap();
-        assert!(
-            err.to_string()
-                .contains("cannot open synchronous destination"),
-            "{err}"
-        );
-        let m = open(&primary, &[(missing, Mode::Async)], None, false).unwrap();
-        m.put("config", b"x").unwrap();
-        let st = m.status().remove(1);
-        assert!(matches!(st.state, "opening" | "down"), "{st:?}");
-    }
-}
+mod test;

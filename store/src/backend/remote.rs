@@ -1,6 +1,7 @@
 //! Remote repositories: `backup-cli server` and the `socket:` destination.
 //!
-//! A server serves one repository directory to many clients. It stores opaque bytes: everything
+//! A server serves many nodes, each its own repository (`ROOT/nodes/NAME`, chosen by the
+//! node's auth key). It stores opaque bytes: everything
 //! a client sends is already sealed with subkeys of the repository key, which the server never
 //! holds. It is given only the *auth key* of each node, `link_key.subkey("server auth")`, used
 //! as the pre-shared key of a Noise `NNpsk0` handshake: a peer without it completes no handshake
@@ -29,7 +30,7 @@ pub mod socks;
 mod test;
 
 pub use client::{RemoteBackend, RemoteOptions};
-pub use server::{serve, ServerAuth, ServerHandle, ServerOptions};
+pub use server::{serve, NodeEntry, ServerAuth, ServerHandle, ServerOptions, ServerRoot, Stopper};
 
 use crate::crypto::MasterKey;
 
@@ -41,7 +42,12 @@ pub fn auth_key(link_key: &MasterKey) -> [u8; 32] {
     link_key.subkey(AUTH_PURPOSE)
 }
 
-/// [`auth_key`] as the hex line to put in the server's auth key file.
+/// [`auth_key`] in hex.
 pub fn auth_key_hex(link_key: &MasterKey) -> String {
     hex::encode(auth_key(link_key))
+}
+
+/// The line the server's auth file needs to admit this repository's node as `name`.
+pub fn auth_line(name: &str, link_key: &MasterKey) -> String {
+    server::auth_line(name, &auth_key(link_key))
 }

@@ -535,6 +535,16 @@ impl Backend for S3Backend {
             self.inner.clone(),
             name,
             holder,
+            None,
+        )?))
+    }
+
+    fn lock_for(&self, name: &str, holder: &str, owner: &str) -> Result<Box<dyn LockGuard>> {
+        Ok(Box::new(lock::S3Lock::acquire(
+            self.inner.clone(),
+            name,
+            holder,
+            Some(owner),
         )?))
     }
 }

@@ -1,14 +1,31 @@
-//! Reading journal segments back, in order.
+//! Reading journal segments back, in order, and checking that they form one unbroken journal.
+//!
+//! Continuity rules (format 2; docs/format.md "Journal continuity"):
+//! - segment numbers are consecutive from the first segment read to the newest;
+//! - the newest segment is an open stream: a sealed segment always has a successor (compaction
+//!   seals only segments it rotated away from), so a newest segment that is sealed means the
+//!   ones after it are missing;
+//! - each format-2 segment's link names its predecessor's frame count, last frame's tag and
+//!   newest data_version; where the predecessor is present they must match, so a segment that
+//!   was cut at a frame boundary, emptied or rolled back to an older copy is found as soon as a
+//!   later segment exists.
+//!
+//! What no rule here can find is a rollback of the newest segment to a prefix of itself, or of
+//! the whole repository to an older copy: the anchors outside the storage do (restore's other
+//! destinations, the node's own database, `--expect-version`, and the time of the newest batch).
 
-use super::record::Record;
-use super::segment::{self, Recovery};
-use super::{parse_sealed_name, parse_stream_name, sealed_name, stream_name};
+use super::record::{Chain, Link, Predecessor, Record};
+use super::segment::{self, Recovery, Sealed, Tail};
+use super::{parse_sealed_name, parse_stream_name, sealed_run_name, stream_name};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentRef {
+    /// The (first) segment number.
     pub seq: u64,
+    /// The last segment number this object holds (`seq` unless it is a merged sealed run).
+    pub last: u64,
     /// Sealed (compressed object) rather than an open stream.
     pub sealed: bool,
     pub size: u64,
@@ -17,50 +34,98 @@ pub struct SegmentRef {
 impl SegmentRef {
     pub fn object_name(&self) -> String {
         if self.sealed {
-            sealed_name(self.seq)
+            sealed_run_name(self.seq, self.last)
         } else {
             format!("journal/{}.log", stream_name(self.seq))
         }
     }
 }
 
+/// One segment's content and what links it to its neighbours.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentData {
+    pub records: Vec<Record>,
+    pub link: Option<Link>,
+    pub frames: u64,
+    /// The last frame's tag, when known (not for format-1 sealed objects or empty streams).
+    pub chain: Option<Chain>,
+    /// A torn or damaged tail left out (only the newest stream may have one).
+    pub tail: Option<Tail>,
+}
+
+impl SegmentData {
+    pub fn last_version(&self) -> Option<u32> {
+        super::record::newest_real(&self.records)
+    }
+
+    /// What a link to the segment after this one (number `seq`) must say.
+    pub fn as_predecessor(&self, seq: u64) -> Predecessor {
+        Predecessor {
+            seq,
+            frames: self.frames,
+            chain: self.chain,
+            last_version: self.last_version(),
+        }
+    }
+}
+
 /// Every segment, oldest first. Where a segment exists both sealed and as a stream (a crash
-/// between sealing and deleting the stream), the sealed one is listed and the stream is not.
+/// between sealing and deleting the stream), the sealed one is listed and the stream is not;
+/// a merged sealed run hides the objects it replaces. Names that are not segments are skipped
+/// (with a warning).
 pub fn segments(repo: &Repository) -> Result<Vec<SegmentRef>> {
     // Streams first, then sealed objects: a compaction sealing a segment meanwhile publishes the
     // sealed copy before deleting the stream, so every segment is seen in one form or the other
     // (the other order could miss one sealed between the two listings).
     let mut by_seq: std::collections::BTreeMap<u64, SegmentRef> = Default::default();
     for s in repo.backend().stream_list()? {
-        if let Some(seq) = parse_stream_name(&s.name) {
-            by_seq.insert(
-                seq,
-                SegmentRef {
+        match parse_stream_name(&s.name) {
+            Some(seq) => {
+                by_seq.insert(
                     seq,
-                    sealed: false,
-                    size: s.size,
-                },
-            );
+                    SegmentRef {
+                        seq,
+                        last: seq,
+                        sealed: false,
+                        size: s.size,
+                    },
+                );
+            }
+            None => crate::warn::stray(&format!("journal/{}", s.name)),
         }
     }
+    let mut sealed: Vec<SegmentRef> = Vec::new();
     for o in repo.backend().list("journal/")? {
-        if let Some(seq) = parse_sealed_name(&o.name) {
-            by_seq.insert(
-                seq,
-                SegmentRef {
-                    seq,
-                    sealed: true,
-                    size: o.size,
-                },
-            );
+        match parse_sealed_name(&o.name) {
+            Some((first, last)) => sealed.push(SegmentRef {
+                seq: first,
+                last,
+                sealed: true,
+                size: o.size,
+            }),
+            None if o.name.ends_with(".log") => {} // a stream, as some backends list them
+            None => crate::warn::stray(&o.name),
         }
+    }
+    // Wider runs first, so a merged object replaces the single ones it holds.
+    sealed.sort_by_key(|s| (s.seq, std::cmp::Reverse(s.last)));
+    let mut covered_to: Option<u64> = None;
+    for s in sealed {
+        if covered_to.is_some_and(|c| s.last <= c) {
+            continue; // held by a merged run listed before it
+        }
+        for q in s.seq..=s.last {
+            by_seq.remove(&q);
+        }
+        covered_to = Some(s.last);
+        by_seq.insert(s.seq, s);
     }
     Ok(by_seq.into_values().collect())
 }
 
 /// Streams that also exist sealed: left by a crash between sealing and deleting; safe to delete.
 pub fn redundant_streams(repo: &Repository) -> Result<Vec<u64>> {
-    let sealed: Vec<u64> = repo
+    let sealed: Vec<(u64, u64)> = repo
         .backend()
         .list("journal/")?
         .iter()
@@ -71,30 +136,57 @@ pub fn redundant_streams(repo: &Repository) -> Result<Vec<u64>> {
         .stream_list()?
         .iter()
         .filter_map(|s| parse_stream_name(&s.name))
-        .filter(|seq| sealed.contains(seq))
+        .filter(|seq| sealed.iter().any(|(f, l)| f <= seq && seq <= l))
         .collect())
 }
 
 /// Read one segment's records. `recovery` applies to open streams: the newest stream may end in
-/// a torn (or still being written) record, which `TruncateTornTail` ignores without changing it.
+/// a torn (or still being written) record, which `TruncateTornTail` leaves out without changing it.
 pub fn read_segment(
     repo: &Repository,
     seg: &SegmentRef,
     recovery: Recovery,
 ) -> Result<Vec<Record>> {
-    Ok(read_segment_checked(repo, seg, recovery)?.0)
+    Ok(read_segment_data(repo, seg, recovery)?.records)
 }
 
-/// Like [`read_segment`], also saying whether a torn tail was ignored (and what it was).
+/// Like [`read_segment`], also saying whether a torn tail was left out (and what it was).
 pub fn read_segment_checked(
     repo: &Repository,
     seg: &SegmentRef,
     recovery: Recovery,
 ) -> Result<(Vec<Record>, Option<String>)> {
     let name = seg.object_name();
+    let d = read_segment_data(repo, seg, recovery)?;
+    Ok((
+        d.records,
+        d.tail.map(|t| format!("{name}: {}", t.describe())),
+    ))
+}
+
+/// A sealed object's content.
+pub fn read_sealed(repo: &Repository, seg: &SegmentRef) -> Result<Sealed> {
+    let name = seg.object_name();
+    let data = repo.backend().get(&name)?;
+    segment::decode_sealed(repo.crypto(), &name, seg.seq, seg.last, &data)
+}
+
+/// One segment, with its link, frame count and chain.
+pub fn read_segment_data(
+    repo: &Repository,
+    seg: &SegmentRef,
+    recovery: Recovery,
+) -> Result<SegmentData> {
+    let name = seg.object_name();
     if seg.sealed {
-        let data = repo.backend().get(&name)?;
-        return Ok((segment::decode_sealed(repo.crypto(), &name, &data)?, None));
+        let s = read_sealed(repo, seg)?;
+        return Ok(SegmentData {
+            records: s.records,
+            link: s.link,
+            frames: s.frames,
+            chain: s.chain,
+            tail: None,
+        });
     }
     let data = match repo.backend().stream_read(&stream_name(seg.seq)) {
         Ok(d) => d,
@@ -104,11 +196,11 @@ pub fn read_segment_checked(
                 sealed: true,
                 ..seg.clone()
             };
-            return read_segment_checked(repo, &sealed, recovery);
+            return read_segment_data(repo, &sealed, recovery);
         }
         Err(e) => return Err(e),
     };
-    let parsed = segment::parse_stream(
+    let p = segment::parse_stream(
         &data,
         repo.crypto(),
         repo.repo_id(),
@@ -116,33 +208,163 @@ pub fn read_segment_checked(
         &name,
         recovery,
     )?;
-    Ok((parsed.records, parsed.torn.map(|t| format!("{name}: {t}"))))
+    Ok(SegmentData {
+        chain: p.frame_chain(),
+        records: p.records,
+        link: p.link,
+        frames: p.frames,
+        tail: p.tail,
+    })
 }
 
-/// Records of all segments with `seq >= from_seq`, oldest first. Only the newest segment may end
-/// in a torn tail (it is ignored); any damage elsewhere is an error.
-/// Records with their segment numbers, and a note on a torn tail left out.
-pub type Tail = (Vec<(u64, Record)>, Option<String>);
+/// Check that `link`, the link of segment `seq`, names `pred` (segment `seq - 1` as read).
+pub fn check_link(seq: u64, link: &Link, pred: &SegmentData, object: &str) -> Result<()> {
+    let Some(p) = link.predecessor else {
+        return Ok(()); // its writer did not know it (pruned before the segment began)
+    };
+    let mut wrong = Vec::new();
+    if p.seq.checked_add(1) != Some(seq) {
+        wrong.push(format!("it follows segment {:016x}", p.seq));
+    }
+    if p.frames != pred.frames {
+        wrong.push(format!(
+            "its predecessor held {} frames when it began, it holds {} now",
+            p.frames, pred.frames
+        ));
+    }
+    if let (Some(want), Some(got)) = (p.chain, pred.chain) {
+        if want != got && p.frames == pred.frames {
+            wrong.push("its predecessor's last record is not the one it followed".into());
+        }
+    }
+    if p.last_version.is_some() && pred.frames == p.frames && p.last_version != pred.last_version()
+    {
+        wrong.push(format!(
+            "its predecessor ended at data_version {:?}, now at {:?}",
+            p.last_version,
+            pred.last_version()
+        ));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        object,
+        format!(
+            "does not follow the segment before it: {} (that segment was cut, emptied, replaced by an older copy, or swapped)",
+            wrong.join("; ")
+        ),
+    ))
+}
 
-pub fn read_from(repo: &Repository, from_seq: u64) -> Result<Tail> {
-    let segs: Vec<SegmentRef> = segments(repo)?
-        .into_iter()
-        .filter(|s| s.seq >= from_seq)
-        .collect();
-    let mut out = Vec::new();
-    let mut torn = None;
+/// Records of all segments with `seq >= from_seq`, oldest first, with their segment numbers.
+pub type Tail2 = (Vec<(u64, Record)>, Option<String>);
+
+/// What [`read_journal`] read.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Records with their segment numbers, oldest first.
+    pub records: Vec<(u64, Record)>,
+    /// A torn or damaged tail of the newest segment that was left out.
+    pub tail: Option<(String, Tail)>,
+    /// The newest segment read (none when the journal holds none from `from_seq` on).
+    pub newest: Option<u64>,
+}
+
+/// Read the journal from segment `from_seq` on and check its continuity (see the module
+/// header). `recovery` applies to the newest segment; all others are read strictly.
+pub fn read_journal(repo: &Repository, from_seq: u64, recovery: Recovery) -> Result<Journal> {
+    let all = segments(repo)?;
+    // The segment before the first one read, when present, anchors the first one's link.
+    let segs: Vec<&SegmentRef> = all.iter().filter(|s| s.last >= from_seq).collect();
+    let mut out = Journal::default();
+    if let Some(newest) = all.last() {
+        if newest.sealed && repo.format() >= 2 {
+            return Err(Error::corrupt(
+                format!("journal/{}", stream_name(newest.last + 1)),
+                format!(
+                    "is missing: {} is sealed, so a segment followed it (deleted, or the journal was rolled back)",
+                    newest.object_name()
+                ),
+            ));
+        }
+    }
+    if let Some(first) = segs.first() {
+        if first.seq > from_seq {
+            return Err(Error::corrupt(
+                format!("journal/{}", stream_name(from_seq)),
+                format!(
+                    "is missing: the journal is read from segment {from_seq:016x}, but its first segment is {:016x}",
+                    first.seq
+                ),
+            ));
+        }
+    }
+    let mut prev: Option<(u64, SegmentData)> = None;
+    if let Some(first) = segs.first() {
+        if let Some(before) = all.iter().rev().find(|s| s.last < first.seq) {
+            if before.last + 1 == first.seq {
+                prev = Some((
+                    before.last,
+                    read_segment_data(repo, before, Recovery::Strict)?,
+                ));
+            }
+        }
+    }
     let n = segs.len();
     for (i, seg) in segs.iter().enumerate() {
+        let name = seg.object_name();
+        if let Some((p, _)) = &prev {
+            if seg.seq != p + 1 {
+                return Err(Error::corrupt(
+                    format!("journal/{}", stream_name(p + 1)),
+                    format!(
+                        "is missing: the journal jumps from segment {:016x} to {:016x}",
+                        p, seg.seq
+                    ),
+                ));
+            }
+        }
         let rec = if i + 1 == n {
-            Recovery::TruncateTornTail
+            recovery
         } else {
             Recovery::Strict
         };
-        let (recs, t) = read_segment_checked(repo, seg, rec)?;
-        torn = torn.or(t);
-        for r in recs {
-            out.push((seg.seq, r));
+        let d = read_segment_data(repo, seg, rec)?;
+        if let (Some(link), Some((_, pd))) = (&d.link, &prev) {
+            check_link(seg.seq, link, pd, &name)?;
         }
+        if let Some(t) = &d.tail {
+            out.tail = Some((name.clone(), t.clone()));
+        }
+        for r in &d.records {
+            out.records.push((seg.seq, r.clone()));
+        }
+        out.newest = Some(seg.last);
+        prev = Some((seg.last, d));
     }
-    Ok((out, torn))
+    Ok(out)
+}
+
+/// Records of all segments with `seq >= from_seq`, oldest first. Only the newest segment may end
+/// in a torn tail (it is left out); any damage elsewhere, or a break in the journal's
+/// continuity, is an error.
+pub fn read_from(repo: &Repository, from_seq: u64) -> Result<Tail2> {
+    let j = read_journal(repo, from_seq, Recovery::TruncateTornTail)?;
+    Ok((
+        j.records,
+        j.tail.map(|(n, t)| format!("{n}: {}", t.describe())),
+    ))
+}
+
+/// What segment `seq`'s link must name: segment `seq - 1` as stored now, if it exists.
+pub fn predecessor(repo: &Repository, seq: u64) -> Result<Option<Predecessor>> {
+    let Some(p) = seq.checked_sub(1) else {
+        return Ok(None);
+    };
+    let Some(seg) = segments(repo)?.into_iter().find(|s| s.last == p) else {
+        return Ok(None);
+    };
+    let d = read_segment_data(repo, &seg, Recovery::Strict)?;
+    Ok(Some(d.as_predecessor(p)))
 }

@@ -1,48 +1,83 @@
-//! Segment framing: how records sit in an open stream, and in a sealed segment object.
+//! Segment framing: how entries sit in an open stream, and in a sealed segment object.
 //!
-//! Open segment stream (appended to by the writer, one frame per record):
+//! Open segment stream (appended to by the writer, one frame per entry):
 //! ```text
 //! stream header (40): envelope header (16, kind JournalStream) | repo id (16) | seq (u64)
-//! frame:              len (u32) | check (u32) | sealed record (len bytes)
+//! frame:              len (u32) | check (u32) | sealed entry (len bytes)
 //! ```
 //! `check` is the first 4 bytes of blake3(seq ‖ offset ‖ len): a length field that was torn or
-//! overwritten is recognised without trusting it. Each record is sealed with associated data
-//! (stream header ‖ frame offset), so a record moved to another place fails authentication.
+//! overwritten is recognised without trusting it (and without the key). Each entry is sealed with
+//! associated data `stream header ‖ frame offset`, and from format 2 on also `‖ the 16 bytes
+//! before the frame`, which for every frame after the first are the previous frame's tag: the
+//! records are chained by their MACs, so none can be moved, dropped from the middle or swapped.
+//! The first frame of a format-2 segment is its [`Link`] (what it follows).
 //!
-//! Recovery: a frame that is cut short, or fails its check or its seal, is a torn tail only if no
-//! valid frame follows it anywhere in the stream; then it is cut. Otherwise the segment is corrupt
-//! and reading fails naming it: a damaged record is never skipped over.
+//! Recovery: a damaged frame followed by a valid one anywhere in the stream is corruption, never
+//! skipped. At the end of a stream a crash leaves a prefix of a frame followed by zeros or by the
+//! end of the data ([`Tail::Torn`]: never acknowledged under `fsync` durability, cut by the writer);
+//! anything else there (a whole frame that fails authentication, a frame header that fails its
+//! check, bytes after a frame's end) is [`Tail::Damaged`]: readers refuse it unless told to
+//! accept the loss.
 //!
 //! End: the stream ends after the last frame, or where only zero bytes remain to its end (a
 //! local directory writes a synced stream ahead with zeros, see `backend::dir`, and a crash leaves
 //! them). No frame starts with four zero bytes (its length is never 0), so the zeros are never
-//! mistaken for a record, and a record written over them but torn is still a torn tail.
+//! mistaken for a record.
 //!
-//! Sealed segment object `journal/<seq>.seg` (written at compaction, replacing the stream):
+//! Sealed segment object `journal/<seq>.seg`, or `journal/<first>-<last>.seg` for a merged run
+//! (written at compaction, replacing the streams):
 //! ```text
-//! envelope header (16, kind SealedSegment) | sealed(zstd(frames of u32 len | record body)))
+//! format 1: envelope header (16, kind SealedSegment) | sealed(zstd(records as u32 len | record))
+//! format 2: envelope header (16, kind SealedSegment, format 2) | sealed(zstd(body))
+//!   body: u8 2 | u64 first seq | u64 last seq | u64 frames | u8 flags (bit 0 chain, bit 1 link)
+//!         | chain (16): the last frame's tag | link (u32 len | link entry) | u64 record count
+//!         | records (u32 len | record)
 //! ```
 //! Compressing the plaintext records as one stream is what makes the journal small at rest.
 
 use crate::codec::{Dec, Enc};
-use crate::crypto::Crypto;
+use crate::crypto::{Crypto, TAG_LEN};
 use crate::envelope::{self, Header, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::ids::RepoId;
 
-use super::record::Record;
+use super::record::{Chain, Entry, Link, Record};
 
 pub const STREAM_HEADER_LEN: usize = HEADER_LEN + 16 + 8;
-const FRAME_HEADER_LEN: usize = 8;
-/// Largest record accepted (lightningd's largest batch is ~21 KB; 64 MiB leaves room).
+/// `u32 len | u32 check` (the check is keyless: a server finds a stream's end with it).
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
+/// Largest record accepted (lightningd's largest batch is ~21 KB; 64 MiB leaves room). The writer
+/// refuses a larger one before it writes anything, so every record acknowledged is readable.
 pub const MAX_RECORD: usize = 64 << 20;
+/// Largest sealed frame body a reader accepts: a record and its seal.
+pub const MAX_FRAME: usize = MAX_RECORD + 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recovery {
-    /// Cut a torn tail (the writer's open path).
+    /// A torn tail (a crash while writing the newest record) is reported and left out; a
+    /// damaged tail is an error.
     TruncateTornTail,
-    /// Any damage is an error (verify).
+    /// Any damage, a torn tail included, is an error (segments that are not the newest).
     Strict,
+    /// A torn or damaged tail is reported and left out (restore told to accept the loss).
+    AcceptDamagedTail,
+}
+
+/// What ends a stream after its last whole frame, besides zeros.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// A prefix of a frame followed by zeros or the end of the data: a crash while writing it.
+    Torn(String),
+    /// Anything a crash does not leave: the newest record(s) were damaged or altered.
+    Damaged(String),
+}
+
+impl Tail {
+    pub fn describe(&self) -> &str {
+        match self {
+            Tail::Torn(s) | Tail::Damaged(s) => s,
+        }
+    }
 }
 
 pub fn stream_header(crypto: &Crypto, repo: RepoId, seq: u64) -> Vec<u8> {
@@ -52,7 +87,20 @@ pub fn stream_header(crypto: &Crypto, repo: RepoId, seq: u64) -> Vec<u8> {
     h
 }
 
-fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
+/// The chain the first frame of a stream covers: the last 16 bytes of its header.
+pub fn header_chain(header: &[u8]) -> Chain {
+    last16(header)
+}
+
+fn last16(b: &[u8]) -> Chain {
+    let mut c = [0u8; TAG_LEN];
+    if let Some(s) = b.len().checked_sub(TAG_LEN).and_then(|from| b.get(from..)) {
+        c.copy_from_slice(s);
+    }
+    c
+}
+
+pub(crate) fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
     let mut h = blake3::Hasher::new();
     h.update(&seq.to_le_bytes());
     h.update(&offset.to_le_bytes());
@@ -63,35 +111,93 @@ fn frame_check(seq: u64, offset: u64, len: u32) -> u32 {
     u32::from_le_bytes(c)
 }
 
-fn record_aad(header: &[u8], offset: u64) -> Vec<u8> {
-    let mut aad = header.to_vec();
+fn format_of(header: &[u8]) -> u8 {
+    header.get(5).copied().unwrap_or(1)
+}
+
+fn entry_aad(header: &[u8], offset: u64, prev: &Chain) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 8 + TAG_LEN);
+    aad.extend_from_slice(header);
     aad.extend_from_slice(&offset.to_le_bytes());
+    if format_of(header) >= 2 {
+        aad.extend_from_slice(prev);
+    }
     aad
 }
 
-/// Encode one record as a frame to append at `offset`.
+/// Encode one entry (a record's or a link's bytes) as a frame to append at `offset`, after
+/// `prev` (the 16 bytes before `offset`: the previous frame's tag, or [`header_chain`]).
 pub fn encode_frame(
     crypto: &Crypto,
     header: &[u8],
     seq: u64,
     offset: u64,
-    rec: &Record,
+    prev: &Chain,
+    entry: &[u8],
 ) -> Vec<u8> {
-    let sealed = crypto.seal(&record_aad(header, offset), &rec.encode());
-    let len = sealed.len() as u32;
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + sealed.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&frame_check(seq, offset, len).to_le_bytes());
-    out.extend_from_slice(&sealed);
+    let sealed_len = entry.len() + crypto.overhead();
+    let mut out = vec![0u8; FRAME_HEADER_LEN + sealed_len];
+    let len = sealed_len as u32;
+    out.get_mut(..4)
+        .unwrap_or_default()
+        .copy_from_slice(&len.to_le_bytes());
+    out.get_mut(4..8)
+        .unwrap_or_default()
+        .copy_from_slice(&frame_check(seq, offset, len).to_le_bytes());
+    let aad = entry_aad(header, offset, prev);
+    // Cannot fail: the room is exactly the entry plus the seal's overhead.
+    let _ = crypto.seal_into(
+        &aad,
+        entry,
+        out.get_mut(FRAME_HEADER_LEN..).unwrap_or_default(),
+    );
     out
 }
 
+/// The tag of an encoded frame: the chain the next frame covers.
+pub fn frame_chain(frame: &[u8]) -> Chain {
+    last16(frame)
+}
+
 pub struct Parsed {
+    /// The batches, in order (the link is apart).
     pub records: Vec<Record>,
+    /// The segment's link (format 2), when it has any frame.
+    pub link: Option<Link>,
+    /// Whole valid frames (the link included).
+    pub frames: u64,
     /// Bytes of the stream that hold the header and whole valid frames.
     pub valid_len: u64,
-    /// Set when a torn tail was found (and must be cut); says what it was.
-    pub torn: Option<String>,
+    /// The last 16 bytes of the valid part: the chain a next frame covers.
+    pub chain: Chain,
+    /// The stream's format (its header's format byte).
+    pub format: u8,
+    /// What follows the last whole frame besides zeros, when the recovery policy let it pass.
+    pub tail: Option<Tail>,
+}
+
+impl Parsed {
+    fn empty(format: u8) -> Parsed {
+        Parsed {
+            records: Vec::new(),
+            link: None,
+            frames: 0,
+            valid_len: 0,
+            chain: [0; TAG_LEN],
+            format,
+            tail: None,
+        }
+    }
+
+    /// The newest data_version of a batch that is not only PRAGMAs.
+    pub fn last_version(&self) -> Option<u32> {
+        super::record::newest_real(&self.records)
+    }
+
+    /// The chain when the stream has frames (an empty stream has none of its own).
+    pub fn frame_chain(&self) -> Option<Chain> {
+        (self.frames > 0).then_some(self.chain)
+    }
 }
 
 /// Parse an open segment stream.
@@ -106,7 +212,9 @@ pub fn parse_stream(
     let expected = stream_header(crypto, repo, seq);
     // Bytes up to the last non-zero one: past them lie only zeros written ahead.
     let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let whole_header = data.get(..STREAM_HEADER_LEN) == Some(expected.as_slice());
+    let whole_header = data.get(..STREAM_HEADER_LEN).is_some_and(|h| {
+        Header::decode(h, object).is_ok() && h.get(HEADER_LEN..) == expected.get(HEADER_LEN..)
+    });
     if data.len() < STREAM_HEADER_LEN || (used < STREAM_HEADER_LEN && !whole_header) {
         // A crash while the header itself was being written: nothing was ever acknowledged here.
         let torn = match used {
@@ -117,26 +225,46 @@ pub fn parse_stream(
         if torn.is_some() && recovery == Recovery::Strict {
             return Err(Error::corrupt(object, "torn stream header"));
         }
-        return Ok(Parsed {
-            records: Vec::new(),
-            valid_len: 0,
-            torn,
-        });
+        let mut p = Parsed::empty(format_of(&expected));
+        p.tail = torn.map(Tail::Torn);
+        return Ok(p);
     }
     let header = data.get(..STREAM_HEADER_LEN).unwrap_or_default();
-    Header::decode_expect(header, Kind::JournalStream, crypto, object)?;
-    if header != expected.as_slice() {
+    let h = Header::decode_expect(header, Kind::JournalStream, crypto, object)?;
+    let mut want = expected.clone();
+    if let Some(f) = want.get_mut(5) {
+        *f = h.format; // a format-1 stream of an upgraded repository
+    }
+    if header != want.as_slice() {
         return Err(Error::corrupt(
             object,
             "stream header names another repository or segment",
         ));
     }
+    let mut p = Parsed::empty(h.format);
     let mut pos = STREAM_HEADER_LEN;
-    let mut records = Vec::new();
     while pos < data.len() {
         match try_frame(data, pos, crypto, header, seq, object) {
-            Ok((rec, next)) => {
-                records.push(rec);
+            Ok((entry, next)) => {
+                match entry {
+                    Entry::Link(l) if p.frames == 0 && h.format >= 2 => p.link = Some(l),
+                    Entry::Link(_) => {
+                        return Err(Error::corrupt(
+                            object,
+                            format!(
+                            "a segment link at offset {pos}, where only the first frame may be one"
+                        ),
+                        ))
+                    }
+                    Entry::Batch(_) if p.frames == 0 && h.format >= 2 => {
+                        return Err(Error::corrupt(
+                            object,
+                            "the first frame is a batch, not the segment's link",
+                        ))
+                    }
+                    Entry::Batch(r) => p.records.push(r),
+                }
+                p.frames += 1;
                 pos = next;
             }
             Err(_) if data.get(pos..).unwrap_or_default().iter().all(|&b| b == 0) => break,
@@ -148,26 +276,83 @@ pub fn parse_stream(
                         format!("record at offset {pos} is damaged ({why}) but a valid record follows at offset {later}"),
                     ));
                 }
-                let torn = format!(
-                    "torn tail of {} bytes at offset {pos} ({why})",
-                    data.len() - pos
-                );
-                if recovery == Recovery::Strict {
-                    return Err(Error::corrupt(object, torn));
+                let tail = classify_tail(data, pos, seq, &why);
+                match (&tail, recovery) {
+                    (_, Recovery::Strict) => {
+                        return Err(Error::corrupt(object, tail.describe().to_string()))
+                    }
+                    (Tail::Damaged(what), Recovery::TruncateTornTail) => {
+                        return Err(Error::DamagedTail {
+                            object: object.to_string(),
+                            what: format!(
+                                "{what}; the last whole record is data_version {}",
+                                p.last_version()
+                                    .map_or("none".to_string(), |v| v.to_string())
+                            ),
+                        })
+                    }
+                    _ => {}
                 }
-                return Ok(Parsed {
-                    records,
-                    valid_len: pos as u64,
-                    torn: Some(torn),
-                });
+                p.valid_len = pos as u64;
+                p.chain = last16(data.get(..pos).unwrap_or_default());
+                p.tail = Some(tail);
+                return Ok(p);
             }
         }
     }
-    Ok(Parsed {
-        records,
-        valid_len: pos as u64,
-        torn: None,
-    })
+    p.valid_len = pos as u64;
+    p.chain = last16(data.get(..pos).unwrap_or_default());
+    Ok(p)
+}
+
+/// What lies at `pos`, after the last whole frame, given that no valid frame follows and that
+/// not everything from `pos` on is zero.
+fn classify_tail(data: &[u8], pos: usize, seq: u64, why: &str) -> Tail {
+    let rest = data.get(pos..).unwrap_or_default();
+    let used = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let n = rest.len();
+    if used <= FRAME_HEADER_LEN {
+        return Tail::Torn(format!(
+            "torn tail of {n} bytes at offset {pos}: part of a frame header"
+        ));
+    }
+    let fh = rest.get(..FRAME_HEADER_LEN).unwrap_or_default();
+    let len = u32::from_le_bytes(
+        fh.get(..4)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 4]),
+    );
+    let check = u32::from_le_bytes(
+        fh.get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 4]),
+    );
+    if check != frame_check(seq, pos as u64, len) || len as usize > MAX_FRAME {
+        return Tail::Damaged(format!(
+            "the frame header at offset {pos} is neither a record's nor a torn write's ({n} bytes follow)"
+        ));
+    }
+    let end = FRAME_HEADER_LEN + len as usize;
+    if end > n {
+        return Tail::Torn(format!(
+            "torn tail at offset {pos}: a record of {} bytes cut short at {n} ({why})",
+            end
+        ));
+    }
+    if used > end {
+        return Tail::Damaged(format!(
+            "the record at offset {pos} fails authentication and {} bytes follow it",
+            used - end
+        ));
+    }
+    if rest.get(end - 1) == Some(&0) {
+        return Tail::Torn(format!(
+            "torn tail at offset {pos}: a record of {end} bytes whose end was never written ({why})"
+        ));
+    }
+    Tail::Damaged(format!(
+        "the newest record (offset {pos}, {end} bytes) is whole but fails authentication ({why})"
+    ))
 }
 
 fn try_frame(
@@ -177,24 +362,25 @@ fn try_frame(
     header: &[u8],
     seq: u64,
     object: &str,
-) -> std::result::Result<(Record, usize), String> {
+) -> std::result::Result<(Entry, usize), String> {
     let fh = data
         .get(pos..pos + FRAME_HEADER_LEN)
         .ok_or("frame header cut short")?;
     let (lenb, checkb) = fh.split_at(4);
     let len = u32::from_le_bytes(lenb.try_into().map_err(|_| "short")?);
     let check = u32::from_le_bytes(checkb.try_into().map_err(|_| "short")?);
-    if check != frame_check(seq, pos as u64, len) || len as usize > MAX_RECORD + 64 {
+    if check != frame_check(seq, pos as u64, len) || len as usize > MAX_FRAME {
         return Err("frame header check failed".into());
     }
     let start = pos + FRAME_HEADER_LEN;
     let end = start + len as usize;
     let sealed = data.get(start..end).ok_or("record cut short")?;
+    let prev = last16(data.get(..pos).unwrap_or_default());
     let body = crypto
-        .open(object, &record_aad(header, pos as u64), sealed)
+        .open(object, &entry_aad(header, pos as u64, &prev), sealed)
         .map_err(|e| format!("{e}"))?;
-    let rec = Record::decode(&body, object).map_err(|e| format!("{e}"))?;
-    Ok((rec, end))
+    let entry = Entry::decode(&body, object).map_err(|e| format!("{e}"))?;
+    Ok((entry, end))
 }
 
 fn find_valid_frame_after(
@@ -211,15 +397,40 @@ fn find_valid_frame_after(
         .find(|&p| try_frame(data, p, crypto, header, seq, object).is_ok())
 }
 
-/// Encode records as a sealed segment object.
-pub fn encode_sealed(
-    crypto: &Crypto,
-    name: &str,
-    records: &[Record],
-    level: i32,
-) -> Result<Vec<u8>> {
+/// The content of a sealed segment object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub first: u64,
+    pub last: u64,
+    /// Frames the segment(s) held as streams (links included); for a format-1 object, its
+    /// record count.
+    pub frames: u64,
+    /// The tag of the last frame (unknown for format-1 objects).
+    pub chain: Option<Chain>,
+    /// The first segment's link (format 2).
+    pub link: Option<Link>,
+    pub records: Vec<Record>,
+}
+
+impl Sealed {
+    pub fn last_version(&self) -> Option<u32> {
+        super::record::newest_real(&self.records)
+    }
+}
+
+/// Encode a sealed segment object (format 2).
+pub fn encode_sealed(crypto: &Crypto, name: &str, s: &Sealed, level: i32) -> Result<Vec<u8>> {
     let mut e = Enc::new();
-    for r in records {
+    let flags = u8::from(s.chain.is_some()) | (u8::from(s.link.is_some()) << 1);
+    e.u8(2)
+        .u64(s.first)
+        .u64(s.last)
+        .u64(s.frames)
+        .u8(flags)
+        .bytes(&s.chain.unwrap_or_default());
+    e.blob(&s.link.map(|l| l.encode()).unwrap_or_default());
+    e.u64(s.records.len() as u64);
+    for r in &s.records {
         e.blob(&r.encode());
     }
     let z =
@@ -227,67 +438,77 @@ pub fn encode_sealed(
     Ok(envelope::seal_object(Kind::SealedSegment, crypto, name, &z))
 }
 
-pub fn decode_sealed(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<Record>> {
+/// Decode a sealed segment object of either format; `first`/`last` are what its name says.
+pub fn decode_sealed(
+    crypto: &Crypto,
+    name: &str,
+    first: u64,
+    last: u64,
+    data: &[u8],
+) -> Result<Sealed> {
+    let h = Header::decode_expect(data, Kind::SealedSegment, crypto, name)?;
     let z = envelope::open_object(Kind::SealedSegment, crypto, name, data)?;
     let raw = zstd::stream::decode_all(z.as_slice())
         .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
     let mut d = Dec::new(&raw, name);
-    let mut out = Vec::new();
-    while d.remaining() > 0 {
-        out.push(Record::decode(d.blob()?, name)?);
+    if h.format < 2 {
+        let mut records = Vec::new();
+        while d.remaining() > 0 {
+            records.push(Record::decode(d.blob()?, name)?);
+        }
+        return Ok(Sealed {
+            first,
+            last,
+            frames: records.len() as u64,
+            chain: None,
+            link: None,
+            records,
+        });
     }
-    Ok(out)
+    let v = d.u8()?;
+    if v != 2 {
+        return Err(Error::Unsupported {
+            object: name.to_string(),
+            what: "sealed segment body version",
+            found: v.into(),
+            supported: 2,
+        });
+    }
+    let (f, l, frames, flags) = (d.u64()?, d.u64()?, d.u64()?, d.u8()?);
+    if (f, l) != (first, last) {
+        return Err(Error::corrupt(
+            name,
+            format!("holds segments {f:016x}-{l:016x}, not what its name says"),
+        ));
+    }
+    if flags & !3 != 0 {
+        return Err(Error::corrupt(name, format!("unknown flags {flags:#04x}")));
+    }
+    let chain: Chain = d.array()?;
+    let link_bytes = d.blob()?;
+    let link = if flags & 2 != 0 {
+        match Entry::decode(link_bytes, name)? {
+            Entry::Link(l) => Some(l),
+            Entry::Batch(_) => return Err(Error::corrupt(name, "a batch where the link belongs")),
+        }
+    } else {
+        None
+    };
+    let n = d.count(4)?;
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        records.push(Record::decode(d.blob()?, name)?);
+    }
+    d.end()?;
+    Ok(Sealed {
+        first,
+        last,
+        frames,
+        chain: (flags & 1 != 0).then_some(chain),
+        link,
+        records,
+    })
 }
 
 #[cfg(test)]
-mod test {
-    use super::*;
-    use crate::journal::record::Batch;
-
-    fn parse(data: &[u8], recovery: Recovery) -> Result<Parsed> {
-        parse_stream(
-            data,
-            &Crypto::plaintext(),
-            RepoId([7; 16]),
-            5,
-            "s",
-            recovery,
-        )
-    }
-
-    /// A local stream is written ahead with zeros; a crash can leave them after the header, or
-    /// before it was written, or after part of it (the u64 seq ends in zero bytes, so "the last
-    /// non-zero byte" alone cannot say whether a header is whole).
-    #[test]
-    fn zeros_after_the_header_or_instead_of_it_are_an_empty_stream() {
-        let header = stream_header(&Crypto::plaintext(), RepoId([7; 16]), 5);
-        let zeros = vec![0u8; 4096];
-        let whole = [header.as_slice(), &zeros].concat();
-        for recovery in [Recovery::Strict, Recovery::TruncateTornTail] {
-            let p = parse(&whole, recovery).unwrap();
-            assert_eq!((p.records.len(), p.valid_len, p.torn), (0, 40, None));
-            let p = parse(&zeros, recovery).unwrap();
-            assert_eq!((p.records.len(), p.valid_len, p.torn), (0, 0, None));
-        }
-        let torn = [header.get(..20).unwrap_or_default(), &zeros].concat();
-        assert!(parse(&torn, Recovery::Strict)
-            .err()
-            .is_some_and(|e| e.is_corruption()));
-        let p = parse(&torn, Recovery::TruncateTornTail).unwrap();
-        assert_eq!(p.valid_len, 0);
-        assert!(p.torn.is_some_and(|t| t.contains("torn stream header")));
-
-        let rec = Record {
-            batch: Batch {
-                data_version: 9,
-                writes: vec!["UPDATE vars SET intval=9".into()],
-            },
-            supersedes: false,
-        };
-        let frame = encode_frame(&Crypto::plaintext(), &header, 5, 40, &rec);
-        let with_record = [header.as_slice(), &frame, &zeros].concat();
-        let p = parse(&with_record, Recovery::Strict).unwrap();
-        assert_eq!(p.records, vec![rec]);
-        assert_eq!(p.valid_len, (40 + frame.len()) as u64);
-    }
-}
+mod test;

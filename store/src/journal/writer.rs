@@ -11,11 +11,13 @@
 //!   are kept: replay runs them outside a transaction.
 //!
 //! The hook path is `append`: encode, seal, one stream append (one fdatasync). No listing, no
-//! work that grows with the repository.
+//! work that grows with the repository. The first append of a segment writes the segment's
+//! [`Link`] and the batch in that one append; the writer keeps the last frame's tag in memory to
+//! chain the next frame to it.
 
-use super::reader::{self, SegmentRef};
-use super::record::{Batch, Record};
-use super::segment::{self, Recovery, STREAM_HEADER_LEN};
+use super::reader::{self, SegmentData, SegmentRef};
+use super::record::{Batch, Chain, Link, Predecessor, Record};
+use super::segment::{self, Recovery, MAX_RECORD, STREAM_HEADER_LEN};
 use super::stream_name;
 use crate::backend::{Durability, LockGuard, Stream};
 use crate::error::{Error, Result};
@@ -58,7 +60,17 @@ pub struct JournalWriter {
     cache: Option<Vec<Record>>,
     cache_bytes: usize,
     /// The records of the segment the last rotation closed.
-    closed_cache: Option<(u64, Vec<Record>)>,
+    closed_cache: Option<(u64, SegmentData)>,
+    /// The current segment's link, once written (or read at open).
+    link: Option<Link>,
+    /// Frames in the current segment (its link included).
+    frames: u64,
+    /// The last 16 bytes of the current segment: the chain the next frame covers.
+    chain: Chain,
+    /// The newest real data_version in the current segment.
+    segment_last_real: Option<u32>,
+    /// The link to write before the first batch of a segment that has no frame yet.
+    pending_link: Option<Link>,
 }
 
 /// Most bytes of records the writer keeps for compaction.
@@ -77,14 +89,22 @@ impl JournalWriter {
         holder: &str,
         durability: Durability,
     ) -> Result<JournalWriter> {
+        if repo.format() < 2 {
+            return Err(Error::NeedsUpgrade { url: repo.url() });
+        }
         let lock = repo.lock(WRITER_LOCK, holder)?;
         let segs = reader::segments(repo)?;
         let snap = crate::manifest::latest(repo)?;
         let mut recovery_note = None;
         let mut cache = Some(Vec::new());
 
-        // Continue the newest open stream, or start a new segment after the newest one.
+        // Continue the newest open stream (a sealed newest segment means its successor is
+        // missing: refuse, as readers do). An empty repository starts segment 0.
         let newest = segs.last().cloned();
+        let mut frames = 0;
+        let mut chain = None;
+        let mut segment_last_real = None;
+        let mut link = None;
         let (seq, mut stream) = match &newest {
             Some(s) if !s.sealed => {
                 let name = stream_name(s.seq);
@@ -98,22 +118,35 @@ impl JournalWriter {
                     &s.object_name(),
                     Recovery::TruncateTornTail,
                 )?;
+                if parsed.format < 2 && parsed.frames > 0 {
+                    return Err(Error::NeedsUpgrade { url: repo.url() });
+                }
                 // A torn tail, or zeros written ahead left by a crash: appends go where the
                 // records end.
                 if parsed.valid_len < stream.len() {
                     stream.truncate(parsed.valid_len)?;
                 }
-                if let Some(t) = parsed.torn {
-                    recovery_note = Some(format!("cut {t} from {}", s.object_name()));
+                if let Some(t) = &parsed.tail {
+                    recovery_note = Some(format!("cut {} from {}", t.describe(), s.object_name()));
                 }
+                frames = parsed.frames;
+                if frames > 0 {
+                    chain = Some(parsed.chain);
+                }
+                segment_last_real = parsed.last_version();
+                link = parsed.link;
                 cache = Some(parsed.records);
                 (s.seq, stream)
             }
-            Some(s) => (
-                s.seq + 1,
-                repo.backend()
-                    .stream_open(&stream_name(s.seq + 1), durability)?,
-            ),
+            Some(s) => {
+                return Err(Error::corrupt(
+                    format!("journal/{}", stream_name(s.last + 1)),
+                    format!(
+                        "is missing: {} is sealed, so a segment followed it (deleted, or the journal was rolled back); the plugin will not write after it",
+                        s.object_name()
+                    ),
+                ))
+            }
             None => (0, repo.backend().stream_open(&stream_name(0), durability)?),
         };
         let header = segment::stream_header(repo.crypto(), repo.repo_id(), seq);
@@ -121,11 +154,19 @@ impl JournalWriter {
             stream.truncate(0)?;
             stream.append(&header)?;
         }
+        let pending_link = if frames == 0 {
+            Some(Link {
+                predecessor: reader::predecessor(repo, seq)?,
+                time_ms: 0,
+            })
+        } else {
+            None
+        };
 
         // The newest real batch: search the journal newest first, then the newest snapshot.
         let mut last_real = None;
         for s in segs.iter().rev() {
-            if snap.as_ref().is_some_and(|m| s.seq < m.journal_segment) {
+            if snap.as_ref().is_some_and(|m| s.last < m.journal_segment) {
                 break;
             }
             let recs = reader::read_segment(repo, s, Recovery::TruncateTornTail)?;
@@ -154,6 +195,7 @@ impl JournalWriter {
             repo: repo.clone(),
             stream,
             seq,
+            chain: chain.unwrap_or_else(|| segment::header_chain(&header)),
             header,
             durability,
             _lock: lock,
@@ -169,11 +211,16 @@ impl JournalWriter {
                 .unwrap_or(0),
             cache,
             closed_cache: None,
+            link,
+            frames,
+            segment_last_real,
+            pending_link,
         })
     }
 
-    /// The records of segment `seq` if it is the one the last rotation closed and they were kept.
-    pub fn take_closed_records(&mut self, seq: u64) -> Option<Vec<Record>> {
+    /// Segment `seq` as written, if it is the one the last rotation closed and its records were
+    /// kept: compaction replays and seals it without reading it back.
+    pub fn take_closed(&mut self, seq: u64) -> Option<SegmentData> {
         match self.closed_cache.take() {
             Some((s, recs)) if s == seq => Some(recs),
             other => {
@@ -269,21 +316,67 @@ impl JournalWriter {
         let rec = Record {
             batch: batch.clone(),
             supersedes: matches!(outcome, AppendOutcome::Superseded { .. }),
+            time_ms: crate::config::now_ms(),
         };
+        let body = rec.encode();
+        if body.len() > MAX_RECORD {
+            // Never acknowledge what a reader would refuse.
+            return Err(Error::BatchTooLarge {
+                version: batch.data_version,
+                size: (body.len() + self.repo.crypto().overhead()) as u64,
+                max: (MAX_RECORD + self.repo.crypto().overhead()) as u64,
+            });
+        }
+        // A segment's first frame is its link; it goes out in the same append as the batch.
+        let offset = self.stream.len();
+        let mut out = Vec::new();
+        let mut prev = self.chain;
+        let mut new_frames = 1;
+        if let Some(link) = &self.pending_link {
+            let l = Link {
+                time_ms: rec.time_ms,
+                ..*link
+            };
+            out = segment::encode_frame(
+                self.repo.crypto(),
+                &self.header,
+                self.seq,
+                offset,
+                &prev,
+                &l.encode(),
+            );
+            prev = segment::frame_chain(&out);
+            new_frames += 1;
+        }
         let frame = segment::encode_frame(
             self.repo.crypto(),
             &self.header,
             self.seq,
-            self.stream.len(),
-            &rec,
+            offset + out.len() as u64,
+            &prev,
+            &body,
         );
-        if let Err(e) = self.stream.append(&frame) {
+        let chain = segment::frame_chain(&frame);
+        if out.is_empty() {
+            out = frame;
+        } else {
+            out.extend_from_slice(&frame);
+        }
+        if let Err(e) = self.stream.append(&out) {
             // Whether the bytes landed is unknown: never append after this (a retry could store
             // the batch twice). The next writer (a restart) sorts it out from what is stored.
             self.poisoned = Some(format!("an append failed: {e}"));
             return Err(e);
         }
-        self.bytes_since_snapshot += frame.len() as u64;
+        if let Some(l) = self.pending_link.take() {
+            self.link = Some(Link {
+                time_ms: rec.time_ms,
+                ..l
+            });
+        }
+        self.frames += new_frames;
+        self.chain = chain;
+        self.bytes_since_snapshot += out.len() as u64;
         if let Some(c) = &mut self.cache {
             self.cache_bytes += record_size(&rec);
             if self.cache_bytes > CACHE_LIMIT {
@@ -296,6 +389,7 @@ impl JournalWriter {
             self.last_real = Some(batch.data_version);
             self.last_real_in_journal = true;
             self.session_started = true;
+            self.segment_last_real = Some(batch.data_version);
         }
         Ok(outcome)
     }
@@ -331,9 +425,35 @@ impl JournalWriter {
         }
         let closed = self.seq;
         let old = std::mem::replace(&mut self.stream, p.stream);
+        let (link, frames, chain) = (self.link.take(), self.frames, self.chain);
+        let chain = (frames > 0).then_some(chain);
+        // What the new segment follows: written as its first frame with its first batch.
+        self.pending_link = Some(Link {
+            predecessor: Some(Predecessor {
+                seq: closed,
+                frames,
+                chain,
+                last_version: self.segment_last_real,
+            }),
+            time_ms: 0,
+        });
+        self.closed_cache = self.cache.replace(Vec::new()).map(|records| {
+            (
+                closed,
+                SegmentData {
+                    records,
+                    link,
+                    frames,
+                    chain,
+                    tail: None,
+                },
+            )
+        });
         self.seq = p.seq;
+        self.chain = segment::header_chain(&p.header);
         self.header = p.header;
-        self.closed_cache = self.cache.replace(Vec::new()).map(|c| (closed, c));
+        self.frames = 0;
+        self.segment_last_real = None;
         self.cache_bytes = 0;
         Ok((closed, old))
     }

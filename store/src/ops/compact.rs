@@ -21,8 +21,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::journal::reader::{self, SegmentRef};
-use crate::journal::segment::{self, Recovery};
+use crate::journal::reader::{self, SegmentData, SegmentRef};
+use crate::journal::segment::{self, Recovery, Sealed};
 use crate::journal::{stream_name, JournalWriter, Record};
 use crate::manifest::{self, Manifest, SnapshotInfo};
 use crate::ops::stats::{self, Stats};
@@ -87,14 +87,11 @@ fn prepare_base(
         .is_some_and(|c| c.snapshot == m.id.to_string())
     {
         // Check the base against the manifest before trusting it.
-        if let Ok(Some(map)) = snapshot::map_file(&base) {
-            if map.len() as u64 == m.db_size {
-                if let Ok((_, _, got)) =
-                    snapshot::chunk_refs(repo, &map, &base.display().to_string())
-                {
-                    if got == refs {
-                        return Ok(base);
-                    }
+        let size = std::fs::metadata(&base).map(|md| md.len()).ok();
+        if size == Some(m.db_size) {
+            if let Ok((_, _, got)) = snapshot::file_chunk_refs(repo, &base) {
+                if got == refs {
+                    return Ok(base);
                 }
             }
         }
@@ -133,39 +130,56 @@ pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
     seal_closed_segments_with(repo, current, None)
 }
 
-/// [`seal_closed_segments`], with the records of one segment already known (from the writer).
+/// [`seal_closed_segments`], with one segment already known (from the writer).
 pub fn seal_closed_segments_with(
     repo: &Repository,
     current: u64,
-    known: Option<(u64, &[Record])>,
+    known: Option<(u64, &SegmentData)>,
 ) -> Result<u64> {
     let mut sealed = 0;
     for seg in reader::segments(repo)? {
         if seg.sealed || seg.seq >= current {
             continue;
         }
-        let recs = match known {
-            Some((seq, recs)) if seq == seg.seq => recs.to_vec(),
-            _ => reader::read_segment(repo, &seg, Recovery::Strict)?,
+        let data = match known {
+            Some((seq, d)) if seq == seg.seq => d.clone(),
+            _ => reader::read_segment_data(repo, &seg, Recovery::Strict)?,
         };
         let name = crate::journal::sealed_name(seg.seq);
         let bytes = segment::encode_sealed(
             repo.crypto(),
             &name,
-            &recs,
+            &Sealed {
+                first: seg.seq,
+                last: seg.seq,
+                frames: data.frames,
+                chain: data.chain,
+                link: data.link,
+                records: data.records,
+            },
             crate::config::SEGMENT_ZSTD_LEVEL,
         )?;
         repo.backend().put(&name, &bytes)?;
-        repo.backend().stream_delete(&stream_name(seg.seq))?;
+        delete_sealed_stream(repo, seg.seq)?;
         sealed += 1;
     }
     // Streams left beside their sealed copy by a crash between the two steps above.
     for seq in reader::redundant_streams(repo)? {
         if seq < current {
-            repo.backend().stream_delete(&stream_name(seq))?;
+            delete_sealed_stream(repo, seq)?;
         }
     }
     Ok(sealed)
+}
+
+/// Delete the stream of a segment whose sealed copy is published. An append-only destination
+/// (issue 15: `backup-cli server --append-only`) refuses: the stream then stays beside its
+/// sealed copy, which readers use, until prune runs on the server's host. Not an error.
+fn delete_sealed_stream(repo: &Repository, seq: u64) -> Result<()> {
+    match repo.backend().stream_delete(&stream_name(seq)) {
+        Err(Error::AppendOnly { .. }) => Ok(()),
+        other => other,
+    }
 }
 
 pub fn compact(
@@ -221,20 +235,20 @@ pub fn compact_cancellable(
             .lock()
             .map_err(|_| Error::Invalid("journal writer poisoned".into()))?;
         let (closed, stream) = w.rotate_to(prepared)?;
-        (closed, w.take_closed_records(closed), stream)
+        (closed, w.take_closed(closed), stream)
     };
     drop(closed_stream);
     let parent = manifest::latest(repo)?;
     let from = parent.as_ref().map(|m| m.journal_segment).unwrap_or(0);
     let segs: Vec<SegmentRef> = reader::segments(repo)?
         .into_iter()
-        .filter(|s| s.seq >= from && s.seq <= closed)
+        .filter(|s| s.last >= from && s.seq <= closed)
         .collect();
     let mut records: Vec<(u64, Record)> = Vec::new();
     for s in &segs {
         let recs = match &closed_records {
             // The writer kept what it wrote: no need to read it back (one request per batch on S3).
-            Some(c) if s.seq == closed && !s.sealed => c.clone(),
+            Some(c) if s.seq == closed && !s.sealed => c.records.clone(),
             _ => reader::read_segment(repo, s, Recovery::Strict)?,
         };
         for r in recs {
@@ -245,6 +259,12 @@ pub fn compact_cancellable(
     let seq_and_version: Vec<(u64, u32)> = records
         .iter()
         .map(|r| (r.0, r.1.batch.data_version))
+        .collect();
+    // When each real batch was stored (the last record of a version wins: it supersedes).
+    let times: std::collections::HashMap<u32, u64> = records
+        .iter()
+        .filter(|r| !r.1.pragma_only())
+        .map(|r| (r.1.batch.data_version, r.1.time_ms))
         .collect();
     let recs = replay::effective(
         records
@@ -322,6 +342,11 @@ pub fn compact_cancellable(
             data_version: target,
             journal_segment,
             foreign_keys: fk,
+            data_time_ms: times.get(&target).copied().unwrap_or(0),
+            next: real.last().map(|&v| crate::manifest::NextBatch {
+                data_version: v,
+                segment: journal_segment,
+            }),
         },
         parent.as_ref(),
         parent_refs.as_deref(),
@@ -331,7 +356,7 @@ pub fn compact_cancellable(
     seal_closed_segments_with(
         repo,
         closed + 1,
-        closed_records.as_deref().map(|r| (closed, r)),
+        closed_records.as_ref().map(|r| (closed, r)),
     )?;
     // Closed segments still after the snapshot (listed outside the writer's lock; only the
     // compaction rotates, so the current segment is `closed + 1`).

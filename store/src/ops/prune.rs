@@ -4,21 +4,30 @@
 //! journal tail needs, see docs/format.md):
 //! 1. rewrite kept delta manifests whose chain passes through a removed snapshot as full ones;
 //! 2. delete the removed manifests;
-//! 3. repack live chunks out of mostly-dead packs into new packs;
-//! 4. publish one new index of every live chunk, then delete the old index objects;
+//! 3. rewrite the live chunks of packs with dead space, and of small packs, into new packs
+//!    ([`gc`], [`repack`]);
+//! 4. publish new index objects naming every chunk of the kept packs, then delete the old ones;
 //! 5. delete packs no index names;
 //! 6. delete journal segments older than the oldest kept snapshot's resume segment.
+//!
+//! [`collect_garbage`] runs steps 3-5 alone (after a compaction when no retention is set), so
+//! the pack and index counts stay bounded without a policy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod gc;
+mod repack;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, PackId};
+use crate::ids::SnapshotId;
 use crate::journal::{reader, stream_name};
-use crate::manifest::{self, ChunkList, Manifest, SnapshotInfo};
-use crate::pack::{self, ChunkIndex, Location, PackBuilder};
+use crate::manifest::{self, ChunkList, ChunkRef, Manifest, SnapshotInfo};
 use crate::repo::{Repository, MAINTENANCE_LOCK};
+
+pub use gc::{INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Retention {
@@ -27,13 +36,61 @@ pub struct Retention {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    /// Seconds (0: none): keep every snapshot newer than now minus this, and the newest one at
+    /// or before it, so every data_version of that span stays restorable.
+    pub keep_within: u64,
 }
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
         self.keep_last + self.keep_hourly + self.keep_daily + self.keep_weekly + self.keep_monthly
             == 0
+            && self.keep_within == 0
     }
+}
+
+/// A span of time as `keep-within` takes it: a whole number and a unit, `s`, `m`, `h`, `d`,
+/// `w` or `y` (365 days): `30d`, `12h`, `2w`. Returns seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let bad = || {
+        Error::Invalid(format!(
+            "'{s}' is not a span of time: a whole number and a unit (s, m, h, d, w, y), like 30d"
+        ))
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let unit: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(unit) {
+        Some(0) => Err(Error::Invalid(format!("'{s}' is no time at all"))),
+        Some(v) => Ok(v),
+        None => Err(bad()),
+    }
+}
+
+/// `secs` in the largest unit of [`parse_duration`] that divides it.
+pub fn format_duration(secs: u64) -> String {
+    for (unit, n) in [
+        ("y", 365 * 86_400),
+        ("w", 7 * 86_400),
+        ("d", 86_400),
+        ("h", 3600),
+        ("m", 60),
+    ] {
+        if secs > 0 && secs.is_multiple_of(n) {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,29 +111,39 @@ pub struct PrunePlan {
 pub struct PruneReport {
     pub removed_snapshots: u64,
     pub rewritten_manifests: u64,
+    /// Packs deleted: those with no live chunk, those rewritten, and orphans.
     pub deleted_packs: u64,
+    /// Packs rewritten for their dead space.
     pub repacked_packs: u64,
+    /// Small packs merged into larger ones.
+    pub merged_packs: u64,
+    /// New packs written by the rewrite, and their bytes.
+    pub written_packs: u64,
+    pub written_bytes: u64,
+    /// Index objects replaced by new ones.
+    pub rewritten_indexes: u64,
     pub deleted_segments: u64,
+    /// Packs and index objects left.
+    pub packs: u64,
+    pub index_objects: u64,
+    /// Bytes of the packs left, and how many of them hold no live chunk (estimated per blob;
+    /// at most [`MAX_DEAD_FRACTION`] of them after a prune).
+    pub pack_bytes: u64,
+    pub dead_bytes: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    pub duration_ms: u64,
 }
 
-/// Days since 1970-01-01 to (year, month) in the proleptic Gregorian calendar.
+/// Days since 1970-01-01 to (year, month).
 fn year_month(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, _) = crate::time::civil(days);
     (y, m)
 }
 
 pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
     let infos: Vec<SnapshotInfo> = manifest::list(repo)?.iter().map(|m| m.info()).collect();
-    let (keep, remove) = select(&infos, retention)?;
+    let (keep, remove) = select_at(&infos, retention, crate::clock::now())?;
     let min_seg = keep
         .iter()
         .map(|k| k.snapshot.journal_segment)
@@ -84,8 +151,8 @@ pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
         .unwrap_or(0);
     let remove_segments = reader::segments(repo)?
         .iter()
-        .map(|s| s.seq)
-        .filter(|&s| s < min_seg)
+        .filter(|s| s.last < min_seg)
+        .flat_map(|s| s.seq..=s.last)
         .collect();
     Ok(PrunePlan {
         keep,
@@ -94,10 +161,19 @@ pub fn plan(repo: &Repository, retention: &Retention) -> Result<PrunePlan> {
     })
 }
 
-/// The retention decision alone: which snapshots (oldest first) to keep, and why.
+/// The retention decision alone, as of now: which snapshots (oldest first) to keep, and why.
 pub fn select(
     snapshots: &[SnapshotInfo],
     retention: &Retention,
+) -> Result<(Vec<Kept>, Vec<SnapshotInfo>)> {
+    select_at(snapshots, retention, crate::clock::now())
+}
+
+/// [`select`] as of `now` (Unix seconds).
+pub fn select_at(
+    snapshots: &[SnapshotInfo],
+    retention: &Retention,
+    now: u64,
 ) -> Result<(Vec<Kept>, Vec<SnapshotInfo>)> {
     if retention.is_empty() {
         return Err(Error::Invalid(
@@ -143,6 +219,20 @@ pub fn select(
             }
         }
     }
+    if retention.keep_within > 0 {
+        // Every snapshot after the cutoff, and the newest at or before it: replay from there
+        // reaches every data_version of the span.
+        let cutoff = now.saturating_sub(retention.keep_within);
+        let reason = format!("within {}", format_duration(retention.keep_within));
+        for (i, m) in all.iter().enumerate() {
+            if let Some(r) = reasons.get_mut(i) {
+                r.push(reason.clone());
+            }
+            if m.time <= cutoff {
+                break;
+            }
+        }
+    }
     let mut keep = Vec::new();
     let mut remove = Vec::new();
     for (m, r) in all.iter().zip(reasons) {
@@ -160,175 +250,205 @@ pub fn select(
     Ok((keep, remove))
 }
 
-fn total_bytes(repo: &Repository) -> Result<u64> {
-    Ok(crate::ops::stats::stats(repo)?.backup_size)
+/// Bytes of every stored object, from the backend's listing: packs, indexes, manifests, the
+/// config and the journal.
+fn listed_bytes(repo: &Repository) -> Result<u64> {
+    let objects = ["packs/", "index/", "snapshots/", "config"]
+        .iter()
+        .map(|p| Ok(repo.backend().list(p)?.iter().map(|o| o.size).sum::<u64>()))
+        .sum::<Result<u64>>()?;
+    let journal: u64 = reader::segments(repo)?.iter().map(|s| s.size).sum();
+    Ok(objects + journal)
 }
 
 pub fn apply(repo: &Repository, plan: &PrunePlan, holder: &str) -> Result<PruneReport> {
     let _lock = repo.lock(MAINTENANCE_LOCK, holder)?;
+    apply_locked(repo, plan)
+}
+
+/// Steps 3-5 alone (no snapshot removed): reclaim dead space, merge small packs and indexes.
+pub fn collect_garbage(repo: &Repository, holder: &str) -> Result<PruneReport> {
+    apply(
+        repo,
+        &PrunePlan {
+            keep: Vec::new(),
+            remove: Vec::new(),
+            remove_segments: Vec::new(),
+        },
+        holder,
+    )
+}
+
+fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
+    let started = Instant::now();
     let mut rep = PruneReport {
-        bytes_before: total_bytes(repo)?,
+        bytes_before: listed_bytes(repo)?,
         ..Default::default()
     };
     let removed: HashSet<String> = plan.remove.iter().map(|s| s.id.clone()).collect();
-    let kept: Vec<Manifest> = manifest::list(repo)?
-        .into_iter()
+    let all = manifest::list(repo)?;
+    let by_id: HashMap<SnapshotId, &Manifest> = all.iter().map(|m| (m.id, m)).collect();
+    let kept: Vec<&Manifest> = all
+        .iter()
         .filter(|m| !removed.contains(&m.id.to_string()))
         .collect();
 
-    // 1. Kept deltas that depend on a removed snapshot become full manifests.
-    let mut kept_refs: Vec<Vec<manifest::ChunkRef>> = Vec::with_capacity(kept.len());
-    for m in &kept {
-        let refs = manifest::resolve(repo, m)?;
-        if chain_touches(repo, m, &removed)? {
-            let mut full = m.clone();
-            full.list = ChunkList::Full(refs.clone());
+    // 1. Kept deltas that depend on a removed snapshot become full manifests. Every kept
+    // snapshot's chunks are live; the newest's order is the order rewritten chunks are stored in.
+    let mut live = gc::Live::default();
+    let mut chains = Chains::new(&all, &kept, &by_id)?;
+    for (i, m) in kept.iter().enumerate() {
+        let rank = kept.len() - 1 - i; // 0: the newest
+        let refs = chains.resolve(m)?;
+        if chain_touches(m, &removed, &by_id)? {
+            let mut full = (*m).clone();
+            full.list = ChunkList::Full(refs.to_vec());
             repo.backend().put(
                 &manifest::manifest_name(&m.id),
                 &full.encode(repo.crypto())?,
             )?;
             rep.rewritten_manifests += 1;
         }
-        kept_refs.push(refs);
+        live.add(rank, &refs);
     }
+    drop(chains);
     // 2. Remove the snapshots, newest first: a delta is always newer than its parent, so a
     // crash between two deletions never leaves a snapshot whose parent is gone.
     for s in plan.remove.iter().rev() {
-        let id = crate::ids::SnapshotId::parse(&s.id)?;
+        let id = SnapshotId::parse(&s.id)?;
         repo.backend().delete(&manifest::manifest_name(&id))?;
         rep.removed_snapshots += 1;
     }
-    gc(
-        repo,
-        &kept_refs.iter().flatten().map(|r| r.0).collect(),
-        &mut rep,
-    )?;
+    // 3-5.
+    gc::collect(repo, &live, &mut rep)?;
     // 6. Journal segments nobody needs.
+    let runs: Vec<reader::SegmentRef> = reader::segments(repo)?
+        .into_iter()
+        .filter(|s| s.sealed && s.last > s.seq)
+        .collect();
     for &seq in &plan.remove_segments {
+        // A merged run goes with its last segment (all of it is older than what is kept).
+        for r in runs.iter().filter(|r| r.last == seq) {
+            repo.backend().delete(&r.object_name())?;
+        }
         repo.backend().delete(&crate::journal::sealed_name(seq))?;
         repo.backend().stream_delete(&stream_name(seq))?;
         rep.deleted_segments += 1;
     }
-    rep.bytes_after = total_bytes(repo)?;
+    rep.bytes_after = listed_bytes(repo)?;
+    rep.duration_ms = started.elapsed().as_millis() as u64;
     Ok(rep)
 }
 
-fn chain_touches(repo: &Repository, m: &Manifest, removed: &HashSet<String>) -> Result<bool> {
-    let mut cur = m.clone();
+fn chain_touches(
+    m: &Manifest,
+    removed: &HashSet<String>,
+    by_id: &HashMap<SnapshotId, &Manifest>,
+) -> Result<bool> {
+    let mut cur = m;
+    let mut steps = 0;
     while let ChunkList::Delta { parent, .. } = &cur.list {
         if removed.contains(&parent.to_string()) {
             return Ok(true);
         }
-        cur = manifest::read(repo, parent)?;
+        steps += 1;
+        cur = by_id
+            .get(parent)
+            .filter(|_| steps <= 1024)
+            .ok_or_else(|| missing_parent(cur, parent))?;
     }
     Ok(false)
 }
 
-/// Steps 3-5: keep exactly the live chunks.
-fn gc(repo: &Repository, live: &HashSet<ChunkId>, rep: &mut PruneReport) -> Result<()> {
-    let index = ChunkIndex::load(repo)?;
-    let mut per_pack: HashMap<PackId, (u64, u64)> = HashMap::new(); // (live bytes, total bytes)
-    for (id, loc) in &index.map {
-        let e = per_pack.entry(loc.pack).or_default();
-        e.1 += u64::from(loc.len);
-        if live.contains(id) {
-            e.0 += u64::from(loc.len);
-        }
-    }
-    let repack: HashSet<PackId> = per_pack
-        .iter()
-        .filter(|(_, (l, t))| *l > 0 && *l * 2 < *t)
-        .map(|(p, _)| *p)
-        .collect();
+fn missing_parent(m: &Manifest, parent: &SnapshotId) -> Error {
+    Error::corrupt(
+        manifest::manifest_name(&m.id),
+        format!("its parent snapshot {parent} is missing"),
+    )
+}
 
-    // 3. Copy live chunks out of mostly-dead packs.
-    let mut new_entries: Vec<(ChunkId, Location)> = Vec::new();
-    if !repack.is_empty() {
-        let mut moving: BTreeMap<(PackId, u64, u32), Vec<(ChunkId, Location)>> = BTreeMap::new();
-        for (id, loc) in &index.map {
-            if repack.contains(&loc.pack) && live.contains(id) {
-                moving
-                    .entry((loc.pack, loc.inner_offset as u64 + loc.blob_offset, 0))
-                    .or_default()
-                    .push((*id, *loc));
+/// Resolves the kept snapshots' chunk lists from the manifests already in memory, keeping a
+/// list only while a later snapshot of the chain still needs it (a chain is resolved once, not
+/// once per snapshot, and without reading any manifest again).
+struct Chains<'a> {
+    by_id: &'a HashMap<SnapshotId, &'a Manifest>,
+    /// How many snapshots still to resolve name each one as their parent.
+    children: HashMap<SnapshotId, usize>,
+    cache: HashMap<SnapshotId, std::rc::Rc<Vec<ChunkRef>>>,
+}
+
+impl<'a> Chains<'a> {
+    fn new(
+        all: &'a [Manifest],
+        kept: &[&'a Manifest],
+        by_id: &'a HashMap<SnapshotId, &'a Manifest>,
+    ) -> Result<Chains<'a>> {
+        // Every manifest some kept snapshot's chain passes through, each counted once per
+        // child in that set.
+        let mut needed: HashSet<SnapshotId> = HashSet::new();
+        for m in kept {
+            let mut cur = *m;
+            while needed.insert(cur.id) {
+                let ChunkList::Delta { parent, .. } = &cur.list else {
+                    break;
+                };
+                cur = by_id
+                    .get(parent)
+                    .ok_or_else(|| missing_parent(cur, parent))?;
             }
         }
-        let mut builder = PackBuilder::new(repo.crypto());
-        let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-        let mut cache: Option<((PackId, u64), Vec<u8>)> = None;
-        let flush_group =
-            |group: &mut Vec<(ChunkId, Vec<u8>)>, builder: &mut PackBuilder| -> Result<()> {
-                if group.is_empty() {
-                    return Ok(());
-                }
-                let refs: Vec<(ChunkId, &[u8])> =
-                    group.iter().map(|(i, b)| (*i, b.as_slice())).collect();
-                let g = pack::compress_group(&refs, repo.config().body.zstd_level)?;
-                builder.add_group(repo.crypto(), &g)?;
-                group.clear();
-                Ok(())
-            };
-        for chunks in moving.values() {
-            for (id, loc) in chunks {
-                let key = (loc.pack, loc.blob_offset);
-                if cache.as_ref().map(|c| c.0) != Some(key) {
-                    cache = Some((
-                        key,
-                        pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, 0)?,
+        let mut children: HashMap<SnapshotId, usize> = HashMap::new();
+        for m in all.iter().filter(|m| needed.contains(&m.id)) {
+            if let ChunkList::Delta { parent, .. } = &m.list {
+                *children.entry(*parent).or_default() += 1;
+            }
+        }
+        Ok(Chains {
+            by_id,
+            children,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The chunk list of `m`. Resolve oldest first: a parent's list is then cached until its
+    /// last child has used it.
+    fn resolve(&mut self, m: &Manifest) -> Result<std::rc::Rc<Vec<ChunkRef>>> {
+        if let Some(r) = self.cache.get(&m.id) {
+            return Ok(r.clone());
+        }
+        let refs = match &m.list {
+            ChunkList::Full(refs) => std::rc::Rc::new(refs.clone()),
+            ChunkList::Delta { parent, depth, .. } => {
+                if *depth > 1024 {
+                    return Err(Error::corrupt(
+                        manifest::manifest_name(&m.id),
+                        "delta chain too deep",
                     ));
                 }
-                let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
-                group.push((*id, pack::chunk_from_blob(repo, blob, id, loc)?));
-                if group.len() >= pack::BLOB_CHUNKS {
-                    flush_group(&mut group, &mut builder)?;
-                }
-                if builder.len() as u64 >= repo.config().body.pack_target {
-                    let full = std::mem::replace(&mut builder, PackBuilder::new(repo.crypto()));
-                    let (pid, data, es) = full.finish();
-                    repo.backend().put(&pack::pack_name(&pid), &data)?;
-                    new_entries.extend(es);
-                }
+                let p = *self
+                    .by_id
+                    .get(parent)
+                    .ok_or_else(|| missing_parent(m, parent))?;
+                let prefs = self.resolve(p)?;
+                self.release(parent);
+                // The last child takes the parent's list without copying it.
+                let base = std::rc::Rc::try_unwrap(prefs).unwrap_or_else(|rc| (*rc).clone());
+                std::rc::Rc::new(manifest::resolve_on(m, base)?)
             }
+        };
+        if self.children.get(&m.id).copied().unwrap_or(0) > 0 {
+            self.cache.insert(m.id, refs.clone());
         }
-        flush_group(&mut group, &mut builder)?;
-        if !builder.is_empty() {
-            let (pid, data, es) = builder.finish();
-            repo.backend().put(&pack::pack_name(&pid), &data)?;
-            new_entries.extend(es);
-        }
-        rep.repacked_packs = repack.len() as u64;
+        Ok(refs)
     }
 
-    // 4. One index of every live chunk.
-    let moved: HashSet<ChunkId> = new_entries.iter().map(|e| e.0).collect();
-    let mut entries: Vec<(ChunkId, Location)> = index
-        .map
-        .iter()
-        .filter(|(id, loc)| live.contains(id) && !moved.contains(id) && !repack.contains(&loc.pack))
-        .map(|(i, l)| (*i, *l))
-        .collect();
-    entries.extend(new_entries);
-    entries.sort_by_key(|(_, l)| (l.pack, l.blob_offset, l.inner_offset));
-    let name = pack::index_name();
-    if !entries.is_empty() {
-        let data = pack::encode_index(repo.crypto(), &name, &entries)?;
-        repo.backend().put(&name, &data)?;
-    }
-    for old in &index.objects {
-        repo.backend().delete(old)?;
-    }
-    // 5. Packs no index names (dead, repacked, or orphaned by a crashed compaction).
-    let named: HashSet<PackId> = entries.iter().map(|(_, l)| l.pack).collect();
-    for o in repo.backend().list("packs/")? {
-        let keep = o
-            .name
-            .strip_prefix("packs/")
-            .and_then(|h| PackId::parse(h).ok())
-            .is_some_and(|p| named.contains(&p));
-        if !keep {
-            repo.backend().delete(&o.name)?;
-            rep.deleted_packs += 1;
+    /// One child of `id` is resolved: drop its list once no child needs it.
+    fn release(&mut self, id: &SnapshotId) {
+        if let Some(n) = self.children.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.cache.remove(id);
+            }
         }
     }
-    Ok(())
 }

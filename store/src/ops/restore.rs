@@ -4,6 +4,13 @@
 //! integrity_check`, and `vars.data_version` equal to the version asked for), synced, then
 //! renamed into place and the directory synced. On any failure the temporary file is removed.
 //! An existing target is never overwritten.
+//!
+//! What restore trusts (docs/format.md "Journal continuity", ARCHITECTURE.md "Threat model"):
+//! the journal must be unbroken (consecutive segments, each linking to the one before it), must
+//! reach the newest batch the newest snapshot says followed it, and may end in a torn record (a
+//! crash) but not in a damaged one unless the caller accepts that loss. The report always says
+//! the newest state the repository holds and when it was stored, so an old backup shows as old;
+//! [`RestoreOptions::expect_version`] is an anchor from outside the storage.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +18,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::journal::reader;
+use crate::journal::segment::Recovery;
+use crate::journal::Record;
 use crate::manifest::{self, Manifest};
 use crate::pack::ChunkIndex;
 use crate::replay::{self, Replayer};
@@ -37,13 +46,42 @@ pub struct RestoreReport {
     pub replayed_statements: u64,
     pub db_size: u64,
     pub integrity_check: String,
-    /// A damaged or torn last record of the journal that was left out: after a crash this is a
-    /// batch that was never acknowledged; otherwise the newest batch was damaged.
+    /// A torn last record of the journal that was left out: a crash while it was written (never
+    /// acknowledged under `fsync` durability).
     pub torn_tail: Option<String>,
+    /// A damaged end of the journal that was left out because the caller accepted the loss.
+    pub damaged_tail: Option<String>,
+    /// The newest data_version the repository holds, and when it was stored (unix ms; 0 when
+    /// unknown: a format-1 record or a snapshot of a database file).
+    pub newest_version: u32,
+    pub newest_time_ms: u64,
+    /// When the restored state was stored (unix ms; 0 when unknown).
+    pub restored_time_ms: u64,
+}
+
+/// What a restore may accept, and what it must find.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Restore even when the journal's end is damaged (not a torn write): the batches there are
+    /// lost from this copy.
+    pub accept_damaged_tail: bool,
+    /// Refuse unless the repository holds at least this data_version (an anchor from outside
+    /// the storage: the node's database, another destination, the operator's own record).
+    pub expect_version: Option<u32>,
 }
 
 /// Restore into `dest`, a file path that must not exist.
 pub fn restore(repo: &Repository, dest: &Path, target: &RestoreTarget) -> Result<RestoreReport> {
+    restore_with(repo, dest, target, &RestoreOptions::default())
+}
+
+/// [`restore`] with options.
+pub fn restore_with(
+    repo: &Repository,
+    dest: &Path,
+    target: &RestoreTarget,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     if dest.exists() {
         return Err(Error::TargetExists(dest.display().to_string()));
     }
@@ -58,7 +96,7 @@ pub fn restore(repo: &Repository, dest: &Path, target: &RestoreTarget) -> Result
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
     let tmp = dir.join(format!(".{fname}.restore-{}.tmp", hex::encode(r)));
-    let res = restore_into(repo, &tmp, target);
+    let res = restore_into(repo, &tmp, target, opts);
     match res {
         Ok(mut rep) => {
             let publish = std::fs::hard_link(&tmp, dest)
@@ -91,72 +129,212 @@ fn choose(repo: &Repository, target: &RestoreTarget) -> Result<Option<Manifest>>
     }
 }
 
-fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result<RestoreReport> {
+/// The newest state a repository holds, as restore would find it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Newest {
+    pub data_version: u32,
+    /// When it was stored (unix ms; 0 when unknown).
+    pub time_ms: u64,
+    /// blake3 of the newest real record's encoding (time included): two copies of one journal
+    /// agree on it; two that went different ways do not.
+    pub record_hash: Option<String>,
+    /// A torn or damaged end left out.
+    pub tail: Option<String>,
+}
+
+/// What the journal after the newest snapshot says about the newest state.
+pub fn newest(repo: &Repository, accept_damaged_tail: bool) -> Result<Newest> {
+    let latest = manifest::latest(repo)?;
+    // Without a snapshot, the journal as far back as it goes (it may have been pruned).
+    let from_seq = match &latest {
+        Some(m) => m.journal_segment,
+        None => reader::segments(repo)?.first().map_or(0, |s| s.seq),
+    };
+    let base_v = latest.as_ref().map(|m| m.data_version).unwrap_or(0);
+    let recovery = if accept_damaged_tail {
+        Recovery::AcceptDamagedTail
+    } else {
+        Recovery::TruncateTornTail
+    };
+    let j = reader::read_journal(repo, from_seq, recovery)?;
+    // The newest real record (a superseding one carries the version it replaces).
+    let newest = j
+        .records
+        .iter()
+        .rev()
+        .map(|(_, r)| r)
+        .find(|r| !r.pragma_only() && r.batch.data_version > base_v);
+    let data_version = newest.map_or(base_v, |r| r.batch.data_version);
+    if let (Some(m), Some(next)) = (&latest, latest.as_ref().and_then(|m| m.next)) {
+        if data_version < next.data_version {
+            return Err(cut_back(m, next, data_version, &j.tail));
+        }
+    }
+    Ok(Newest {
+        data_version,
+        time_ms: newest.map_or(latest.as_ref().map_or(0, |m| m.data_time_ms), |r| r.time_ms),
+        record_hash: newest.map(|r| blake3::hash(&r.encode()).to_hex().to_string()),
+        tail: j.tail.map(|(n, t)| format!("{n}: {}", t.describe())),
+    })
+}
+
+fn cut_back(
+    m: &Manifest,
+    next: manifest::NextBatch,
+    reached: u32,
+    tail: &Option<(String, crate::journal::segment::Tail)>,
+) -> Error {
+    Error::corrupt(
+        format!("journal/{}", crate::journal::stream_name(next.segment)),
+        format!(
+            "ends at data_version {reached}, but {} was made when batch {} was already stored: journal records were deleted or rolled back{}",
+            manifest::manifest_name(&m.id),
+            next.data_version,
+            match tail {
+                Some((_, crate::journal::segment::Tail::Damaged(_))) => " (its end is damaged)",
+                _ => "",
+            }
+        ),
+    )
+}
+
+type JournalAfter = (Vec<Record>, Option<(String, crate::journal::segment::Tail)>);
+
+/// The effective records after snapshot `snap` (or the whole journal), checked: continuity,
+/// the batch the snapshot says follows it, and an honest tail.
+fn journal_after(
+    repo: &Repository,
+    snap: Option<&Manifest>,
+    accept_damaged_tail: bool,
+) -> Result<JournalAfter> {
+    let from_seq = snap.map(|m| m.journal_segment).unwrap_or(0);
+    let base_v = snap.map(|m| m.data_version).unwrap_or(0);
+    let recovery = if accept_damaged_tail {
+        Recovery::AcceptDamagedTail
+    } else {
+        Recovery::TruncateTornTail
+    };
+    let j = reader::read_journal(repo, from_seq, recovery)?;
+    // Records at or below the snapshot's version are in it (and so are the batches they
+    // supersede): drop them before resolving supersedes.
+    let raw: Vec<Record> = j
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.batch.data_version > base_v)
+        .collect();
+    let eff = replay::effective(raw, "journal")?;
+    if let (Some(m), Some(next)) = (snap, snap.and_then(|m| m.next)) {
+        let reached = eff
+            .iter()
+            .filter(|r| !r.pragma_only())
+            .map(|r| r.batch.data_version)
+            .max()
+            .unwrap_or(base_v);
+        if reached < next.data_version {
+            return Err(cut_back(m, next, reached, &j.tail));
+        }
+    }
+    Ok((eff, j.tail))
+}
+
+fn restore_into(
+    repo: &Repository,
+    tmp: &Path,
+    target: &RestoreTarget,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     let snap = choose(repo, target)?;
-    let from_seq = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
     let base_v = snap.as_ref().map(|m| m.data_version).unwrap_or(0);
+    let newest = newest(repo, opts.accept_damaged_tail)?;
+    if let Some(want) = opts.expect_version {
+        if newest.data_version < want {
+            return Err(Error::OlderThanAnchor {
+                newest: newest.data_version,
+                when: when(newest.time_ms),
+                expected: want,
+                anchor: "--expect-version".into(),
+            });
+        }
+    }
 
     // Which journal records to apply.
     let mut torn_tail = None;
+    let mut damaged_tail = None;
     let records = if matches!(target, RestoreTarget::Snapshot(_)) {
         Vec::new()
     } else {
-        let (raw, torn) = reader::read_from(repo, from_seq)?;
-        torn_tail = torn;
-        // Records at or below the snapshot's version are in it (and so are the batches they
-        // supersede): drop them before resolving supersedes.
-        let raw: Vec<_> = raw
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| r.batch.data_version > base_v)
-            .collect();
         // With no snapshot the journal must start at the node's first batch, in segment 0
         // (a journal whose first segments were pruned cannot rebuild what came before).
         let pruned = reader::segments(repo)?.first().is_some_and(|s| s.seq > 0);
+        let not_available = |first: Option<u32>| -> Error {
+            let oldest = manifest::list(repo)
+                .ok()
+                .and_then(|l| l.first().map(|m| m.data_version));
+            Error::VersionNotAvailable {
+                asked: match target {
+                    RestoreTarget::Version(v) => *v,
+                    _ => 0,
+                },
+                why: match (oldest, first) {
+                    (Some(o), _) => format!(
+                        "older states were pruned: the oldest restorable data_version is {o}"
+                    ),
+                    (None, Some(f)) => format!(
+                        "the journal starts at data_version {f} and no snapshot precedes it"
+                    ),
+                    (None, None) => "the journal's first segments were pruned".into(),
+                },
+            }
+        };
+        if snap.is_none() && pruned {
+            return Err(not_available(None));
+        }
+        let (eff, tail) = journal_after(repo, snap.as_ref(), opts.accept_damaged_tail)?;
+        match tail {
+            Some((n, crate::journal::segment::Tail::Torn(t))) => {
+                torn_tail = Some(format!("{n}: {t}"))
+            }
+            Some((n, crate::journal::segment::Tail::Damaged(t))) => {
+                damaged_tail = Some(format!("{n}: {t}"))
+            }
+            None => {}
+        }
         if snap.is_none() {
-            if let Some(first) = raw.iter().find(|r| !r.pragma_only()) {
-                if first.batch.data_version != 1 || pruned {
-                    let oldest = manifest::list(repo)?.first().map(|m| m.data_version);
-                    return Err(Error::VersionNotAvailable {
-                        asked: match target {
-                            RestoreTarget::Version(v) => *v,
-                            _ => 0,
-                        },
-                        why: match oldest {
-                            Some(o) => format!(
-                                "older states were pruned: the oldest restorable data_version is {o}"
-                            ),
-                            None => format!(
-                                "the journal starts at data_version {} and no snapshot precedes it",
-                                first.batch.data_version
-                            ),
-                        },
-                    });
+            if let Some(first) = eff.iter().find(|r| !r.pragma_only()) {
+                if first.batch.data_version != 1 {
+                    return Err(not_available(Some(first.batch.data_version)));
                 }
             }
         }
-        replay::effective(raw, "journal")?
+        eff
     };
-    let newest = records
+    let newest_here = records
         .iter()
         .filter(|r| !r.pragma_only())
         .map(|r| r.batch.data_version)
         .max()
         .unwrap_or(base_v);
     let want = match target {
-        RestoreTarget::Latest => newest,
+        RestoreTarget::Latest => newest_here,
         RestoreTarget::Snapshot(_) => base_v,
+        RestoreTarget::Version(0) => {
+            return Err(Error::VersionNotAvailable {
+                asked: 0,
+                why: "data_version 0 is an empty database, not a state of the node".into(),
+            })
+        }
         RestoreTarget::Version(v) => {
-            if snap.is_none() && *v > 0 && records.is_empty() {
+            if snap.is_none() && records.is_empty() {
                 return Err(Error::VersionNotAvailable {
                     asked: *v,
                     why: "the repository holds no snapshot at or below it".into(),
                 });
             }
-            if *v > newest {
+            if *v > newest_here {
                 return Err(Error::VersionNotAvailable {
                     asked: *v,
-                    why: format!("the backup ends at data_version {newest}"),
+                    why: format!("the backup ends at data_version {newest_here}"),
                 });
             }
             *v
@@ -165,6 +343,17 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
     if snap.is_none() && records.is_empty() {
         return Err(Error::EmptyRepository);
     }
+    let restored_time_ms = records
+        .iter()
+        .rev()
+        .find(|r| !r.pragma_only() && r.batch.data_version == want)
+        .map(|r| r.time_ms)
+        .or_else(|| {
+            snap.as_ref()
+                .filter(|m| m.data_version == want)
+                .map(|m| m.data_time_ms)
+        })
+        .unwrap_or(0);
 
     if let Some(m) = &snap {
         let index = ChunkIndex::load(repo)?;
@@ -217,5 +406,22 @@ fn restore_into(repo: &Repository, tmp: &Path, target: &RestoreTarget) -> Result
         db_size,
         integrity_check: ic,
         torn_tail,
+        damaged_tail,
+        newest_version: newest.data_version,
+        newest_time_ms: newest.time_ms,
+        restored_time_ms,
     })
+}
+
+/// " (stored <date>)" for a unix-ms time, or "" when unknown.
+pub fn when(time_ms: u64) -> String {
+    if time_ms == 0 {
+        return String::new();
+    }
+    format!(", stored {}", utc(time_ms / 1000))
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    crate::time::utc(secs)
 }

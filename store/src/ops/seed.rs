@@ -39,7 +39,7 @@ pub fn copy_database(src: &Path, dest: &Path) -> Result<()> {
 pub fn next_segment(repo: &Repository) -> Result<u64> {
     Ok(match reader::segments(repo)?.last() {
         Some(s) if !s.sealed => s.seq,
-        Some(s) => s.seq + 1,
+        Some(s) => s.last + 1,
         None => 0,
     })
 }
@@ -76,6 +76,10 @@ pub fn snapshot_database(
                 data_version: v,
                 journal_segment: next_segment(repo)?,
                 foreign_keys: true,
+                // When the backup stored this state (the database file says nothing of when
+                // lightningd wrote it).
+                data_time_ms: crate::config::now_ms(),
+                next: None,
             },
             parent.as_ref(),
             parent_refs.as_deref(),

@@ -27,7 +27,20 @@ pub struct Stats {
     pub last_snapshot: Option<manifest::SnapshotInfo>,
     /// The newest data_version held (journal or snapshot).
     pub last_version: Option<u32>,
+    /// How far back a restore can go: the oldest data_version restorable, and its time.
+    pub oldest_restorable: Option<Restorable>,
     pub encryption: String,
+}
+
+/// The oldest state a restore can give.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Restorable {
+    pub data_version: u32,
+    /// When it was stored (Unix seconds): the oldest snapshot's time; unknown for a journal
+    /// that starts at the node's first batch.
+    pub time: Option<u64>,
+    /// `snapshot` (the oldest snapshot) or `journal` (replayed from the node's first batch).
+    pub from: &'static str,
 }
 
 pub fn stats(repo: &Repository) -> Result<Stats> {
@@ -69,6 +82,11 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         .map(|g| g.size)
         .sum();
     let mut last_version = last.map(|m| m.data_version);
+    s.oldest_restorable = manifests.first().map(|m| Restorable {
+        data_version: m.data_version,
+        time: Some(m.time),
+        from: "snapshot",
+    });
     let n = segs.len();
     for (i, g) in segs.iter().enumerate() {
         let known = g
@@ -84,14 +102,16 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
                     crate::journal::segment::Recovery::Strict
                 };
                 let recs = reader::read_segment(repo, g, rec)?;
+                let versions = || {
+                    recs.iter()
+                        .filter(|r| !r.pragma_only())
+                        .map(|r| r.batch.data_version)
+                };
                 let seg = SegmentSummary {
                     size: g.size,
                     records: recs.len() as u64,
-                    last_version: recs
-                        .iter()
-                        .filter(|r| !r.pragma_only())
-                        .map(|r| r.batch.data_version)
-                        .max(),
+                    first_version: versions().min(),
+                    last_version: versions().max(),
                 };
                 if g.sealed {
                     repo.remember_sealed(g.seq, seg);
@@ -100,6 +120,15 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
             }
         };
         s.journal_records += seg.records;
+        // A journal from the node's first batch on restores every version (restore replays it
+        // onto an empty database), unless its first segment was pruned.
+        if i == 0 && g.seq == 0 && seg.first_version == Some(1) {
+            s.oldest_restorable = Some(Restorable {
+                data_version: 1,
+                time: None,
+                from: "journal",
+            });
+        }
         if let Some(v) = seg.last_version {
             last_version = Some(last_version.map_or(v, |l| l.max(v)));
         }

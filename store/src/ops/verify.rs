@@ -1,5 +1,7 @@
-//! Verify: every object's seal, every manifest's references, journal continuity; with
-//! `read_data`, every chunk's address and a full restore of the newest state.
+//! Verify: every object's seal, every manifest's references, journal continuity (consecutive
+//! segments, each linking to the one before it; every snapshot's next batch present; an honest
+//! end), each pack's header and the seal of its last blob; with `read_data`, every blob's seal,
+//! every chunk's address and a full restore of the newest state.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::journal::reader;
-use crate::journal::segment::Recovery;
+use crate::journal::segment::{Recovery, Tail};
 use crate::manifest::{self, Manifest};
 use crate::pack::{self, Location};
 use crate::replay;
@@ -53,6 +55,14 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     // Manifests, each on its own so one bad object does not hide the others.
     let mut manifests: Vec<Manifest> = Vec::new();
     for o in b.list("snapshots/")? {
+        if o.name
+            .strip_prefix("snapshots/")
+            .and_then(|h| crate::ids::SnapshotId::parse(h).ok())
+            .is_none()
+        {
+            rep.warnings.push(stray(&o.name));
+            continue;
+        }
         match b
             .get(&o.name)
             .and_then(|d| Manifest::decode(repo.crypto(), &o.name, &d))
@@ -65,14 +75,26 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     rep.snapshots = manifests.len() as u64;
 
     // Indexes and packs.
-    let packs: HashMap<String, u64> = b
-        .list("packs/")?
-        .into_iter()
-        .map(|o| (o.name, o.size))
-        .collect();
+    let mut packs: HashMap<String, u64> = HashMap::new();
+    for o in b.list("packs/")? {
+        match o.name.strip_prefix("packs/").map(crate::ids::PackId::parse) {
+            Some(Ok(_)) => {
+                packs.insert(o.name, o.size);
+            }
+            _ => rep.warnings.push(stray(&o.name)),
+        }
+    }
     rep.packs = packs.len() as u64;
     let mut index: HashMap<crate::ids::ChunkId, Location> = HashMap::new();
     for o in b.list("index/")? {
+        if o.name
+            .strip_prefix("index/")
+            .map(crate::ids::PackId::parse)
+            .is_none_or(|r| r.is_err())
+        {
+            rep.warnings.push(stray(&o.name));
+            continue;
+        }
         rep.index_objects += 1;
         match b
             .get(&o.name)
@@ -129,36 +151,34 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     }
     rep.chunks_referenced = referenced.len() as u64;
 
-    // Journal: every segment readable; versions continuous from the oldest snapshot on.
+    // Journal: every segment readable and linked to the one before it; versions continuous
+    // from the oldest snapshot on; every snapshot's next batch present; an honest end.
     let segs = reader::segments(repo)?;
     rep.journal_segments = segs.len() as u64;
     let from = manifests.first().map(|m| m.journal_segment).unwrap_or(0);
     let from_version = manifests.first().map(|m| m.data_version).unwrap_or(0);
+    let first = segs.first().map(|s| s.seq).unwrap_or(0);
     let mut records = Vec::new();
-    let n = segs.len();
-    for (i, s) in segs.iter().enumerate() {
-        let recovery = if i + 1 == n {
-            Recovery::TruncateTornTail
-        } else {
-            Recovery::Strict
-        };
-        match reader::read_segment_checked(repo, s, recovery) {
-            Ok((recs, torn)) => {
-                if let Some(t) = torn {
-                    rep.problems.push(format!(
-                        "{t}: the newest record is torn (a crash while writing it: it was never acknowledged) or damaged; the plugin cuts it when it next starts"
-                    ));
-                }
-                rep.journal_records += recs.len() as u64;
-                if s.seq >= from {
-                    records.extend(
-                        recs.into_iter()
-                            .filter(|r| r.batch.data_version > from_version),
-                    );
-                }
+    match reader::read_journal(repo, first, Recovery::AcceptDamagedTail) {
+        Ok(j) => {
+            match &j.tail {
+                Some((name, Tail::Torn(t))) => rep.warnings.push(format!(
+                    "{name}: {t}: a crash while the newest record was written (never acknowledged under fsync durability); the plugin cuts it when it next starts"
+                )),
+                Some((name, Tail::Damaged(t))) => rep.problems.push(format!(
+                    "{name}: {t}: the newest record(s) are damaged, not torn by a crash"
+                )),
+                None => {}
             }
-            Err(e) => rep.problems.push(e.to_string()),
+            rep.journal_records = j.records.len() as u64;
+            records.extend(
+                j.records
+                    .into_iter()
+                    .filter(|(seq, r)| *seq >= from && r.batch.data_version > from_version)
+                    .map(|(_, r)| r),
+            );
         }
+        Err(e) => rep.problems.push(e.to_string()),
     }
     match replay::effective(records, "journal") {
         Ok(eff) => {
@@ -177,8 +197,54 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                 }
                 prev = Some(v.max(prev.unwrap_or(0)));
             }
+            let reached = prev.unwrap_or(0);
+            for m in &manifests {
+                if let Some(next) = m.next {
+                    if reached < next.data_version {
+                        rep.problems.push(format!(
+                            "{}: was made when batch {} was stored, but the journal after it ends at data_version {reached}: journal records were deleted or rolled back",
+                            manifest::manifest_name(&m.id),
+                            next.data_version
+                        ));
+                    }
+                }
+            }
         }
         Err(e) => rep.problems.push(e.to_string()),
+    }
+
+    // Each pack's header, and the seal of its last blob (cheap: two ranged reads a pack).
+    let mut last_blob: HashMap<crate::ids::PackId, Location> = HashMap::new();
+    for loc in index.values() {
+        let e = last_blob.entry(loc.pack).or_insert(*loc);
+        if loc.blob_offset > e.blob_offset {
+            *e = *loc;
+        }
+    }
+    let prefix_len = crate::pack::PACK_PREFIX_LEN as u64;
+    for name in packs.keys() {
+        let Some(id) = name
+            .strip_prefix("packs/")
+            .and_then(|h| crate::ids::PackId::parse(h).ok())
+        else {
+            continue;
+        };
+        let mut want = crate::envelope::Header::new(crate::envelope::Kind::Pack, repo.crypto())
+            .encode()
+            .to_vec();
+        want.extend_from_slice(&id.0);
+        match b.get_range(name, 0, prefix_len) {
+            Ok(got) if got == want => {}
+            Ok(_) => rep.problems.push(format!("{name}: header is damaged")),
+            Err(e) => rep.problems.push(e.to_string()),
+        }
+        if !opts.read_data {
+            if let Some(loc) = last_blob.get(&id) {
+                if let Err(e) = pack::read_blob(repo, &id, loc.blob_offset, loc.blob_len, 0) {
+                    rep.problems.push(e.to_string());
+                }
+            }
+        }
     }
 
     if opts.read_data {
@@ -190,25 +256,6 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                 .entry((loc.pack, loc.blob_offset))
                 .or_default()
                 .push((*id, *loc));
-        }
-        let prefix_len = crate::pack::PACK_PREFIX_LEN as u64;
-        for name in packs.keys() {
-            let Some(id) = name
-                .strip_prefix("packs/")
-                .and_then(|h| crate::ids::PackId::parse(h).ok())
-            else {
-                rep.problems.push(format!("{name}: not a pack name"));
-                continue;
-            };
-            let mut want = crate::envelope::Header::new(crate::envelope::Kind::Pack, repo.crypto())
-                .encode()
-                .to_vec();
-            want.extend_from_slice(&id.0);
-            match b.get_range(name, 0, prefix_len) {
-                Ok(got) if got == want => {}
-                Ok(_) => rep.problems.push(format!("{name}: header is damaged")),
-                Err(e) => rep.problems.push(e.to_string()),
-            }
         }
         for ((pk, off), chunks) in &by_blob {
             let Some(first) = chunks.first() else {
@@ -249,4 +296,8 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     }
     rep.ok = rep.problems.is_empty();
     Ok(rep)
+}
+
+fn stray(name: &str) -> String {
+    format!("{name}: not an object of this repository (a stray file), skipped; remove it if you did not put it there")
 }

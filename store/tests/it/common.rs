@@ -73,6 +73,7 @@ pub fn dump_after(trace: &[Batch], n: usize, dir: &Path) -> String {
         rp.apply(&store::journal::Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         })
         .unwrap();
     }
@@ -80,4 +81,33 @@ pub fn dump_after(trace: &[Batch], n: usize, dir: &Path) -> String {
     let d = dump(&path);
     std::fs::remove_file(&path).unwrap();
     d
+}
+
+/// Verify reading every indexed chunk and restoring the newest state; asserts it found nothing.
+#[track_caller]
+pub fn verify_all(repo: &Repository, scratch: &Path) -> store::ops::verify::VerifyReport {
+    let v = store::ops::verify::verify(
+        repo,
+        &store::ops::verify::VerifyOptions {
+            read_data: true,
+            scratch_dir: scratch.to_path_buf(),
+        },
+    )
+    .unwrap();
+    assert!(v.ok, "verify found {:?}", v.problems);
+    v
+}
+
+/// A copy of a repository directory (to crash a copy at each step).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
 }

@@ -86,6 +86,7 @@ fn campaign(encrypted: bool) {
                             store::Error::WrongKey { .. }
                                 | store::Error::Unsupported { .. }
                                 | store::Error::KeyRequired
+                                | store::Error::Unbound { .. }
                                 | store::Error::Invalid(_)
                         ),
                     "{tag}: {e}"

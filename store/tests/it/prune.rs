@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use store::manifest::SnapshotInfo;
 use store::ops::prune::{self, Retention};
 use store::ops::restore::{restore, RestoreTarget};
-use store::ops::verify::{verify, VerifyOptions};
 
 use crate::common::*;
 
@@ -64,6 +63,47 @@ fn retention_buckets() {
     .unwrap();
     assert_eq!(keep.len(), 2);
     assert!(prune::select(&snaps, &Retention::default()).is_err());
+}
+
+/// keep-within: every snapshot after now minus the span, and the newest at or before it (replay
+/// starts there); with none before the span, all are kept.
+#[test]
+fn retention_within() {
+    let day = 86_400;
+    let t0 = 1_767_225_600;
+    // One snapshot a day for 60 days; now is the end of day 59.
+    let snaps: Vec<SnapshotInfo> = (0..60)
+        .map(|i| info(&format!("{i:02}"), t0 + i * day))
+        .collect();
+    let now = t0 + 59 * day + 3600;
+    let within = |secs: u64, last: u32| Retention {
+        keep_last: last,
+        keep_within: secs,
+        ..Default::default()
+    };
+    let (keep, remove) = prune::select_at(&snaps, &within(30 * day, 0), now).unwrap();
+    let ids: Vec<&str> = keep.iter().map(|k| k.snapshot.id.as_str()).collect();
+    // The cutoff is day 29 + 1 h: day 29's snapshot is the newest at or before it.
+    assert_eq!(ids.first(), Some(&"29"));
+    assert_eq!(ids.len(), 31);
+    assert_eq!(remove.len(), 29);
+    assert!(keep[0].reasons.contains(&"within 30d".to_string()));
+    // A snapshot exactly at the cutoff is the one replay starts from.
+    let (keep, _) = prune::select_at(&snaps, &within(30 * day, 0), t0 + 59 * day).unwrap();
+    assert_eq!(keep[0].snapshot.id, "29");
+    // The span reaches before the oldest snapshot: everything is kept.
+    let (keep, remove) = prune::select_at(&snaps, &within(365 * day, 0), now).unwrap();
+    assert_eq!((keep.len(), remove.len()), (60, 0));
+    // With other rules, the union.
+    let (keep, _) = prune::select_at(&snaps, &within(2 * day, 5), now).unwrap();
+    let ids: Vec<&str> = keep.iter().map(|k| k.snapshot.id.as_str()).collect();
+    assert_eq!(ids, ["55", "56", "57", "58", "59"]);
+    assert_eq!(prune::parse_duration("30d").unwrap(), 30 * day);
+    assert_eq!(prune::format_duration(30 * day), "30d");
+    assert_eq!(prune::format_duration(14 * day), "2w");
+    assert!(prune::parse_duration("30").is_err());
+    assert!(prune::parse_duration("0d").is_err());
+    assert!(prune::parse_duration("99999999999999999y").is_err());
 }
 
 #[test]
@@ -141,15 +181,7 @@ fn survivors_restore_and_garbage_goes() {
         matches!(err, store::Error::VersionNotAvailable { .. }),
         "{err}"
     );
-    let v = verify(
-        &env.repo,
-        &VerifyOptions {
-            read_data: true,
-            scratch_dir: env.path("scratch"),
-        },
-    )
-    .unwrap();
-    assert!(v.ok, "{:?}", v.problems);
+    verify_all(&env.repo, &env.path("scratch"));
     // Nothing unreferenced remains: a second prune with the same policy deletes nothing.
     let plan = prune::plan(
         &env.repo,

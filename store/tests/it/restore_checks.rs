@@ -96,6 +96,7 @@ fn a_gap_that_leaves_the_version_right_fails_the_gap_check() {
         rp.apply(&store::journal::Record {
             batch: b.clone(),
             supersedes: false,
+            time_ms: 0,
         })
         .unwrap();
     }

@@ -9,6 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 
 use snow::{Builder, HandshakeState, TransportState};
 
@@ -92,29 +93,62 @@ pub fn client_handshake(
     Ok((Channel::new(sock, noise), payload))
 }
 
-/// Server side, first half: read the client's first message and find the auth key it was made
-/// with. On no match, sends the refusal marker. Returns the state, the client's hello and the
-/// index of the matching key.
-pub fn server_accept(
-    sock: &mut TcpStream,
+/// Read until `buf` is full or `deadline` passes: the deadline bounds the whole read, however
+/// slowly the peer sends (a per-read timeout would let one byte every few seconds hold a
+/// connection open forever).
+fn read_exact_by(sock: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the handshake did not complete in time",
+            ));
+        }
+        sock.set_read_timeout(Some(left))?;
+        match sock.read(buf.get_mut(at..).unwrap_or_default()) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Server side, first step: the client's first handshake message, read whole before
+/// `deadline`.
+pub fn server_read_first(sock: &mut TcpStream, deadline: Instant) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    read_exact_by(sock, &mut len, deadline)?;
+    let mut msg = vec![0u8; usize::from(u16::from_le_bytes(len))];
+    read_exact_by(sock, &mut msg, deadline)?;
+    Ok(msg)
+}
+
+/// Server side, second step: the auth key the first message was made with, if one of `keys`:
+/// the handshake state, the client's hello and the key's index.
+pub fn server_match(
+    msg: &[u8],
     keys: &[[u8; 32]],
-) -> io::Result<(HandshakeState, Vec<u8>, usize)> {
-    let mut msg = Vec::new();
-    read_msg(sock, &mut msg)?;
+) -> io::Result<Option<(HandshakeState, Vec<u8>, usize)>> {
     let mut payload = vec![0u8; MAX_NOISE_MSG];
     for (i, k) in keys.iter().enumerate() {
         let mut hs = builder(k)
             .and_then(|b| b.build_responder())
             .map_err(noise_err)?;
-        if let Ok(n) = hs.read_message(&msg, &mut payload) {
+        if let Ok(n) = hs.read_message(msg, &mut payload) {
             payload.truncate(n);
-            return Ok((hs, payload, i));
+            return Ok(Some((hs, payload, i)));
         }
     }
+    Ok(None)
+}
+
+/// Server side: tell a peer whose key matched none that it is refused (the 2-byte marker).
+pub fn server_refuse(sock: &mut TcpStream) {
     let _ = write_msg(sock, &[]);
-    Err(bad(
-        "handshake failed: the peer holds none of the configured auth keys (or is not a cln-backup client)",
-    ))
 }
 
 /// Server side, second half: send our hello and enter transport mode.

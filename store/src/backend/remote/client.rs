@@ -8,18 +8,62 @@
 //! after waiting `first_wait`, then `first_wait * factor`, ... for `tries` waits. Each new
 //! connection first re-takes the locks this client holds. Errors the server answers (not
 //! found, locked, I/O on its disk) are returned as they are, never retried.
+//!
+//! Every wait says what it waits for ([`RemoteOptions::notify`]), and
+//! [`RemoteOptions::deadline`] bounds all of a request's tries (`backup-cli --connect-timeout`).
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::channel::{self, Channel, HandshakeFailure};
-use super::proto::{self, ClientHello, RemoteError, Request, ServerHello, MAX_DATA, VERSION};
+use super::proto::{
+    self, ClientHello, NodeGrant, RemoteError, Request, ServerHello, MAX_DATA, VERSION,
+};
 use super::{auth_key, socks};
 use crate::backend::{Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+
+/// Where a client says what it waits for (a redial after a failure): the plugin logs it to
+/// lightningd, `backup-cli` prints it. Compares equal to any other (it is not a policy).
+#[derive(Clone, Default)]
+pub struct Notify(Option<Arc<NotifyFn>>);
+
+type NotifyFn = dyn Fn(&str) + Send + Sync;
+
+impl Notify {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Notify {
+        Notify(Some(Arc::new(f)))
+    }
+    /// Lines to stderr, prefixed (`backup-cli`).
+    pub fn stderr() -> Notify {
+        Notify::new(|m| eprintln!("{m}"))
+    }
+    pub fn say(&self, msg: &str) {
+        if let Some(f) = &self.0 {
+            f(msg);
+        }
+    }
+}
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Notify(set)"
+        } else {
+            "Notify(none)"
+        })
+    }
+}
+
+impl PartialEq for Notify {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
 
 /// Reconnect and timeout policy (defaults: the old plugin's 5 tries, 5 s, factor 1.5).
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +77,10 @@ pub struct RemoteOptions {
     pub connect_timeout: Duration,
     /// Timeout of each socket read or write once connected (handshake included).
     pub io_timeout: Duration,
+    /// All of one request's tries and waits end within this (`None`: only `tries` bounds them).
+    pub deadline: Option<Duration>,
+    /// Told of each wait before a redial.
+    pub notify: Notify,
 }
 
 impl Default for RemoteOptions {
@@ -43,6 +91,8 @@ impl Default for RemoteOptions {
             factor: 1.5,
             connect_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(120),
+            deadline: None,
+            notify: Notify::default(),
         }
     }
 }
@@ -111,6 +161,11 @@ struct Inner {
     idle: Mutex<Vec<Conn>>,
     /// Locks this client holds: (name, holder), re-taken on every new connection.
     locks: Mutex<Vec<(String, String)>>,
+    /// What the server said of this node at the last handshake.
+    grant: Mutex<Option<NodeGrant>>,
+    append_only: AtomicBool,
+    /// The newest data_version stored, sent with each append (the server's status shows it).
+    data_version: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +205,9 @@ impl RemoteBackend {
             url,
             idle: Mutex::new(Vec::new()),
             locks: Mutex::new(Vec::new()),
+            grant: Mutex::new(None),
+            append_only: AtomicBool::new(false),
+            data_version: AtomicU32::new(0),
         });
         inner.call(&Request::Ping)?;
         Ok(RemoteBackend { inner })
@@ -158,6 +216,11 @@ impl RemoteBackend {
     /// How many idle connections the pool holds (for tests).
     pub fn idle_connections(&self) -> usize {
         lock(&self.inner.idle).len()
+    }
+
+    /// What the server said of this node at the last handshake: its name there, rules, size.
+    pub fn grant(&self) -> Option<NodeGrant> {
+        lock(&self.inner.grant).clone()
     }
 }
 
@@ -179,11 +242,11 @@ impl Inner {
             Ok(x) => x,
             Err(HandshakeFailure::Refused) => {
                 return Err(Fail::Final(Error::Remote(format!(
-                    "the backup server {} refused this node's key: put this repository's auth \
-                     key (`backup-cli key server-auth`) in the server's auth key file, and check \
+                "the backup server {} refused this node's key: add the node's line (`backup-cli \
+                     key export --server NAME` prints it) to the server's auth file, and check \
                      that this node uses the right repository key",
-                    self.url
-                ))))
+                self.url
+            ))))
             }
             Err(HandshakeFailure::Io(e)) => return Err(Fail::Transport(e)),
         };
@@ -193,18 +256,41 @@ impl Inner {
                 self.url
             )))
         })?;
-        if sh.status != 0 || sh.version != VERSION {
+        let why = if sh.message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sh.message)
+        };
+        if sh.version != VERSION {
+            let side = if sh.version < VERSION {
+                "upgrade backup-cli on the server"
+            } else {
+                "upgrade cln-backup on this node"
+            };
             return Err(Fail::Final(Error::Remote(format!(
                 "the backup server {} speaks protocol version {}, this client version {VERSION}: \
-                 run the same cln-backup version on both sides{}",
-                self.url,
-                sh.version,
-                if sh.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", sh.message)
-                }
+                 {side} (both sides run the same cln-backup version){why}",
+                self.url, sh.version
             ))));
+        }
+        match (sh.status, sh.node) {
+            (0, Some(grant)) => {
+                self.append_only.store(grant.append_only, Ordering::SeqCst);
+                *lock(&self.grant) = Some(grant);
+            }
+            // The server cannot open this node's repository now (its storage is down): a
+            // transient failure, retried like a dropped link.
+            (2, _) => {
+                return Err(Fail::Transport(io::Error::other(format!(
+                    "the server answered{why}"
+                ))))
+            }
+            _ => {
+                return Err(Fail::Final(Error::Remote(format!(
+                    "the backup server {} refused this client{why}",
+                    self.url
+                ))))
+            }
         }
         let mut conn = Conn { chan, next_id: 1 };
         let held = lock(&self.locks).clone();
@@ -220,13 +306,18 @@ impl Inner {
         Ok(conn)
     }
 
-    fn give_up(&self, attempts: u32, started: Instant, last: &io::Error) -> Error {
+    fn give_up(&self, attempts: u32, started: Instant, last: &io::Error, timed_out: bool) -> Error {
         let via = match &self.proxy {
             Some((h, p)) => format!(", that the SOCKS5 proxy (Tor) at {h}:{p} runs"),
             None => String::new(),
         };
+        let bound = if timed_out {
+            " (the time allowed: --connect-timeout)"
+        } else {
+            ""
+        };
         Error::Remote(format!(
-            "cannot reach the backup server {} ({attempts} attempts over {} s, last error: {last}): \
+            "cannot reach the backup server {} ({attempts} attempts over {} s{bound}, last error: {last}): \
              check that `backup-cli server` runs there and listens on that address and port{via}, \
              and that the network between is up",
             self.url,
@@ -280,8 +371,26 @@ impl Inner {
                 continue;
             }
             if waits >= tries {
-                return Err(self.give_up(attempts, started, &e));
+                return Err(self.give_up(attempts, started, &e, false));
             }
+            if let Some(d) = self.opts.deadline {
+                let left = d.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(self.give_up(attempts, started, &e, true));
+                }
+                wait = wait.min(left);
+            }
+            self.opts.notify.say(&format!(
+                "waiting {:.1} s to redial the backup server {} (try {} of {}; {}): {e}",
+                wait.as_secs_f64(),
+                self.url,
+                waits + 2,
+                tries + 1,
+                match self.opts.deadline {
+                    Some(d) => format!("giving up after {} s", d.as_secs_f64()),
+                    None => "then giving up".into(),
+                }
+            ));
             std::thread::sleep(wait);
             wait = wait.mul_f64(self.opts.factor.max(1.0));
             waits += 1;
@@ -399,6 +508,16 @@ impl Backend for RemoteBackend {
         self.inner.call(&Request::StreamDelete { name }).map(|_| ())
     }
 
+    fn append_only(&self) -> bool {
+        self.inner.append_only.load(Ordering::SeqCst)
+    }
+
+    fn note_data_version(&self, data_version: u32) {
+        self.inner
+            .data_version
+            .store(data_version, Ordering::Relaxed);
+    }
+
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
         if lock(&self.inner.locks).iter().any(|(n, _)| n == name) {
             return Err(Error::Locked {
@@ -465,6 +584,7 @@ impl Stream for RemoteStream {
             durability: self.durability,
             offset: self.len,
             data,
+            data_version: self.inner.data_version.load(Ordering::Relaxed),
         })?;
         let (_already, len) = proto::decode_append(&b)?;
         let want = self.len + data.len() as u64;

@@ -5,7 +5,13 @@
 //! ```text
 //! client hello: magic "clnbkrmt" (8) | u16 version | session id (16)
 //! server hello: magic "clnbkrmt" (8) | u16 version | u8 status (0 ok, 1 version refused) | str message
+//!               version 2, status 0 only: str node name | u8 flags (bit 0 append-only)
+//!                                          | u64 quota (bytes, 0 none) | u64 bytes used
 //! ```
+//! Version 1 (before one server held a repository per node) differs in the server hello (no
+//! node fields) and `stream_append` (no data_version). Each side refuses the other's version
+//! with a message saying which side to upgrade; the hellos' first fields never change, so an
+//! old peer can read that refusal.
 //! Then one request frame, one response frame, in turn:
 //! ```text
 //! request:  u64 id | u8 op | arguments (see `Request`)
@@ -18,7 +24,7 @@ use crate::codec::{Dec, Enc};
 use crate::error::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"clnbkrmt";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame either side accepts: a 64 MiB journal record plus headroom.
 pub const MAX_FRAME: usize = (64 << 20) + (64 << 10);
 /// Largest data carried in one response (`get`, `get_range`, `stream_read` pieces).
@@ -58,6 +64,21 @@ pub struct ServerHello {
     /// 0: accepted; 1: the client's version is refused (see `message`).
     pub status: u8,
     pub message: String,
+    /// What the server grants this node (version 2, status 0).
+    pub node: Option<NodeGrant>,
+}
+
+/// The node the auth key named, and the rules of its repository on this server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeGrant {
+    pub name: String,
+    /// Only creates and appends: deletes, replacements and cuts below what was acknowledged are
+    /// refused.
+    pub append_only: bool,
+    /// Bytes the node may store (0: no quota).
+    pub quota: u64,
+    /// Bytes it stores now.
+    pub used: u64,
 }
 
 impl ServerHello {
@@ -67,8 +88,15 @@ impl ServerHello {
             .u16(self.version)
             .u8(self.status)
             .blob(self.message.as_bytes());
+        if let Some(n) = &self.node {
+            e.blob(n.name.as_bytes())
+                .u8(u8::from(n.append_only))
+                .u64(n.quota)
+                .u64(n.used);
+        }
         e.finish()
     }
+    /// Reads any version's hello: the node fields only where version 2 accepted the client.
     pub fn decode(b: &[u8]) -> Result<ServerHello> {
         let mut d = Dec::new(b, "server hello");
         if d.array::<8>()? != MAGIC {
@@ -77,10 +105,23 @@ impl ServerHello {
         let version = d.u16()?;
         let status = d.u8()?;
         let message = string(&mut d)?;
+        let node = if version == VERSION && status == 0 {
+            let name = string(&mut d)?;
+            let flags = d.u8()?;
+            Some(NodeGrant {
+                name,
+                append_only: flags & 1 != 0,
+                quota: d.u64()?,
+                used: d.u64()?,
+            })
+        } else {
+            None
+        };
         Ok(ServerHello {
             version,
             status,
             message,
+            node,
         })
     }
 }
@@ -115,6 +156,9 @@ fn durability(d: &mut Dec<'_>) -> Result<Durability> {
 /// put_if_absent: u8 stored; get, get_range, stream_read: blob; list, stream_list: u64 count,
 /// then (str name, u64 size) each; stream_open: u64 length; stream_append: u8 (0 appended,
 /// 1 already stored) | u64 new length.
+///
+/// Names are repository-relative and checked by the server ([`crate::backend::check_name`],
+/// list prefixes by [`crate::backend::check_prefix`]), inside the node's own repository.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     /// [1]
@@ -139,12 +183,16 @@ pub enum Request<'a> {
         durability: Durability,
     },
     /// [8] Append iff the stream is `offset` bytes long; "already stored" iff it is
-    /// `offset + data.len()` long and ends with `data`; otherwise a conflict.
+    /// `offset + data.len()` long and ends with `data`; a torn copy of `data` (its start, then
+    /// zeros) left by a server crash is completed; otherwise a conflict. `data_version` is the
+    /// newest lightningd data_version the client has stored with this append, as it claims (0:
+    /// unknown), for the server's status: the server cannot read the records.
     StreamAppend {
         name: &'a str,
         durability: Durability,
         offset: u64,
         data: &'a [u8],
+        data_version: u32,
     },
     /// [9]
     StreamTruncate {
@@ -223,12 +271,14 @@ impl<'a> Request<'a> {
                 durability,
                 offset,
                 data,
+                data_version,
             } => {
                 e.u8(8)
                     .blob(name.as_bytes())
                     .u8(durability_code(*durability))
                     .u64(*offset)
-                    .blob(data);
+                    .blob(data)
+                    .u32(*data_version);
             }
             Request::StreamTruncate {
                 name,
@@ -297,6 +347,7 @@ impl<'a> Request<'a> {
                 durability: durability(&mut d)?,
                 offset: d.u64()?,
                 data: d.blob()?,
+                data_version: d.u32()?,
             },
             9 => Request::StreamTruncate {
                 name: str_ref(&mut d)?,
@@ -337,6 +388,8 @@ impl<'a> Request<'a> {
 /// 5 invalid     str message
 /// 6 too large   u64 size          (get: fetch it with get_range)
 /// 7 conflict    str message       (append at an offset the stream is not at)
+/// 8 append-only str object | str op   (the node's repository refuses deletes and rewrites)
+/// 9 refused     str message       (over the node's quota, or a name outside its repository)
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteError {
@@ -360,6 +413,11 @@ pub enum RemoteError {
     Invalid(String),
     TooLarge(u64),
     Conflict(String),
+    AppendOnly {
+        object: String,
+        op: String,
+    },
+    Refused(String),
 }
 
 impl RemoteError {
@@ -391,6 +449,10 @@ impl RemoteError {
                     .and_then(|n| u32::try_from(n).ok())
                     .unwrap_or(0),
                 message: source.to_string(),
+            },
+            Error::AppendOnly { object, op } => RemoteError::AppendOnly {
+                object: object.clone(),
+                op: (*op).to_string(),
             },
             other => RemoteError::Invalid(other.to_string()),
         }
@@ -424,6 +486,11 @@ impl RemoteError {
                 "{server}: object of {size} bytes too large for one response"
             )),
             RemoteError::Conflict(m) => Error::Remote(format!("{server}: {m}")),
+            RemoteError::AppendOnly { object, op } => Error::AppendOnly {
+                object: format!("{object} on {server}"),
+                op: static_op(&op),
+            },
+            RemoteError::Refused(m) => Error::Remote(format!("{server}: {m}")),
         }
     }
 
@@ -459,6 +526,12 @@ impl RemoteError {
             RemoteError::Conflict(m) => {
                 e.u8(7).blob(m.as_bytes());
             }
+            RemoteError::AppendOnly { object, op } => {
+                e.u8(8).blob(object.as_bytes()).blob(op.as_bytes());
+            }
+            RemoteError::Refused(m) => {
+                e.u8(9).blob(m.as_bytes());
+            }
         }
     }
 }
@@ -478,6 +551,9 @@ fn static_op(op: &str) -> &'static str {
         "lock",
         "create",
         "sync directory",
+        "replace",
+        "delete stream",
+        "cut",
     ];
     OPS.iter().find(|o| **o == op).copied().unwrap_or("remote")
 }
@@ -525,6 +601,11 @@ pub fn decode_response(b: &[u8]) -> Result<(u64, std::result::Result<&[u8], Remo
         5 => RemoteError::Invalid(string(&mut d)?),
         6 => RemoteError::TooLarge(d.u64()?),
         7 => RemoteError::Conflict(string(&mut d)?),
+        8 => RemoteError::AppendOnly {
+            object: string(&mut d)?,
+            op: string(&mut d)?,
+        },
+        9 => RemoteError::Refused(string(&mut d)?),
         s => return Err(d.err(format!("unknown status {s}"))),
     };
     d.end()?;

@@ -1,108 +1,172 @@
-//! `backup-cli server`: one repository served to many clients, a thread per connection.
+//! `backup-cli server`: one repository per admitted node, served over Noise, a thread per
+//! connection.
+//!
+//! Read first: [`auth`] (who is admitted, under which name and rules), then [`node`] (one
+//! node's repository and the requests it may make), then this file (connections).
 //!
 //! The server holds only auth keys (one per node); it cannot derive the seal or chunk-id keys
-//! and stores exactly the bytes clients send. A connection is: handshake (refused unless the
-//! peer proves one of the auth keys), hellos (refused on an unknown protocol version), then
-//! requests answered in order. Garbage, an oversize frame, a timeout or a closed socket end
-//! that connection only. Log lines go to stderr with sd-daemon priority prefixes (`<6>` info,
-//! `<4>` warning, `<3>` error) and no timestamps: journald adds them.
+//! and stores exactly the bytes clients send. The key a client proves in the handshake names
+//! its node, and the node names its repository: `ROOT/nodes/NAME` (a directory, or a prefix in
+//! S3). Nothing a node sends reaches another node's repository, streams, locks or sessions.
 //!
-//! Shared state across connections: the open streams (one per name, so an append's offset is
-//! checked against the true length, and a stream that failed an fdatasync stays refused) and
-//! the locks, owned by a client session (see the parent module).
+//! A connection is: handshake (refused unless the peer proves one of the auth keys), hellos
+//! (refused on another protocol version, with a message saying which side to upgrade), then
+//! requests answered in order. Garbage, an oversize frame, a timeout or a closed socket end
+//! that connection only.
+//!
+//! Strangers: the whole handshake has one deadline ([`ServerOptions::handshake_timeout`]),
+//! however slowly the peer sends. Connections that have not authenticated are capped in
+//! number, in total and per source address; past a cap the *oldest* of them is dropped, so a
+//! crowd of slow strangers cannot keep a node out: a node's handshake completes in one round
+//! trip, long before it would be the oldest. Authenticated connections are never counted
+//! against strangers; a node's own connections are capped (its least recently active one
+//! goes).
+//!
+//! Log lines go to stderr with sd-daemon priority prefixes (`<6>` info, `<4>` warning, `<3>`
+//! error, `<7>` debug) and no timestamps: journald adds them.
+
+pub mod auth;
+mod conn;
+mod node;
+pub mod scan;
+pub mod status;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::channel::{self, Channel};
-use super::proto::{self, ClientHello, RemoteError, Request, ServerHello, MAX_DATA, VERSION};
-use crate::backend::{Backend, Durability, LockGuard, Stream};
-use crate::codec::Enc;
+use super::proto::{self, ClientHello, NodeGrant, Request, ServerHello, VERSION};
+use crate::backend::dir::DirBackend;
+use crate::backend::{Backend, LockGuard};
 use crate::error::{Error, Result};
 
-/// The auth keys of the nodes a server admits.
+pub use auth::{auth_line, check_node_name, parse_size, NodeEntry, ServerAuth};
+pub use node::{Activity, Rules};
+
+/// Opens a node's backend by its name (tests and embedding).
+pub type NodeOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn Backend>> + Send + Sync>;
+
+/// Where the nodes' repositories live.
 #[derive(Clone)]
-pub struct ServerAuth {
-    keys: Vec<[u8; 32]>,
+pub enum ServerRoot {
+    /// `ROOT/nodes/NAME`, each a repository directory (made at the node's first connection).
+    Dir(PathBuf),
+    /// `s3://BUCKET/PREFIX/nodes/NAME`: the server keeps nothing of its own; several server
+    /// processes may serve one bucket (locks are leases in the bucket).
+    S3 {
+        bucket: String,
+        prefix: String,
+        params: Vec<(String, String)>,
+    },
+    /// Any backend per node name (tests, embedding).
+    Custom(NodeOpener),
 }
 
-impl std::fmt::Debug for ServerAuth {
+impl std::fmt::Debug for ServerRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerAuth({} keys)", self.keys.len())
+        f.write_str(&self.describe())
     }
 }
 
-impl ServerAuth {
-    pub fn from_keys(keys: Vec<[u8; 32]>) -> ServerAuth {
-        ServerAuth { keys }
+/// The subdirectory (or S3 prefix) of the nodes' repositories.
+pub const NODES_DIR: &str = "nodes";
+
+impl ServerRoot {
+    pub fn describe(&self) -> String {
+        match self {
+            ServerRoot::Dir(p) => format!("file://{}", p.display()),
+            ServerRoot::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            ServerRoot::Custom(_) => "(embedded backends)".into(),
+        }
     }
 
-    /// Parse an auth key file: one key per line as 64 hex digits (`backup-cli key
-    /// server-auth` prints it); blank lines and lines starting with `#` are ignored.
-    pub fn parse(text: &str, path: &str) -> Result<ServerAuth> {
-        let mut keys = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let l = line.trim();
-            if l.is_empty() || l.starts_with('#') {
-                continue;
+    /// Where node `name`'s repository is, for messages.
+    pub fn node_url(&self, name: &str) -> String {
+        match self {
+            ServerRoot::Dir(p) => format!("file://{}", p.join(NODES_DIR).join(name).display()),
+            ServerRoot::S3 { bucket, prefix, .. } => {
+                format!("s3://{bucket}/{}", node_prefix(prefix, name))
             }
-            let mut k = [0u8; 32];
-            hex::decode_to_slice(l, &mut k).map_err(|_| {
-                Error::Invalid(format!(
-                    "{path} line {}: expected an auth key of 64 hex digits (from `backup-cli key server-auth`)",
-                    i + 1
-                ))
-            })?;
-            keys.push(k);
+            ServerRoot::Custom(_) => format!("(embedded backend of {name})"),
         }
-        if keys.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{path} holds no auth key: add the line `backup-cli key server-auth` prints on each node"
-            )));
+    }
+
+    fn open_node(&self, name: &str) -> Result<Arc<dyn Backend>> {
+        check_node_name(name)?;
+        match self {
+            ServerRoot::Dir(p) => Ok(Arc::new(DirBackend::create(&p.join(NODES_DIR).join(name))?)),
+            ServerRoot::S3 {
+                bucket,
+                prefix,
+                params,
+            } => Ok(Arc::new(crate::backend::s3::S3Backend::open(
+                bucket,
+                &node_prefix(prefix, name),
+                params,
+            )?)),
+            ServerRoot::Custom(f) => f(name),
         }
-        Ok(ServerAuth { keys })
     }
 
-    pub fn from_file(path: &Path) -> Result<ServerAuth> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("read", path.display().to_string(), e))?;
-        Self::parse(&text, &path.display().to_string())
+    /// Streams there may hold zeros written ahead (a directory's): their end is found by a
+    /// scan at open. S3 streams are their parts, nothing more.
+    fn scans_streams(&self) -> bool {
+        !matches!(self, ServerRoot::S3 { .. })
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+fn node_prefix(prefix: &str, name: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        format!("{NODES_DIR}/{name}")
+    } else {
+        format!("{p}/{NODES_DIR}/{name}")
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
-    /// Time a new connection has to complete its handshake.
+    /// Time a new connection has, in all, to complete its handshake.
     pub handshake_timeout: Duration,
     /// A connection with no request for this long is closed (the client redials).
     pub idle_timeout: Duration,
-    /// Timeout of each read within a frame and of each write.
+    /// Timeout of each read within a frame and of each write, once authenticated.
     pub io_timeout: Duration,
-    /// Connections beyond this are closed at once.
-    pub max_connections: usize,
+    /// Connections not yet authenticated, in all; past it the oldest is dropped.
+    pub max_unauthenticated: usize,
+    /// The same, per source address.
+    pub max_unauthenticated_per_address: usize,
+    /// Connections of one node; past it its least recently active is closed.
+    pub max_connections_per_node: usize,
+    /// Every node append-only, whatever its auth line says.
+    pub append_only: bool,
+    /// The quota of a node whose auth line sets none (bytes; `None`: no limit).
+    pub quota: Option<u64>,
+    /// Re-read when a handshake matches no key and the file changed (a node just added).
+    pub auth_file: Option<PathBuf>,
+    /// Where the server writes its status (each node's last contact, size, data_version).
+    pub status_file: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            handshake_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             io_timeout: Duration::from_secs(60),
-            max_connections: 64,
+            max_unauthenticated: 64,
+            max_unauthenticated_per_address: 16,
+            max_connections_per_node: 32,
+            append_only: false,
+            quota: None,
+            auth_file: None,
+            status_file: None,
         }
     }
 }
@@ -111,55 +175,299 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-type SharedStream = Arc<Mutex<(Durability, Box<dyn Stream>)>>;
-/// A live connection: a handle on its socket (to shut it down) and its thread.
-type LiveConn = (TcpStream, Option<JoinHandle<()>>);
+pub(crate) fn log(prio: u8, msg: &str) {
+    eprintln!("<{prio}>{msg}");
+}
 
-struct HeldLock {
-    session: [u8; 16],
-    holder: String,
-    _guard: Box<dyn LockGuard>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ConnState {
+    /// Not authenticated yet, from this address.
+    Stranger(IpAddr),
+    /// A connection of this node.
+    Node(String),
+    /// Told to close; no longer counted.
+    Closing,
+}
+
+/// A live connection: a handle on its socket (to shut it down), its thread, what it is.
+struct LiveConn {
+    sock: TcpStream,
+    thread: Option<JoinHandle<()>>,
+    state: ConnState,
+    since: Instant,
+    /// Milliseconds since the server started, at its last request.
+    active: Arc<AtomicU64>,
+}
+
+impl LiveConn {
+    fn close(&mut self) {
+        self.state = ConnState::Closing;
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+struct AuthState {
+    auth: ServerAuth,
+    keys: Vec<[u8; 32]>,
+    modified: Option<SystemTime>,
 }
 
 struct Shared {
-    backend: Arc<dyn Backend>,
-    auth: ServerAuth,
+    root: ServerRoot,
+    auth: Mutex<AuthState>,
     opts: ServerOptions,
     stop: AtomicBool,
     next_conn: AtomicU64,
-    /// Live connections (for stop) and their threads.
+    started: Instant,
     conns: Mutex<HashMap<u64, LiveConn>>,
-    streams: Mutex<HashMap<String, SharedStream>>,
-    /// Live connections per session; a session's locks go when its count reaches 0.
-    sessions: Mutex<HashMap<[u8; 16], usize>>,
-    locks: Mutex<HashMap<String, HeldLock>>,
+    nodes: Mutex<HashMap<String, Arc<node::Node>>>,
+    /// What the status file said at start (nodes not seen since keep their last contact).
+    previous: Vec<status::NodeStatus>,
+    addrs: Mutex<Vec<SocketAddr>>,
 }
 
-fn log(prio: u8, msg: &str) {
-    eprintln!("<{prio}>{msg}");
+impl Shared {
+    fn rules_of(&self, e: &NodeEntry) -> Rules {
+        Rules {
+            append_only: e.append_only || self.opts.append_only,
+            quota: e.quota.or(self.opts.quota).unwrap_or(0),
+        }
+    }
+
+    /// The node's state, opened at its first connection.
+    fn node(&self, e: &NodeEntry) -> Result<Arc<node::Node>> {
+        if let Some(n) = lock(&self.nodes).get(&e.name) {
+            return Ok(n.clone());
+        }
+        // Opened outside the map's lock (counting a repository lists it).
+        let backend = self.root.open_node(&e.name)?;
+        let n = Arc::new(node::Node::open(
+            &e.name,
+            backend,
+            self.rules_of(e),
+            self.root.scans_streams(),
+        )?);
+        let mut nodes = lock(&self.nodes);
+        let n = nodes.entry(e.name.clone()).or_insert(n).clone();
+        Ok(n)
+    }
+
+    fn millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Re-read the auth file if it changed (a stat per unknown key; parsed only when its
+    /// modification time changed). True if it was re-read.
+    fn reload_auth(&self) -> bool {
+        let Some(path) = &self.opts.auth_file else {
+            return false;
+        };
+        let mut st = lock(&self.auth);
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified == st.modified {
+            return false;
+        }
+        match ServerAuth::from_file(path) {
+            Ok(a) => {
+                st.modified = modified;
+                st.keys = a.keys();
+                st.auth = a;
+            }
+            Err(e) => {
+                log(
+                    3,
+                    &format!(
+                        "the auth file changed but cannot be used, keeping the previous one: {e}"
+                    ),
+                );
+                st.modified = modified;
+                return false;
+            }
+        }
+        let auth = st.auth.clone();
+        drop(st);
+        log(
+            6,
+            &format!(
+                "re-read the auth file {}: {} nodes",
+                path.display(),
+                auth.len()
+            ),
+        );
+        // Nodes removed or re-keyed lose their connections; the others get their new rules.
+        let nodes = lock(&self.nodes).clone();
+        for (name, n) in nodes {
+            match auth.nodes().iter().find(|e| e.name == name) {
+                Some(e) => n.set_rules(self.rules_of(e)),
+                None => {
+                    lock(&self.nodes).remove(&name);
+                    self.close_node(&name);
+                    log(
+                        6,
+                        &format!("{name}: no longer in the auth file: its connections are closed"),
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    fn close_node(&self, name: &str) {
+        for c in lock(&self.conns).values_mut() {
+            if c.state == ConnState::Node(name.to_string()) {
+                c.close();
+            }
+        }
+    }
+
+    /// Past a cap on strangers (in all, or from `ip`), drop the oldest.
+    fn admit_stranger(&self, id: u64, ip: IpAddr) {
+        let mut conns = lock(&self.conns);
+        for (per_address, cap) in [
+            (true, self.opts.max_unauthenticated_per_address),
+            (false, self.opts.max_unauthenticated),
+        ] {
+            let strangers = |c: &&LiveConn| match &c.state {
+                ConnState::Stranger(a) => !per_address || *a == ip,
+                _ => false,
+            };
+            let n = conns.values().filter(strangers).count();
+            if n <= cap.max(1) {
+                continue;
+            }
+            let oldest = conns
+                .iter()
+                .filter(|(k, c)| **k != id && strangers(c))
+                .min_by_key(|(_, c)| c.since)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                if let Some(c) = conns.get_mut(&k) {
+                    c.close();
+                    log(
+                        7,
+                        &format!(
+                            "dropped the oldest unauthenticated connection{}: over the cap of {cap}",
+                            if per_address { format!(" from {ip}") } else { String::new() }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Connection `id` authenticated as `name`: past the node's cap, its least recently
+    /// active other connection goes.
+    fn admit_node(&self, id: u64, name: &str) {
+        let mut conns = lock(&self.conns);
+        if let Some(c) = conns.get_mut(&id) {
+            c.state = ConnState::Node(name.to_string());
+        }
+        let mine = |c: &&LiveConn| c.state == ConnState::Node(name.to_string());
+        if conns.values().filter(mine).count() <= self.opts.max_connections_per_node.max(1) {
+            return;
+        }
+        let idlest = conns
+            .iter()
+            .filter(|(k, c)| **k != id && mine(c))
+            .min_by_key(|(_, c)| c.active.load(Ordering::Relaxed))
+            .map(|(k, _)| *k);
+        if let Some(c) = idlest.and_then(|k| conns.get_mut(&k)) {
+            c.close();
+        }
+    }
+
+    fn status(&self) -> status::ServerStatus {
+        let auth = lock(&self.auth).auth.clone();
+        let nodes = lock(&self.nodes).clone();
+        let list = auth
+            .nodes()
+            .iter()
+            .map(|e| {
+                let rules = self.rules_of(e);
+                let prev = self.previous.iter().find(|p| p.name == e.name);
+                match nodes.get(&e.name) {
+                    Some(n) => {
+                        let a = n.activity();
+                        status::NodeStatus {
+                            name: e.name.clone(),
+                            repository: self.root.node_url(&e.name),
+                            append_only: rules.append_only,
+                            quota: rules.quota,
+                            used: Some(n.used()),
+                            last_contact: if a.last_contact > 0 {
+                                a.last_contact
+                            } else {
+                                prev.map_or(0, |p| p.last_contact)
+                            },
+                            data_version: if a.data_version > 0 {
+                                a.data_version
+                            } else {
+                                prev.map_or(0, |p| p.data_version)
+                            },
+                            appends: a.appends,
+                            connections: a.connections,
+                        }
+                    }
+                    None => status::NodeStatus {
+                        name: e.name.clone(),
+                        repository: self.root.node_url(&e.name),
+                        append_only: rules.append_only,
+                        quota: rules.quota,
+                        used: prev.and_then(|p| p.used),
+                        last_contact: prev.map_or(0, |p| p.last_contact),
+                        data_version: prev.map_or(0, |p| p.data_version),
+                        appends: 0,
+                        connections: 0,
+                    },
+                }
+            })
+            .collect();
+        status::ServerStatus {
+            root: self.root.describe(),
+            listening: lock(&self.addrs).iter().map(|a| a.to_string()).collect(),
+            pid: std::process::id(),
+            written: crate::config::now(),
+            running: !self.stop.load(Ordering::SeqCst),
+            nodes: list,
+        }
+    }
+
+    fn write_status(&self) {
+        if let Some(p) = &self.opts.status_file {
+            if let Err(e) = status::write(p, &self.status()) {
+                log(4, &format!("cannot write the status file: {e}"));
+            }
+        }
+    }
 }
 
 /// A running server (for tests and embedding): stops when dropped.
 pub struct ServerHandle {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
-    accepters: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    /// A directory root is served by one process: this lock says so to a second one.
+    _root_lock: Option<Box<dyn LockGuard>>,
 }
 
 impl ServerHandle {
     /// Bind every address `listen` (`HOST:PORT`, `[v6]:PORT`; port 0 picks one) resolves to
     /// and serve in background threads.
     pub fn spawn(
-        backend: Arc<dyn Backend>,
+        root: ServerRoot,
         listen: &str,
         auth: ServerAuth,
         opts: ServerOptions,
     ) -> Result<ServerHandle> {
         if auth.is_empty() {
             return Err(Error::Invalid(
-                "the server needs at least one auth key".into(),
+                "the server needs at least one node to admit".into(),
             ));
         }
+        let root_lock = match &root {
+            ServerRoot::Dir(p) => Some(claim_dir_root(p)?),
+            _ => None,
+        };
         let (host, port) = crate::url::split_host_port(listen)
             .or_else(|| {
                 // Port 0 (pick one) is fine here.
@@ -176,16 +484,31 @@ impl ServerHandle {
             .to_socket_addrs()
             .map_err(|e| Error::io("resolve", listen, e))?
             .collect();
+        let modified = opts
+            .auth_file
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        let previous = opts
+            .status_file
+            .as_ref()
+            .and_then(|p| status::read(p).ok())
+            .map(|s| s.nodes)
+            .unwrap_or_default();
         let shared = Arc::new(Shared {
-            backend,
-            auth,
+            root,
+            auth: Mutex::new(AuthState {
+                keys: auth.keys(),
+                auth,
+                modified,
+            }),
             opts,
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
-            streams: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+            previous,
+            addrs: Mutex::new(Vec::new()),
         });
         let mut bound = Vec::new();
         let mut listeners = Vec::new();
@@ -197,23 +520,47 @@ impl ServerHandle {
             bound.push(local);
             listeners.push(l);
         }
-        let mut accepters = Vec::new();
+        *lock(&shared.addrs) = bound.clone();
+        let mut threads = Vec::new();
+        let n = lock(&shared.auth).auth.len();
         for (l, a) in listeners.into_iter().zip(&bound) {
             log(
                 6,
                 &format!(
-                    "listening on {a}, serving {} to {} auth key(s)",
-                    shared.backend.url(),
-                    shared.auth.len()
+                    "listening on {a}, serving {} nodes' repositories under {}",
+                    n,
+                    shared.root.describe()
                 ),
             );
             let sh = shared.clone();
-            accepters.push(std::thread::spawn(move || accept_loop(sh, l)));
+            threads.push(std::thread::spawn(move || conn::accept_loop(sh, l)));
         }
+        if shared.opts.status_file.is_some() {
+            let sh = shared.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut last = None;
+                while !sh.stop.load(Ordering::SeqCst) {
+                    let s = sh.status();
+                    let key = (s.nodes.clone(), s.listening.clone());
+                    if last.as_ref() != Some(&key) {
+                        sh.write_status();
+                        last = Some(key);
+                    }
+                    for _ in 0..20 {
+                        if sh.stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }));
+        }
+        shared.write_status();
         Ok(ServerHandle {
             shared,
             addrs: bound,
-            accepters,
+            threads,
+            _root_lock: root_lock,
         })
     }
 
@@ -229,424 +576,131 @@ impl ServerHandle {
         &self.addrs
     }
 
+    /// The status the server would write now.
+    pub fn status(&self) -> status::ServerStatus {
+        self.shared.status()
+    }
+
     /// Close every live connection now (clients see the link drop, as on a crash) without
     /// waiting for their threads; the server keeps accepting.
     pub fn close_connections(&self) {
-        for (s, _) in lock(&self.shared.conns).values() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for c in lock(&self.shared.conns).values_mut() {
+            c.close();
         }
     }
 
-    /// Stop accepting, close every connection (releasing their locks), wait for the threads.
+    /// Stop accepting, close every connection (releasing their locks), close the streams
+    /// (a directory cuts the zeros it wrote ahead), write the status, wait for the threads.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
-    /// Block until the server stops (it does not, short of an error in an accept loop).
-    pub fn wait(mut self) {
-        for t in self.accepters.drain(..) {
-            let _ = t.join();
+    /// A handle that stops the server from another thread (a signal handler's thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+            addrs: self.addrs.clone(),
         }
     }
 
-    fn shutdown(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for a in &self.addrs {
-            // Wake the accept loop.
-            let _ = TcpStream::connect_timeout(a, Duration::from_secs(1));
+    /// Block until the server stops ([`Stopper::stop`], or an error in an accept loop), then
+    /// finish stopping it.
+    pub fn wait(mut self) {
+        let accepters: Vec<JoinHandle<()>> = self.threads.drain(..).collect();
+        for t in accepters {
+            let _ = t.join();
         }
-        for t in self.accepters.drain(..) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        Stopper {
+            shared: self.shared.clone(),
+            addrs: self.addrs.clone(),
+        }
+        .stop();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         let threads: Vec<JoinHandle<()>> = {
             let mut conns = lock(&self.shared.conns);
             conns
                 .values_mut()
-                .filter_map(|(s, t)| {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                    t.take()
+                .filter_map(|c| {
+                    c.close();
+                    c.thread.take()
                 })
                 .collect()
         };
         for t in threads {
             let _ = t.join();
         }
-        lock(&self.shared.streams).clear();
-        lock(&self.shared.locks).clear();
+        let nodes: Vec<Arc<node::Node>> = lock(&self.shared.nodes).values().cloned().collect();
+        for n in &nodes {
+            n.close();
+        }
+        self.shared.write_status();
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        if !self.accepters.is_empty() {
-            self.shutdown();
-        }
+        self.shutdown();
     }
 }
 
-/// Serve `backend` on `listen` (`HOST:PORT`) until the process ends.
-pub fn serve(
-    backend: Arc<dyn Backend>,
-    listen: &str,
-    auth: ServerAuth,
-    opts: ServerOptions,
-) -> Result<()> {
-    ServerHandle::spawn(backend, listen, auth, opts)?.wait();
-    Ok(())
+/// Stops a server from another thread.
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
 }
 
-fn accept_loop(sh: Arc<Shared>, l: TcpListener) {
-    loop {
-        let (sock, peer) = match l.accept() {
-            Ok(x) => x,
-            Err(e) => {
-                if sh.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                log(4, &format!("accept failed: {e}"));
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if sh.stop.load(Ordering::SeqCst) {
+impl Stopper {
+    /// Stop accepting (the accept loops end); [`ServerHandle::wait`] then closes the rest.
+    pub fn stop(&self) {
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
             return;
         }
-        let id = sh.next_conn.fetch_add(1, Ordering::SeqCst);
-        let clone = match sock.try_clone() {
-            Ok(c) => c,
-            Err(e) => {
-                log(3, &format!("{peer}: cannot register the connection: {e}"));
-                continue;
-            }
-        };
-        let mut conns = lock(&sh.conns);
-        conns.retain(|_, (_, t)| t.as_ref().is_some_and(|t| !t.is_finished()));
-        if conns.len() >= sh.opts.max_connections {
-            log(
-                4,
-                &format!(
-                    "{peer}: refused, already {} connections (the limit)",
-                    conns.len()
-                ),
-            );
-            continue;
-        }
-        let sh2 = sh.clone();
-        let t = std::thread::spawn(move || {
-            connection(&sh2, sock, peer);
-            lock(&sh2.conns).remove(&id);
-        });
-        conns.insert(id, (clone, Some(t)));
-    }
-}
-
-fn connection(sh: &Shared, mut sock: TcpStream, peer: SocketAddr) {
-    let setup = (|| -> io::Result<()> {
-        sock.set_nodelay(true)?;
-        sock.set_read_timeout(Some(sh.opts.handshake_timeout))?;
-        sock.set_write_timeout(Some(sh.opts.io_timeout))
-    })();
-    if let Err(e) = setup {
-        log(3, &format!("{peer}: socket setup failed: {e}"));
-        return;
-    }
-    let (hs, hello, key) = match channel::server_accept(&mut sock, &sh.auth.keys) {
-        Ok(x) => x,
-        Err(e) => {
-            log(4, &format!("{peer}: refused: {e}"));
-            return;
-        }
-    };
-    let hello = match ClientHello::decode(&hello) {
-        Ok(h) => h,
-        Err(e) => {
-            log(4, &format!("{peer}: refused: {e}"));
-            return;
-        }
-    };
-    let ok = hello.version == VERSION;
-    let reply = ServerHello {
-        version: VERSION,
-        status: if ok { 0 } else { 1 },
-        message: if ok {
-            String::new()
-        } else {
-            format!(
-                "protocol version {} is not supported (this server speaks {VERSION})",
-                hello.version
-            )
-        },
-    };
-    let mut chan = match channel::server_finish(sock, hs, &reply.encode()) {
-        Ok(c) => c,
-        Err(e) => {
-            log(4, &format!("{peer}: handshake failed: {e}"));
-            return;
-        }
-    };
-    if !ok {
-        log(4, &format!("{peer}: refused: {}", reply.message));
-        return;
-    }
-    log(
-        6,
-        &format!("{peer}: connected (auth key #{})", key.saturating_add(1)),
-    );
-    *lock(&sh.sessions).entry(hello.session).or_insert(0) += 1;
-    let why = serve_requests(sh, &mut chan, hello.session);
-    match why {
-        Ok(()) => log(6, &format!("{peer}: disconnected")),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
-            log(
-                6,
-                &format!("{peer}: closed after idle or stalled I/O ({e})"),
-            )
-        }
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            log(4, &format!("{peer}: dropped: {e}"))
-        }
-        Err(e) => log(6, &format!("{peer}: disconnected: {e}")),
-    }
-    let last = {
-        let mut s = lock(&sh.sessions);
-        let n = s
-            .get(&hello.session)
-            .copied()
-            .unwrap_or(1)
-            .saturating_sub(1);
-        if n == 0 {
-            s.remove(&hello.session);
-        } else {
-            s.insert(hello.session, n);
-        }
-        n == 0
-    };
-    if last {
-        let mut locks = lock(&sh.locks);
-        let before = locks.len();
-        locks.retain(|_, l| l.session != hello.session);
-        if locks.len() != before {
-            log(6, &format!("{peer}: released its locks"));
+        for a in &self.addrs {
+            // Wake the accept loop.
+            let _ = TcpStream::connect_timeout(a, Duration::from_secs(1));
         }
     }
 }
 
-/// Answer requests until the peer leaves (`Ok`) or the link fails.
-fn serve_requests(sh: &Shared, chan: &mut Channel, session: [u8; 16]) -> io::Result<()> {
-    loop {
-        chan.socket().set_read_timeout(Some(sh.opts.idle_timeout))?;
-        let frame = match chan.recv(proto::MAX_FRAME) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let (id, req) = Request::decode(&frame)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let resp = match handle(sh, &req, session) {
-            Ok(body) => proto::encode_ok(id, &body),
-            Err(e) => proto::encode_err(id, &e),
-        };
-        chan.send(&resp)?;
+/// Take the root's `server.lock`: two processes serving one directory would each think its
+/// streams and locks were theirs.
+fn claim_dir_root(root: &std::path::Path) -> Result<Box<dyn LockGuard>> {
+    if root.join("config").exists() {
+        return Err(Error::Invalid(format!(
+            "{} holds one repository at its top (the layout of protocol version 1, which every \
+             admitted key shared): move it under the node that owns it with `backup-cli server \
+             migrate file://{} NAME` (NAME as in the auth file), then start the server again",
+            root.display(),
+            root.display()
+        )));
     }
-}
-
-enum Answer {
-    Store(Error),
-    Wire(RemoteError),
-}
-
-impl From<Error> for Answer {
-    fn from(e: Error) -> Self {
-        Answer::Store(e)
-    }
-}
-
-fn handle(sh: &Shared, req: &Request<'_>, session: [u8; 16]) -> Result<Vec<u8>, RemoteError> {
-    match handle_inner(sh, req, session) {
-        Ok(b) => Ok(b),
-        Err(Answer::Wire(w)) => Err(w),
-        Err(Answer::Store(e)) => {
-            if let Error::Io { .. } = e {
-                log(3, &format!("{} failed: {e}", req.op_name()));
-            }
-            Err(RemoteError::from_error(&e))
-        }
-    }
-}
-
-fn blob(data: &[u8]) -> Vec<u8> {
-    let mut e = Enc::new();
-    e.blob(data);
-    e.finish()
-}
-
-fn u64_body(v: u64) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
-}
-
-fn too_big(len: u64) -> Answer {
-    Answer::Wire(RemoteError::Invalid(format!(
-        "a read of {len} bytes exceeds the limit of {MAX_DATA} bytes per response"
-    )))
-}
-
-fn open_stream(sh: &Shared, name: &str, d: Durability) -> Result<SharedStream> {
-    let s = sh.backend.stream_open(name, d)?;
-    let s = Arc::new(Mutex::new((d, s)));
-    lock(&sh.streams).insert(name.to_string(), s.clone());
-    Ok(s)
-}
-
-fn cached_stream(sh: &Shared, name: &str, d: Durability) -> Result<SharedStream> {
-    let cached = lock(&sh.streams).get(name).cloned();
-    match cached {
-        Some(s) if lock(&s).0 == d => Ok(s),
-        _ => open_stream(sh, name, d),
-    }
-}
-
-fn handle_inner(sh: &Shared, req: &Request<'_>, session: [u8; 16]) -> Result<Vec<u8>, Answer> {
-    let b = &sh.backend;
-    Ok(match *req {
-        Request::Ping => Vec::new(),
-        Request::Put { name, data } => {
-            b.put(name, data)?;
-            Vec::new()
-        }
-        Request::PutIfAbsent { name, data } => vec![u8::from(b.put_if_absent(name, data)?)],
-        Request::Get { name } => {
-            let data = b.get(name)?;
-            if data.len() > MAX_DATA {
-                return Err(Answer::Wire(RemoteError::TooLarge(data.len() as u64)));
-            }
-            blob(&data)
-        }
-        Request::GetRange { name, offset, len } => {
-            if len > MAX_DATA as u64 {
-                return Err(too_big(len));
-            }
-            blob(&b.get_range(name, offset, len)?)
-        }
-        Request::List { prefix } => proto::encode_list(&b.list(prefix)?),
-        Request::Delete { name } => {
-            b.delete(name)?;
-            Vec::new()
-        }
-        Request::StreamOpen { name, durability } => {
-            // A fresh open reads the true length from the backend.
-            let s = open_stream(sh, name, durability)?;
-            let len = lock(&s).1.len();
-            u64_body(len)
-        }
-        Request::StreamAppend {
-            name,
-            durability,
-            offset,
-            data,
-        } => append(sh, name, durability, offset, data)?,
-        Request::StreamTruncate {
-            name,
-            durability,
-            len,
-        } => {
-            let s = cached_stream(sh, name, durability)?;
-            lock(&s).1.truncate(len)?;
-            Vec::new()
-        }
-        Request::StreamRead { name, offset, max } => {
-            if max > MAX_DATA as u64 {
-                return Err(too_big(max));
-            }
-            let all = b.stream_read(name)?;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
-            let end = start.saturating_add(max as usize).min(all.len());
-            blob(all.get(start..end).unwrap_or_default())
-        }
-        Request::StreamList => proto::encode_list(&b.stream_list()?),
-        Request::StreamDelete { name } => {
-            lock(&sh.streams).remove(name);
-            b.stream_delete(name)?;
-            Vec::new()
-        }
-        Request::Lock { name, holder } => {
-            let mut locks = lock(&sh.locks);
-            match locks.get(name) {
-                // Our own session after a reconnect: it keeps the lock.
-                Some(l) if l.session == session => {}
-                Some(l) => {
-                    return Err(Answer::Store(Error::Locked {
-                        object: format!("locks/{name} ({})", b.url()),
-                        holder: l.holder.clone(),
-                    }))
-                }
-                None => {
-                    let guard = b.lock(name, holder)?;
-                    locks.insert(
-                        name.to_string(),
-                        HeldLock {
-                            session,
-                            holder: holder.to_string(),
-                            _guard: guard,
-                        },
-                    );
-                }
-            }
-            Vec::new()
-        }
-        Request::Unlock { name } => {
-            let mut locks = lock(&sh.locks);
-            if locks.get(name).is_some_and(|l| l.session == session) {
-                locks.remove(name);
-            }
-            Vec::new()
-        }
+    std::fs::create_dir_all(root.join(NODES_DIR))
+        .map_err(|e| Error::io("create", root.join(NODES_DIR).display().to_string(), e))?;
+    let d = DirBackend::open(root)?;
+    std::fs::create_dir_all(root.join("locks"))
+        .map_err(|e| Error::io("create", root.join("locks").display().to_string(), e))?;
+    d.lock(
+        "server",
+        &crate::repo::holder(&format!("backup-cli server of {}", root.display())),
+    )
+    .map_err(|e| match e {
+        Error::Locked { holder, .. } => Error::Invalid(format!(
+            "{} is already served by {holder}: one server process per directory",
+            root.display()
+        )),
+        e => e,
     })
 }
 
-/// Append iff the stream is `offset` long; "already stored" iff it already ends with `data` at
-/// `offset` (a re-sent batch whose acknowledgement was lost); else a conflict.
-fn append(
-    sh: &Shared,
-    name: &str,
-    durability: Durability,
-    offset: u64,
-    data: &[u8],
-) -> Result<Vec<u8>, Answer> {
-    let answer = |already: bool, len: u64| {
-        let mut e = Enc::new();
-        e.u8(u8::from(already)).u64(len);
-        e.finish()
-    };
-    let s = cached_stream(sh, name, durability)?;
-    {
-        let mut st = lock(&s);
-        if st.1.len() == offset {
-            st.1.append(data)?;
-            return Ok(answer(false, st.1.len()));
-        }
-    }
-    // The cached length disagrees: look at the stream as stored.
-    let s = open_stream(sh, name, durability)?;
-    let mut st = lock(&s);
-    let len = st.1.len();
-    if len == offset {
-        st.1.append(data)?;
-        return Ok(answer(false, st.1.len()));
-    }
-    let end = offset.checked_add(data.len() as u64);
-    if end == Some(len) {
-        let stored = sh.backend.stream_read(name)?;
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        if stored.get(from..) == Some(data) {
-            log(
-                6,
-                &format!("journal/{name}.log: the append at {offset} was already stored (re-sent after a lost acknowledgement)"),
-            );
-            return Ok(answer(true, len));
-        }
-    }
-    Err(Answer::Wire(RemoteError::Conflict(format!(
-        "journal/{name}.log is {len} bytes but this client expected {offset}: another writer \
-         appended to or cut the journal; restart the plugin to re-read it"
-    ))))
+/// Serve the nodes' repositories under `root` on `listen` (`HOST:PORT`) until the process ends.
+pub fn serve(root: ServerRoot, listen: &str, auth: ServerAuth, opts: ServerOptions) -> Result<()> {
+    ServerHandle::spawn(root, listen, auth, opts)?.wait();
+    Ok(())
 }

@@ -22,14 +22,14 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("repo");
-    let backend = Arc::new(DirBackend::create(&root).unwrap());
+    let root = dir.path().join("root");
+    let backend = Arc::new(DirBackend::create(&root.join("nodes/node1")).unwrap());
     backend.put("config", b"sealed config bytes").unwrap();
     let key = MasterKey::generate();
     let server = ServerHandle::spawn(
-        backend,
+        ServerRoot::Dir(root.clone()),
         "127.0.0.1:0",
-        ServerAuth::from_keys(vec![auth_key(&key)]),
+        ServerAuth::single("node1", auth_key(&key)),
         ServerOptions::default(),
     )
     .unwrap();
@@ -48,6 +48,7 @@ fn opts() -> RemoteOptions {
         factor: 1.5,
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(10),
+        ..RemoteOptions::default()
     }
 }
 
@@ -182,19 +183,70 @@ fn decoders_refuse_hostile_bytes() {
         durability: crate::Durability::Fsync,
         offset: 77,
         data: b"abc",
+        data_version: 9,
     };
     assert_eq!(Request::decode(&r.encode(5)).unwrap(), (5, r));
 }
 
 #[test]
-fn auth_key_file() {
+fn auth_key_is_a_subkey() {
     let k = MasterKey::generate();
-    let text = format!("# node a\n\n{}\n", auth_key_hex(&k));
-    let a = ServerAuth::parse(&text, "auth.keys").unwrap();
-    assert_eq!(a.len(), 1);
-    let e = ServerAuth::parse("xyz\n", "auth.keys").unwrap_err();
-    assert!(e.to_string().contains("auth.keys line 1"), "{e}");
-    assert!(ServerAuth::parse("# nothing\n", "auth.keys").is_err());
     // The auth key is not the repository key, nor any other purpose's subkey.
     assert_ne!(&auth_key(&k), k.as_bytes());
+    let line = auth_line("alice", &k);
+    let a = ServerAuth::parse(&line, "auth").unwrap();
+    assert_eq!(a.nodes()[0].key, auth_key(&k));
+}
+
+/// A client of protocol version 1 (before one server held a repository per node) is told, in
+/// the version 1 hello it can read, to upgrade the node.
+#[test]
+fn an_old_client_is_told_to_upgrade_the_node() {
+    let f = fixture();
+    let (mut chan, hello) = raw_link(&f, 1);
+    assert_eq!(
+        (hello.status, hello.version, hello.node),
+        (1, VERSION, None)
+    );
+    assert!(
+        hello
+            .message
+            .contains("protocol version 1 is not supported")
+            && hello.message.contains("upgrade cln-backup on the node"),
+        "{}",
+        hello.message
+    );
+    assert_dropped(&mut chan);
+    still_serves(&f);
+}
+
+/// A server of protocol version 1 answers a current client with its refusal: the client's
+/// error says to upgrade the server, and it does not retry.
+#[test]
+fn an_old_server_is_named_for_upgrade() {
+    let key = MasterKey::generate();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let psk = auth_key(&key);
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let msg = channel::server_read_first(&mut s, deadline).unwrap();
+        let (hs, hello, _) = channel::server_match(&msg, &[psk]).unwrap().unwrap();
+        assert_eq!(ClientHello::decode(&hello).unwrap().version, VERSION);
+        let old = ServerHello {
+            version: 1,
+            status: 1,
+            message: format!("protocol version {VERSION} is not supported (this server speaks 1)"),
+            node: None,
+        };
+        channel::server_finish(s, hs, &old.encode()).unwrap();
+    });
+    let err = RemoteBackend::connect("127.0.0.1", addr.port(), None, &key, opts())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    t.join().unwrap();
+    assert!(err.contains("speaks protocol version 1"), "{err}");
+    assert!(err.contains("upgrade backup-cli on the server"), "{err}");
 }

@@ -1,0 +1,347 @@
+//! Garbage collection: keep what the kept snapshots need, with every pack's dead space on the
+//! books, and keep the number of packs and index objects bounded.
+//!
+//! **The books.** Index objects name every chunk stored in a kept pack, live or dead: a chunk no
+//! kept snapshot references stays indexed while its pack is kept (it is there; a later snapshot
+//! may reference it again). Per pack:
+//! - its size is what the backend lists: the real bytes, whatever the indexes say;
+//! - a blob (up to 16 chunks compressed and sealed together) counts as live for its sealed
+//!   length × its live raw bytes / its raw bytes (the raw bytes are those of the chunks indexed
+//!   in it);
+//! - dead = size − pack prefix − the live share of its blobs. Blobs that no index names (older
+//!   versions of this code dropped dead chunks from the index) are dead by this count too.
+//!
+//! **The choice** (see [`choose`]):
+//! - a pack without a live chunk is deleted;
+//! - packs are rewritten, most dead first, until the dead bytes left are at most
+//!   [`MAX_DEAD_FRACTION`] of the pack bytes, so the packs hold at most 1/(1 − that) of their
+//!   live bytes whatever the history;
+//! - when more than [`SMALL_PACKS_MAX`] packs are small (under half the pack target), the
+//!   smallest are merged until that holds again: the pack count grows with the stored bytes
+//!   (one per half pack target, plus [`SMALL_PACKS_MAX`]), not with the number of compactions;
+//! - the index objects are rewritten when a pack they name goes, or when there are more than
+//!   [`INDEX_OBJECTS_MAX`]; the new ones hold [`INDEX_ENTRIES_PER_OBJECT`] entries each at most.
+//!
+//! Rewriting ([`super::repack`]) takes the live chunks only: a partly live blob is opened and its
+//! live chunks compressed again, in the order of the newest kept snapshot, so neighbouring pages
+//! are compressed together as a fresh backup would.
+//!
+//! Commit order: new packs, then new index objects, then the old index objects are deleted, then
+//! the packs no index names. A crash between any two leaves every kept chunk indexed in a pack
+//! that exists (docs/format.md, "Prune").
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, PackId};
+use crate::manifest::ChunkRef;
+use crate::pack::{self, IdMap, Location, PACK_PREFIX_LEN};
+use crate::repo::Repository;
+
+use super::PruneReport;
+
+/// Dead bytes a collection leaves, as a fraction of the pack bytes.
+pub const MAX_DEAD_FRACTION: f64 = 0.10;
+/// Small packs (under half the pack target) tolerated before the smallest are merged.
+pub const SMALL_PACKS_MAX: usize = 8;
+/// Index objects tolerated before they are merged into one.
+pub const INDEX_OBJECTS_MAX: usize = 8;
+/// Entries per index object written by a collection (about 15 MB of raw entries: under every
+/// backend's object size limit).
+pub const INDEX_ENTRIES_PER_OBJECT: usize = 262_144;
+
+/// The chunks kept snapshots reference, with the place of each in the newest snapshot that
+/// has it (rank 0 is the newest kept snapshot): the order rewritten chunks are stored in.
+#[derive(Default)]
+pub struct Live {
+    order: IdMap<(usize, u64)>,
+}
+
+impl Live {
+    /// Add the chunks of the kept snapshot of `rank` (0: the newest).
+    pub fn add(&mut self, rank: usize, refs: &[ChunkRef]) {
+        for (pos, (id, _)) in refs.iter().enumerate() {
+            let key = (rank, pos as u64);
+            self.order
+                .entry(*id)
+                .and_modify(|k| *k = (*k).min(key))
+                .or_insert(key);
+        }
+    }
+    pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.order.keys()
+    }
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.order.contains_key(id)
+    }
+    /// Where `id` sorts among the chunks to rewrite.
+    pub fn order(&self, id: &ChunkId) -> (usize, u64) {
+        self.order.get(id).copied().unwrap_or((usize::MAX, 0))
+    }
+}
+
+/// One pack on the books.
+#[derive(Clone, Debug)]
+pub struct PackBook {
+    pub id: PackId,
+    pub name: String,
+    /// As listed by the backend.
+    pub size: u64,
+    /// Bytes of its blobs that hold live chunks (each blob pro rata of its raw bytes).
+    pub live: u64,
+    /// Whether any chunk in it is live.
+    pub has_live: bool,
+}
+
+impl PackBook {
+    pub fn dead(&self) -> u64 {
+        self.size.saturating_sub(self.live)
+    }
+}
+
+/// Every index entry (deduplicated), which of them are live, and the books of every pack.
+pub struct Books {
+    /// Each distinct (chunk, location), sorted by pack, blob and place in the blob.
+    pub entries: Vec<(ChunkId, Location)>,
+    /// The location each chunk is read from ([`pack::ChunkIndex`]'s rule: the first index
+    /// object, in name order, that names it).
+    pub canonical: IdMap<Location>,
+    pub packs: BTreeMap<PackId, PackBook>,
+    /// The index objects read.
+    pub index_objects: Vec<String>,
+}
+
+impl Books {
+    /// Whether the entry is the live copy of a chunk a kept snapshot references.
+    pub fn is_live(&self, live: &Live, id: &ChunkId, loc: &Location) -> bool {
+        live.contains(id) && self.canonical.get(id) == Some(loc)
+    }
+}
+
+pub fn books(repo: &Repository, live: &Live) -> Result<Books> {
+    let objects = pack::load_index_objects(repo)?;
+    let mut canonical: IdMap<Location> = IdMap::default();
+    let mut entries: Vec<(ChunkId, Location)> = Vec::new();
+    let mut index_objects = Vec::with_capacity(objects.len());
+    for (name, es) in objects {
+        for (id, loc) in &es {
+            canonical.entry(*id).or_insert(*loc);
+        }
+        entries.extend(es);
+        index_objects.push(name);
+    }
+    entries.sort_by_key(|(id, l)| (l.pack, l.blob_offset, l.inner_offset, *id));
+    entries.dedup();
+
+    let mut packs: BTreeMap<PackId, PackBook> = BTreeMap::new();
+    for o in repo.backend().list("packs/")? {
+        let Some(id) = o
+            .name
+            .strip_prefix("packs/")
+            .and_then(|h| PackId::parse(h).ok())
+        else {
+            crate::warn::stray(&o.name); // not ours: never deleted
+            continue;
+        };
+        packs.insert(
+            id,
+            PackBook {
+                id,
+                name: o.name,
+                size: o.size,
+                live: 0,
+                has_live: false,
+            },
+        );
+    }
+    let mut b = Books {
+        entries,
+        canonical,
+        packs,
+        index_objects,
+    };
+    // Each blob's live share.
+    let mut i = 0;
+    while let Some((_, first)) = b.entries.get(i) {
+        let key = (first.pack, first.blob_offset);
+        let blob_len = u64::from(first.blob_len);
+        let (mut raw, mut live_raw) = (0u64, 0u64);
+        let mut j = i;
+        while let Some((id, loc)) = b.entries.get(j) {
+            if (loc.pack, loc.blob_offset) != key {
+                break;
+            }
+            raw = raw.max(u64::from(loc.inner_offset) + u64::from(loc.len));
+            if b.is_live(live, id, loc) {
+                live_raw += u64::from(loc.len);
+            }
+            j += 1;
+        }
+        if let Some(p) = b.packs.get_mut(&key.0) {
+            if live_raw > 0 {
+                p.has_live = true;
+                p.live += (blob_len as f64 * live_raw.min(raw) as f64 / raw.max(1) as f64) as u64;
+            }
+        }
+        i = j;
+    }
+    for p in b.packs.values_mut() {
+        if p.has_live {
+            // The prefix is the pack's: it goes when the pack does.
+            p.live = (p.live + PACK_PREFIX_LEN as u64).min(p.size);
+        }
+    }
+    Ok(b)
+}
+
+/// What a collection does to the packs.
+#[derive(Debug, Default)]
+pub struct Choice {
+    /// Packs with no live chunk (including orphans no index names): deleted.
+    pub delete: HashSet<PackId>,
+    /// Packs whose live chunks are rewritten for their dead space.
+    pub repack: HashSet<PackId>,
+    /// Small packs whose live chunks are rewritten to merge them.
+    pub merge: HashSet<PackId>,
+}
+
+impl Choice {
+    pub fn rewritten(&self, p: &PackId) -> bool {
+        self.repack.contains(p) || self.merge.contains(p)
+    }
+    pub fn goes(&self, p: &PackId) -> bool {
+        self.delete.contains(p) || self.rewritten(p)
+    }
+}
+
+/// Decide from the books (module doc). `small` is the size under which a pack is small.
+pub fn choose(packs: &BTreeMap<PackId, PackBook>, small: u64) -> Choice {
+    let mut c = Choice::default();
+    let mut kept: Vec<&PackBook> = Vec::new();
+    for p in packs.values() {
+        if p.has_live {
+            kept.push(p);
+        } else {
+            c.delete.insert(p.id);
+        }
+    }
+    // Most dead (as a fraction) first, until what is left is within the bound.
+    let mut total: u64 = kept.iter().map(|p| p.size).sum();
+    let mut dead: u64 = kept.iter().map(|p| p.dead()).sum();
+    let mut by_dead = kept.clone();
+    by_dead.sort_by(|a, b| {
+        let fa = a.dead() as f64 / a.size.max(1) as f64;
+        let fb = b.dead() as f64 / b.size.max(1) as f64;
+        fb.total_cmp(&fa).then(b.dead().cmp(&a.dead()))
+    });
+    for p in by_dead {
+        if dead as f64 <= MAX_DEAD_FRACTION * total as f64 {
+            break;
+        }
+        c.repack.insert(p.id);
+        dead -= p.dead();
+        total -= p.dead();
+    }
+    // Small packs: merge the smallest, so that at most SMALL_PACKS_MAX are left beside the
+    // one the rewrite may end with. Rewrites of dead space land in the same new packs.
+    let mut smalls: Vec<&PackBook> = kept
+        .iter()
+        .filter(|p| p.size < small && !c.repack.contains(&p.id))
+        .copied()
+        .collect();
+    if smalls.len() > SMALL_PACKS_MAX {
+        smalls.sort_by_key(|p| (p.size, p.id));
+        let n = smalls.len() - SMALL_PACKS_MAX + 1;
+        c.merge.extend(smalls.iter().take(n).map(|p| p.id));
+    }
+    c
+}
+
+/// Steps 3-5 of a prune (module doc).
+pub fn collect(repo: &Repository, live: &Live, rep: &mut PruneReport) -> Result<()> {
+    let books = books(repo, live)?;
+    // A chunk a kept snapshot needs that no index names: its pack (if it is there) would look
+    // dead and be deleted. Refuse, so that a lost or damaged index never costs a pack.
+    if let Some(id) = live.ids().find(|id| !books.canonical.contains_key(id)) {
+        return Err(Error::corrupt(
+            "index/",
+            format!(
+                "chunk {id}, which a kept snapshot needs, is in no index: prune deletes nothing \
+                 until `backup-cli verify` is clean (no pack is deleted while it may hold that chunk)"
+            ),
+        ));
+    }
+    let small = repo.config().body.pack_target / 2;
+    let choice = choose(&books.packs, small);
+
+    // 3. The live chunks of the packs rewritten, into new packs.
+    let moving: Vec<(ChunkId, Location)> = books
+        .entries
+        .iter()
+        .filter(|(id, loc)| choice.rewritten(&loc.pack) && books.is_live(live, id, loc))
+        .copied()
+        .collect();
+    let written = super::repack::rewrite(repo, moving, live)?;
+    rep.repacked_packs = choice.repack.len() as u64;
+    rep.merged_packs = choice.merge.len() as u64;
+    rep.written_packs = written.packs;
+    rep.written_bytes = written.bytes;
+
+    // 4. New index objects when a pack goes or there are too many.
+    let missing = |p: &PackId| !books.packs.contains_key(p);
+    let changes = books.packs.keys().any(|p| choice.goes(p))
+        || books
+            .entries
+            .iter()
+            .any(|(id, loc)| missing(&loc.pack) && !books.is_live(live, id, loc));
+    let mut index_objects = books.index_objects.len() as u64;
+    if changes || books.index_objects.len() > INDEX_OBJECTS_MAX {
+        // Every chunk of the packs kept, live or dead (the books), and where the rewritten
+        // ones are now. Live chunks indexed in a pack that is missing stay indexed: that damage
+        // is verify's to report, and dropping the entries would hide it.
+        let mut entries: Vec<(ChunkId, Location)> = books
+            .entries
+            .iter()
+            .filter(|(id, loc)| {
+                if missing(&loc.pack) {
+                    books.is_live(live, id, loc)
+                } else {
+                    !choice.goes(&loc.pack)
+                }
+            })
+            .copied()
+            .collect();
+        entries.extend(written.entries);
+        let mut published = 0;
+        for part in entries.chunks(INDEX_ENTRIES_PER_OBJECT) {
+            let name = pack::index_name();
+            let data = pack::encode_index(repo.crypto(), &name, part)?;
+            repo.backend().put(&name, &data)?;
+            published += 1;
+        }
+        for old in &books.index_objects {
+            repo.backend().delete(old)?;
+        }
+        rep.rewritten_indexes = books.index_objects.len() as u64;
+        index_objects = published;
+    }
+
+    // 5. Packs no index names any more: chosen to go, or orphaned by a crashed compaction.
+    let mut packs = 0u64;
+    let (mut pack_bytes, mut dead_bytes) = (0u64, 0u64);
+    for p in books.packs.values() {
+        if choice.goes(&p.id) {
+            repo.backend().delete(&p.name)?;
+            rep.deleted_packs += 1;
+        } else {
+            packs += 1;
+            pack_bytes += p.size;
+            dead_bytes += p.dead();
+        }
+    }
+    rep.packs = packs + written.packs;
+    rep.pack_bytes = pack_bytes + written.bytes;
+    rep.dead_bytes = dead_bytes;
+    rep.index_objects = index_objects;
+    Ok(())
+}

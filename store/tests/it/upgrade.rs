@@ -1,0 +1,118 @@
+//! Format 1 to format 2: a real format-1 repository (made by the format-1 build, commit 4cb4d3d,
+//! with `backup-cli demo`: the three real sessions, one snapshot, a sealed segment and an open
+//! stream) is read as it is, refused for writing until upgraded, upgraded in place, and then
+//! restores exactly, verifies, takes new batches, and is never downgraded again.
+
+use std::path::{Path, PathBuf};
+
+use store::ops::restore::{restore, RestoreTarget};
+use store::ops::upgrade::upgrade;
+use store::ops::verify::{verify, VerifyOptions};
+use store::{BackupUrl, Batch, Durability, MasterKey, Repository};
+
+use crate::common::*;
+
+/// Unpack testdata/format1-repo.tar.zst into `dir`: `repo/`, `backup.key`, `backup.lock`.
+fn unpack(dir: &Path) -> (PathBuf, MasterKey) {
+    let f = std::fs::File::open(testdata("format1-repo.tar.zst")).unwrap();
+    let dec = zstd::stream::read::Decoder::new(f).unwrap();
+    tar::Archive::new(dec).unpack(dir).unwrap();
+    let text = std::fs::read_to_string(dir.join("backup.key")).unwrap();
+    (
+        dir.join("repo"),
+        MasterKey::from_file_text(&text, "backup.key").unwrap(),
+    )
+}
+
+fn check_newest(repo: &Repository, dir: &Path, tag: &str) {
+    let out = dir.join(format!("{tag}.sqlite3"));
+    let r = restore(repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(r.data_version, 3231, "{tag}");
+    assert_eq!(dump(&out), dump(&testdata("db-s3.sqlite3")), "{tag}");
+}
+
+#[test]
+fn a_format1_repository_is_read_upgraded_and_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, key) = unpack(tmp.path());
+    let url = BackupUrl::File(root.clone());
+    let v1 = Repository::open(&url, Some(key.clone())).unwrap();
+    assert_eq!(v1.format(), 1);
+    // Readers read it as it is.
+    check_newest(&v1, tmp.path(), "v1");
+    // Writers refuse it until it is upgraded (the plugin upgrades it itself).
+    let e = v1.writer("w", Durability::Flush).err().unwrap();
+    assert!(matches!(e, store::Error::NeedsUpgrade { .. }), "{e}");
+
+    let (v2, rep) = upgrade(&v1, "test", None).unwrap();
+    assert!(!rep.already);
+    assert_eq!(rep.from_format, 1);
+    assert_eq!(rep.sealed_streams, 1, "the open format-1 stream is sealed");
+    assert_eq!(v2.format(), 2);
+    assert_eq!(rep.chain_from, 2);
+    check_newest(&v2, tmp.path(), "v2");
+    let v = verify(
+        &v2,
+        &VerifyOptions {
+            read_data: true,
+            scratch_dir: tmp.path().join("scratch"),
+        },
+    )
+    .unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.restored_version, Some(3231));
+
+    // Upgrading again does nothing; the handle re-opened sees format 2.
+    let again = Repository::open(&url, Some(key.clone())).unwrap();
+    assert_eq!(again.format(), 2);
+    assert!(upgrade(&again, "test", None).unwrap().1.already);
+
+    // New batches go into the first chained segment, linked to the format-1 one before it.
+    let mut w = again.writer("w", Durability::Fsync).unwrap();
+    assert_eq!(w.last_version(), Some(3231));
+    assert_eq!(w.segment(), 2);
+    w.append(&Batch {
+        data_version: 3232,
+        writes: vec![
+            "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 3231"
+                .into(),
+        ],
+    })
+    .unwrap();
+    drop(w);
+    let out = tmp.path().join("after.sqlite3");
+    let r = restore(&again, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(r.data_version, 3232);
+    assert!(r.newest_time_ms > 0, "format-2 records carry their time");
+
+    // The old format-1 config put back (a rollback to before the upgrade) is refused by a node
+    // that pinned format 2.
+    let pin = again.identity();
+    assert_eq!(pin.format, 2);
+    let tmp2 = tempfile::tempdir().unwrap();
+    let (old_root, _) = unpack(tmp2.path());
+    std::fs::copy(old_root.join("config"), root.join("config")).unwrap();
+    let rolled = Repository::open(&url, Some(key)).unwrap();
+    let e = rolled.check_identity(&pin).err().unwrap();
+    assert!(e.to_string().contains("format 1"), "{e}");
+}
+
+/// A crash between sealing the format-1 streams and publishing the format-2 config: the
+/// repository still reads as format 1, and the next upgrade carries on.
+#[test]
+fn an_upgrade_cut_before_its_config_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, key) = unpack(tmp.path());
+    let url = BackupUrl::File(root.clone());
+    let v1 = Repository::open(&url, Some(key.clone())).unwrap();
+    let config = std::fs::read(root.join("config")).unwrap();
+    upgrade(&v1, "test", None).unwrap();
+    // Put the format-1 config back: what a crash before step 3 leaves.
+    std::fs::write(root.join("config"), &config).unwrap();
+    let half = Repository::open(&url, Some(key.clone())).unwrap();
+    assert_eq!(half.format(), 1);
+    check_newest(&half, tmp.path(), "half");
+    let (v2, rep) = upgrade(&half, "test", None).unwrap();
+    assert_eq!((v2.format(), rep.sealed_streams, rep.chain_from), (2, 0, 2));
+    check_newest(&v2, tmp.path(), "done");
+}
