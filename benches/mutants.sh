@@ -16,6 +16,10 @@ mkdir -p "$out"
 export CARGO_TERM_COLOR=never
 
 # name ~ file ~ the line (unique in the file) ~ what replaces it ~ tests (separated by ;)
+# Not here since format 2: restore-gap-check and restore-data-version-check (store/src/ops/restore.rs).
+# A journal missing a segment, the case those checks caught in format 1, is refused first by
+# the segments' links (restore_checks.rs asserts that error); the checks stay for format-1
+# repositories read before their upgrade, which no test can make from new batches.
 mutants() {
   local dir=store/src/backend/dir.rs
   local power='cargo test -q -p cln-backup-store --test it -- power::;cargo test -q -p cln-backup --test crash -- power_loss_campaign'
@@ -31,8 +35,6 @@ stream-delete-dir-fsync~$dir~            Ok(()) => self.sync_dir(parent_of(&p)),
 truncate-fsync~$dir~            .and_then(|_| self.file.sync_all())~            .and_then(|_| Ok(()))~$power
 create-dir-fsync~$dir~        b.sync_dir(root)?;~~$power
 failed-fdatasync-keeps-record~$dir~                let _ = self.file.set_len(t.len);@1~                let _ = ();~cargo test -q -p cln-backup-store --test it -- power::a_stream_refuses
-restore-gap-check~store/src/ops/restore.rs~            if r.batch.data_version != cur.wrapping_add(1) {~            if false && r.batch.data_version != cur.wrapping_add(1) {~cargo test -q -p cln-backup-store --test it -- restore_checks::
-restore-data-version-check~store/src/ops/restore.rs~    if got != want {~    if false && got != want {~cargo test -q -p cln-backup-store --test it -- restore_checks::
 restore-integrity-check~store/src/ops/restore.rs~    if ic != "ok" {~    if false && ic != "ok" {~cargo test -q -p cln-backup-store --test it -- restore_checks::
 zero-nonce~store/src/crypto.rs~                fill_random(nonce);~                nonce.fill(0);~cargo test -q -p cln-backup-store --test it -- sealing::
 unkeyed-chunk-ids~store/src/crypto.rs~            Some(k) => ChunkId(*blake3::keyed_hash(k, data).as_bytes()),~            Some(_) => ChunkId(*blake3::hash(data).as_bytes()),~cargo test -q -p cln-backup-store --test it -- sealing::

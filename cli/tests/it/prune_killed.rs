@@ -20,19 +20,6 @@ use crate::common::*;
 
 const STRACE: &str = "/usr/bin/strace";
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
-
 /// lightningd's database when it was at `version` (a replay of the traces up to it).
 fn lightningd_at(all: &[Batch], version: u32, scratch: &Path) -> String {
     let path = scratch.join(format!("lightningd-{version}.sqlite3"));
