@@ -106,6 +106,10 @@ cargo_mutants_file() {
 hand_out=target/mutants/hand
 
 # name ~ file ~ the line (unique in the file) ~ what replaces it ~ tests (separated by ;)
+# Not here since format 2: restore-gap-check and restore-data-version-check (store/src/ops/restore.rs).
+# A journal missing a segment, the case those checks caught in format 1, is refused first by
+# the segments' links (restore_checks.rs asserts that error); the checks stay for format-1
+# repositories read before their upgrade, which no test can make from new batches.
 hand_mutants() {
   local dir=store/src/backend/dir.rs
   local power='cargo test -q -p cln-backup-store --test it -- power::;cargo test -q -p cln-backup --test crash -- power_loss_campaign'
@@ -121,8 +125,6 @@ stream-delete-dir-fsync~$dir~            Ok(()) => self.sync_dir(parent_of(&p)),
 truncate-fsync~$dir~            .and_then(|_| self.file.sync_all())~            .and_then(|_| Ok(()))~$power
 create-dir-fsync~$dir~        b.sync_dir(root)?;~~$power
 failed-fdatasync-keeps-record~$dir~                let _ = self.file.set_len(t.len);@1~                let _ = ();~cargo test -q -p cln-backup-store --test it -- power::a_stream_refuses
-restore-gap-check~store/src/ops/restore.rs~            if r.batch.data_version != cur.wrapping_add(1) {~            if false && r.batch.data_version != cur.wrapping_add(1) {~cargo test -q -p cln-backup-store --test it -- restore_checks::
-restore-data-version-check~store/src/ops/restore.rs~    if got != want {~    if false && got != want {~cargo test -q -p cln-backup-store --test it -- restore_checks::
 restore-integrity-check~store/src/ops/restore.rs~    if ic != "ok" {~    if false && ic != "ok" {~cargo test -q -p cln-backup-store --test it -- restore_checks::
 zero-nonce~store/src/crypto.rs~                fill_random(nonce);~                nonce.fill(0);~cargo test -q -p cln-backup-store --test it -- sealing::;cargo test -q -p cln-backup-store --test it -- mutants_sealing::
 unkeyed-chunk-ids~store/src/crypto.rs~            Some(k) => ChunkId(*blake3::keyed_hash(k, data).as_bytes()),~            Some(_) => ChunkId(*blake3::hash(data).as_bytes()),~cargo test -q -p cln-backup-store --test it -- sealing::
@@ -187,13 +189,8 @@ hand_mode() {
       n=$((n + 1))
       case "$c" in
         s3:*)
-          # Against the S3 server of the tests: .ci/s3-server.sh start first.
-          c="${c#s3:}"
-          if [ ! -f target/ci-s3.env ]; then
-            echo "$name: needs the S3 server (.ci/s3-server.sh start)"
-            continue
-          fi
-          c=". target/ci-s3.env && CI=1 $c"
+          # The S3 tests start their own SeaweedFS (testsvc); never compiled out here.
+          c="env -u CLN_BACKUP_NO_S3_TESTS ${c#s3:}"
           ;;
       esac
       if ! bash -c "$c" >"$hand_out/$name.$n.log" 2>&1; then

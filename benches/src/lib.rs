@@ -84,3 +84,17 @@ pub fn parse_chunker(s: &str) -> anyhow::Result<store::config::ChunkerParams> {
 pub fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
+
+/// The end of a campaign binary: each failure, the details, the summary line; exit 1 on a
+/// failure.
+pub fn campaign_end(failures: &[String], details: &str, summary: &str) -> std::process::ExitCode {
+    for f in failures {
+        println!("FAILURE: {f}");
+    }
+    println!("{details}");
+    println!("{summary}");
+    match failures.is_empty() {
+        true => std::process::ExitCode::SUCCESS,
+        false => std::process::ExitCode::from(1),
+    }
+}

@@ -155,6 +155,18 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// Send every batch whatever the answers, as a lightningd that went on after a refusal
+    /// would (the real one stops at the first): the answers, in order. For tests of the
+    /// plugin's fail-stop: once it refused a batch, it must refuse every later one.
+    pub fn send_all(&mut self, batches: &[DbWrite]) -> Result<Vec<HookReply>> {
+        batches
+            .iter()
+            .map(|b| self.db_write(b.data_version, &b.writes))
+            .collect()
+    }
+}
+
 /// One session of `plugin` in `network_dir` over `batches`: start, getmanifest, hooks and init,
 /// RPC calls, then close stdin (lightningd's shutdown, or its death after a stop) and wait.
 pub fn run_trace_session(

@@ -29,16 +29,26 @@ fn trace(n: u32) -> Vec<DbWrite> {
     load_trace(&testdata(&format!("trace-s{n}.jsonl"))).unwrap()
 }
 
+/// One db_write that must be answered `continue`; otherwise the answer, the plugin's log and
+/// its stderr say why.
+fn assert_continues(ld: &mut Emulator, b: &DbWrite) {
+    let r = ld.db_write(b.data_version, &b.writes).unwrap();
+    assert!(
+        r.is_continue(),
+        "db_write {}: {r}\n{}{}",
+        b.data_version,
+        ld.log_text(),
+        ld.stderr_text()
+    );
+}
+
 /// A fresh node as lightningd starts it: getmanifest, then its 9 db_write calls before init.
 fn fresh_node_before_init(net: &Path, s1: &[DbWrite]) -> Emulator {
     let mut ld = Emulator::spawn(&plugin(), net, &[]).unwrap();
     ld.set_timeout(Duration::from_secs(120));
     ld.getmanifest().unwrap();
     for b in &s1[..9] {
-        assert!(ld
-            .db_write(b.data_version, &b.writes)
-            .unwrap()
-            .is_continue());
+        assert_continues(&mut ld, b);
     }
     ld
 }
@@ -242,10 +252,7 @@ fn retention_keeps_the_backup_bounded() {
     let mut pruned_total = 0;
     for (n, part) in s1[9..].chunks(470).enumerate() {
         for b in part {
-            assert!(ld
-                .db_write(b.data_version, &b.writes)
-                .unwrap()
-                .is_continue());
+            assert_continues(&mut ld, b);
         }
         let r = ld.rpc_ok("backup-compact", json!({})).unwrap();
         assert!(r["snapshot"].is_string(), "compaction {n}: {r}");
@@ -486,10 +493,7 @@ fn compaction_cut_by_shutdown(
     let options: Vec<(String, Value)> = vec![("backup-compact-journal-bytes".into(), json!(0))];
     ld.init(&options, &net).unwrap();
     for b in &s1[9..] {
-        assert!(ld
-            .db_write(b.data_version, &b.writes)
-            .unwrap()
-            .is_continue());
+        assert_continues(&mut ld, b);
     }
     ld.rpc_start("backup-compact", json!({})).unwrap();
     if let Some(probe) = lease_probe {

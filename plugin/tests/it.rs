@@ -406,23 +406,36 @@ fn compaction_mid_stream_while_hooks_keep_answering() {
         expected
     );
 
-    // Automatic compaction in the next session (a small threshold), still exact.
-    let r = node.session(
-        &trace(2),
-        false,
-        vec![
-            ("backup-compact-journal-bytes".into(), json!(100_000)),
-            // Normal priority: the emulator streams as fast as it can, and the compaction must
-            // finish within the session on a machine busy with other tests.
-            ("backup-compaction-nice".into(), json!(0)),
-        ],
-    );
-    assert_clean(&r);
+    // Automatic compaction in the next session (a small threshold), still exact. The session
+    // waits for the compaction to log its snapshot before lightningd stops (at stdin EOF the
+    // plugin would cancel it). Normal priority: at nice 19 (SCHED_IDLE) it would get no CPU
+    // while other work keeps both cores busy.
+    let mut em = Emulator::spawn(&plugin(), &node.net, &[]).unwrap();
+    em.set_timeout(Duration::from_secs(300));
+    em.getmanifest().unwrap();
+    let (_, stop, _) = em
+        .run_batches(
+            &trace(2),
+            3,
+            &[
+                ("backup-compact-journal-bytes".into(), json!(100_000)),
+                ("backup-compaction-nice".into(), json!(0)),
+            ],
+        )
+        .unwrap();
+    assert!(stop.is_none(), "{stop:?}");
+    let done = em
+        .wait_log(Duration::from_secs(300), |l| {
+            l.message.starts_with("automatic compaction: snapshot")
+                || l.message.starts_with("automatic compaction failed")
+        })
+        .unwrap();
     assert!(
-        logs(&r).contains("automatic compaction: snapshot"),
+        done.message.starts_with("automatic compaction: snapshot"),
         "{}",
-        logs(&r)
+        em.log_text()
     );
+    assert!(em.close_stdin_and_wait().unwrap().success());
     assert_eq!(node.restore_dump(RestoreTarget::Latest), real_dump(2));
 }
 
@@ -445,6 +458,24 @@ fn replayed_to(batches: &[DbWrite], version: u32, dir: &Path) -> String {
     store::dump::dump(&path).unwrap()
 }
 
+/// The plugin behind a shell that runs `limits` first, with SIGXFSZ ignored (as a shell `trap`
+/// is inherited by the exec'd plugin): writes past a file size limit fail with EFBIG instead
+/// of killing it.
+fn limited_plugin(node: &Node, limits: &str) -> PathBuf {
+    let wrapper = node._tmp.path().join("limited-plugin.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\ntrap '' XFSZ\n{limits}\nexec '{}' \"$@\"\n",
+            plugin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
 #[test]
 fn full_disk_during_db_write_is_an_error_never_continue() {
     let node = Node::new(false);
@@ -457,17 +488,7 @@ fn full_disk_during_db_write_is_an_error_never_continue() {
         .max()
         .unwrap();
     let limit_kib = biggest / 1024 + 16;
-    let wrapper = node._tmp.path().join("full-disk-plugin.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/bash\ntrap '' XFSZ\nulimit -f {limit_kib}\nexec '{}' \"$@\"\n",
-            plugin().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = limited_plugin(&node, &format!("ulimit -f {limit_kib}"));
     let opts = SessionOptions {
         fresh: false,
         timeout: Duration::from_secs(120),
@@ -515,6 +536,120 @@ fn unreachable_repository_is_an_error_never_continue() {
         stop.reply
     );
     assert!(logs(&r).contains("opening the backup"), "{}", logs(&r));
+}
+
+/// After the plugin refused batch `refused` of trace s2: the next ten batches (sent as a
+/// lightningd that went on would) are refused too; the backup holds exactly s1 and s2 up to
+/// the refused batch; after a restart that re-sends it, the backup goes on, exactly.
+fn refused_until_restarted(node: &Node, mut em: Emulator, refused: usize, what: &str) {
+    let s2 = trace(2);
+    let replies = em.send_all(&s2[refused..refused + 10]).unwrap();
+    assert_refused_after_a_failure(&replies, what);
+    assert!(em.close_stdin_and_wait().unwrap().success());
+    let stored: Vec<DbWrite> = trace(1)
+        .into_iter()
+        .chain(s2[..refused].iter().cloned())
+        .collect();
+    let expected = replayed_to(&stored, s2[refused - 1].data_version, node._tmp.path());
+    assert_eq!(node.restore_dump(RestoreTarget::Latest), expected, "{what}");
+    assert_clean(&node.session(&s2[refused..], false, vec![]));
+    assert_eq!(
+        node.restore_dump(RestoreTarget::Latest),
+        real_dump(2),
+        "{what}"
+    );
+}
+
+/// The message of an error reply (lightningd stops without committing); any other reply fails.
+fn refusal(r: &HookReply) -> String {
+    match r {
+        HookReply::Error(e) => e["message"].as_str().unwrap_or_default().to_string(),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+fn assert_refused_after_a_failure(replies: &[HookReply], what: &str) {
+    assert!(!replies.is_empty());
+    for r in replies {
+        let msg = refusal(r);
+        assert!(
+            msg.contains("the backup stopped after an earlier failure")
+                && msg.contains("Restart lightningd"),
+            "{what}: {msg}"
+        );
+    }
+}
+
+/// Fail-stop: once the plugin refused a batch (here one that skips a data_version), it refuses
+/// every later one, even batches it could store: lightningd stops at the first refusal, and a
+/// plugin that went on would hold a journal with a hole where the node has a batch. The
+/// emulator keeps sending, as a lightningd that ignored the refusal would. After a restart the
+/// backup goes on from the last batch it acknowledged.
+#[test]
+fn every_db_write_after_a_refusal_is_refused() {
+    let node = Node::new(false);
+    assert_clean(&node.session(&trace(1), true, vec![]));
+    let s2 = trace(2);
+    let mut em = Emulator::spawn(&plugin(), &node.net, &[]).unwrap();
+    em.set_timeout(Duration::from_secs(120));
+    em.getmanifest().unwrap();
+    let (_, stop, _) = em.run_batches(&s2[..50], 3, &[]).unwrap();
+    assert!(stop.is_none(), "{stop:?}");
+    let skipped = DbWrite {
+        data_version: s2[50].data_version + 5,
+        writes: s2[50].writes.clone(),
+    };
+    let r = em.db_write(skipped.data_version, &skipped.writes).unwrap();
+    let msg = refusal(&r);
+    assert!(msg.contains("does not follow"), "{msg}");
+    // The right next batches: refused all the same.
+    refused_until_restarted(&node, em, 50, "after a version gap");
+}
+
+/// The same through a real write error that then goes away: the plugin's file size limit is
+/// lowered below its journal's size mid-session (the disk is full), so an append fails; then
+/// it is lifted (space freed). Every later batch is still refused until lightningd restarts:
+/// the failed write may have left part of a record, and a retry could store a batch twice.
+#[test]
+fn a_write_error_that_clears_does_not_resume_the_backup() {
+    let node = Node::new(false);
+    assert_clean(&node.session(&trace(1), true, vec![]));
+    let wrapper = limited_plugin(&node, "");
+    let s2 = trace(2);
+    let mut em = Emulator::spawn(&wrapper, &node.net, &[]).unwrap();
+    em.set_timeout(Duration::from_secs(120));
+    em.getmanifest().unwrap();
+    // `flush` durability: no zeros are written ahead, so every append grows the file.
+    let (_, stop, _) = em
+        .run_batches(
+            &s2[..40],
+            3,
+            &[("backup-durability".into(), json!("flush"))],
+        )
+        .unwrap();
+    assert!(stop.is_none(), "{stop:?}");
+    let pid = em.pid() as libc::pid_t;
+    let set_fsize = |limit: u64| {
+        let l = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit on our child's pid with a valid struct; no old value asked.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &l, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    let biggest = walk(&node.repo)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .max()
+        .unwrap();
+    set_fsize(biggest);
+    let r = em.db_write(s2[40].data_version, &s2[40].writes).unwrap();
+    let msg = refusal(&r);
+    assert!(msg.contains("cannot store db_write"), "{msg}");
+    set_fsize(libc::RLIM_INFINITY);
+    refused_until_restarted(&node, em, 40, "after a write error");
 }
 
 /// A typo in backup.lock (`"destination"` for `"destinations"`) must not silently drop a

@@ -507,6 +507,42 @@ fn server_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     assert!(got == want);
 }
 
+/// A re-sent append (its acknowledgement lost) is answered "already stored" only when the
+/// stream ends with exactly its bytes at its offset; other bytes of the same length there are a
+/// second writer's, and the append is refused (a conflict naming the stream), never
+/// acknowledged: acknowledging them would tell the plugin a batch is stored that is not.
+#[test]
+fn already_stored_is_answered_only_for_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
+    let key = MasterKey::generate();
+    let server = serve(local.clone(), "127.0.0.1:0", &key);
+    let c = connect(server.addr(), &key, opts()).unwrap();
+    let name = "0000000000000000";
+    // Two handles opened at length 0: the second sends its appends at offset 0 again, as a
+    // client re-sending after a lost acknowledgement does.
+    let mut writer = c.stream_open(name, Durability::Fsync).unwrap();
+    let mut resend_same = c.stream_open(name, Durability::Fsync).unwrap();
+    let mut resend_other = c.stream_open(name, Durability::Fsync).unwrap();
+    writer.append(&record(1)).unwrap();
+
+    let mut other = record(1);
+    other[3] ^= 0x20;
+    let err = resend_other.append(&other).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("journal/{name}.log")) && msg.contains("another writer"),
+        "{msg}"
+    );
+    resend_same.append(&record(1)).unwrap();
+    assert_eq!(resend_same.len(), record(1).len() as u64);
+    // Stored once, the writer's bytes.
+    assert_eq!(local.stream_read(name).unwrap(), record(1));
+    writer.append(&record(2)).unwrap();
+    let want: Vec<u8> = [record(1), record(2)].concat();
+    assert_eq!(local.stream_read(name).unwrap(), want);
+}
+
 #[test]
 fn retries_run_out_with_a_message_naming_the_server() {
     let dir = tempfile::tempdir().unwrap();

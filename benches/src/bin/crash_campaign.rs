@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cln_backup_benches::{arg, flag, testdata};
+use cln_backup_benches::{arg, campaign_end, flag, testdata};
 
 fn parse_seed(s: &str) -> Result<u64> {
     Ok(match s.strip_prefix("0x") {
@@ -93,18 +93,7 @@ fn main() -> ExitCode {
         opts.seed
     );
     match campaign::run(&opts) {
-        Ok(rep) => {
-            for f in &rep.failures {
-                println!("FAILURE: {f}");
-            }
-            println!("{}", rep.details());
-            println!("{}", rep.summary());
-            if rep.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        Ok(rep) => campaign_end(&rep.failures, &rep.details(), &rep.summary()),
         Err(e) => {
             println!("crash-campaign: {e:#}");
             println!("crash campaign: 0 rounds, 0 kills, 1 failures");

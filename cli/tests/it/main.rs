@@ -11,6 +11,7 @@ mod keys;
 mod maintenance;
 mod node;
 mod nonregular;
+mod prune_killed;
 mod repair;
 mod restore;
 mod scripts;

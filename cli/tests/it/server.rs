@@ -217,12 +217,29 @@ fn onboarding_in_three_steps_then_init_and_restore() {
     assert!(r.stdout.contains("Using the existing key"), "{}", r.stdout);
     restore_equals(&u, &net, &t.path().join("out.sqlite3"), "db-s2.sqlite3");
     assert!(root.join("nodes/alice/config").exists());
-    for (path, bytes) in tree_files(&root) {
-        for needle in [&b"CREATE TABLE"[..], b"INSERT INTO"] {
+    // The node's next session streams its batches through the server, as the plugin does.
+    let key_text = std::fs::read_to_string(net.join("backup.key")).unwrap();
+    let key = store::MasterKey::from_file_text(&key_text, "backup.key").unwrap();
+    let repo = store::Repository::open(&store::BackupUrl::parse(&u).unwrap(), Some(key)).unwrap();
+    append_session(&repo, 3);
+    drop(repo);
+    restore_equals(&u, &net, &t.path().join("out3.sqlite3"), "db-s3.sqlite3");
+    // The server stored only sealed bytes: neither the database's pages nor the statements of
+    // the batches are in its files.
+    let files = tree_files(&root);
+    assert!(files.len() >= 5, "only {} files served", files.len());
+    for (path, bytes) in files {
+        for needle in [
+            &b"SQLite format 3"[..],
+            b"CREATE TABLE",
+            b"INSERT INTO",
+            b"UPDATE vars SET",
+        ] {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle),
-                "{} holds plaintext",
-                path.display()
+                "{} holds {:?} in plaintext",
+                path.display(),
+                String::from_utf8_lossy(needle)
             );
         }
     }

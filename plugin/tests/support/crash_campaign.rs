@@ -64,7 +64,12 @@ impl Rng {
 
 /// The seed from `CRASH_SEED` (decimal or 0x-hex), else from the clock.
 pub fn seed_from_env() -> u64 {
-    if let Ok(s) = std::env::var("CRASH_SEED") {
+    seed_from("CRASH_SEED")
+}
+
+/// The seed from the environment variable `var` (decimal or 0x-hex), else from the clock.
+pub fn seed_from(var: &str) -> u64 {
+    if let Ok(s) = std::env::var(var) {
         let s = s.trim();
         let parsed = match s.strip_prefix("0x") {
             Some(h) => u64::from_str_radix(h, 16).ok(),
@@ -365,6 +370,10 @@ struct Node {
     key: Option<MasterKey>,
     /// Trace batches lightningd has committed.
     committed: usize,
+    /// Trace batches the backup held at the last check: one more than `committed` when
+    /// lightningd died between the plugin's answer and its COMMIT, or when a batch pending at a
+    /// kill had been written. A round killed before it re-sends that batch leaves it so.
+    held: usize,
     started: bool,
     init_options: Vec<(String, Value)>,
 }
@@ -403,6 +412,7 @@ impl Node {
             url,
             key,
             committed: 0,
+            held: 0,
             started: false,
             init_options,
         })
@@ -599,6 +609,7 @@ pub fn run(opts: &CampaignOptions) -> Result<CampaignReport> {
         });
         match checked {
             Ok(n) => {
+                node.held = n;
                 if end.pending && n > end.committed {
                     rep.pending_batch_was_written += 1;
                 }
@@ -803,6 +814,15 @@ fn run_round(
             candidates: vec![i],
             pending: false,
             ld_crash: true,
+            exhausted,
+        },
+        // Killed before any answer (even before the first db_write was sent): the backup holds
+        // what it held after the last round.
+        (None, false) if i == node.committed => RoundEnd {
+            committed: i,
+            candidates: vec![node.held.max(i)],
+            pending: false,
+            ld_crash: false,
             exhausted,
         },
         (None, false) => RoundEnd {

@@ -4,7 +4,8 @@
 //! `locks/<name>` held with `flock`. Publish is temp file, fsync, rename (or link, for
 //! `put_if_absent`), fsync of the directory. Append is `pwrite` at the end then `fdatasync`.
 //! After a failed fdatasync a stream refuses further appends: the kernel may have dropped the dirty
-//! pages, so a retried sync could report success for data that is gone.
+//! pages, so a retried sync could report success for data that is gone; and it cuts the record
+//! from the file, which may still show those pages to the next process.
 //!
 //! A stream appended with [`Durability::Fsync`] is written ahead with zeros (up to [`ZERO_AHEAD`]
 //! at a time, synced) so that an append overwrites blocks already allocated and written: its
@@ -18,6 +19,13 @@
 //! are used ([`extender`]), so appends do not wait for it. After a crash they stay, and the
 //! journal's framing ends a segment at a run of zeros that reaches the end of the file
 //! (`journal::segment`); the writer cuts them when it resumes that segment.
+//!
+//! Every write, sync, creation, rename and unlink goes through the seam in [`io`]: the real
+//! [`io::OsIo`], or [`sim::SimIo`], which simulates a power loss (what no sync covered is lost,
+//! the last write may be torn) for the power-loss campaign.
+
+pub mod io;
+pub mod sim;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +34,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
+use self::io::{Io, IoFile, Open, OsIo};
 use super::{check_name, Backend, Durability, LockGuard, ObjectInfo, Stream};
 use crate::error::{Error, Result};
 
@@ -35,6 +44,8 @@ pub struct DirBackend {
     root: PathBuf,
     /// `root` resolved: the key of its streams among those open in this process.
     canonical: PathBuf,
+    /// Where writes, syncs, renames and unlinks go (the real file system but in tests).
+    io: Arc<dyn Io>,
 }
 
 /// Most bytes of zeros a synced stream is written ahead by at a time. A new stream starts with
@@ -147,6 +158,16 @@ fn open_regular(p: &Path, object: &str) -> Result<File> {
 impl DirBackend {
     /// Open an existing directory (it must exist; `create` makes it).
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with_io(root, Arc::new(OsIo))
+    }
+
+    /// Create the directory layout (idempotent).
+    pub fn create(root: &Path) -> Result<Self> {
+        Self::create_with_io(root, Arc::new(OsIo))
+    }
+
+    /// [`DirBackend::open`] through another file-I/O seam (tests: [`sim::SimIo`]).
+    pub fn open_with_io(root: &Path, io: Arc<dyn Io>) -> Result<Self> {
         let meta =
             fs::metadata(root).map_err(|e| Error::io("open", root.display().to_string(), e))?;
         if !meta.is_dir() {
@@ -158,24 +179,35 @@ impl DirBackend {
         Ok(DirBackend {
             root: root.to_path_buf(),
             canonical: canonical(root),
+            io,
         })
     }
 
-    /// Create the directory layout (idempotent).
-    pub fn create(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|e| Error::io("create", root.display().to_string(), e))?;
+    /// [`DirBackend::create`] through another file-I/O seam.
+    pub fn create_with_io(root: &Path, io: Arc<dyn Io>) -> Result<Self> {
+        io.create_dir_all(root)
+            .map_err(|e| Error::io("create", root.display().to_string(), e))?;
         for d in DIRS {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(|e| Error::io("create", p.display().to_string(), e))?;
+            io.create_dir_all(&p)
+                .map_err(|e| Error::io("create", p.display().to_string(), e))?;
         }
-        sync_dir(root)?;
-        if let Some(parent) = root.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(DirBackend {
+        let b = DirBackend {
             root: root.to_path_buf(),
             canonical: canonical(root),
-        })
+            io,
+        };
+        b.sync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            b.sync_dir(parent)?;
+        }
+        Ok(b)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.io
+            .sync_dir(dir)
+            .map_err(|e| Error::io("sync directory", dir.display().to_string(), e))
     }
 
     pub fn root(&self) -> &Path {
@@ -208,36 +240,36 @@ impl DirBackend {
     fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
         let tmp = self.temp_path(name);
         if data.len() >= DIRECT_MIN && name.starts_with("packs/") {
-            match write_direct(&tmp, data) {
+            match write_direct(self.io.as_ref(), &tmp, data) {
                 Ok(()) => return Ok(tmp),
                 // The filesystem does not take direct I/O (or not at this alignment): write
                 // through the page cache below.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    let _ = fs::remove_file(&tmp);
+                    let _ = self.io.remove_file(&tmp);
                 }
                 Err(e) => {
-                    let _ = fs::remove_file(&tmp);
+                    let _ = self.io.remove_file(&tmp);
                     return Err(Error::io("write", name, e));
                 }
             }
         }
         let res = (|| {
-            let mut f = File::create(&tmp)?;
+            let f = self.io.open(&tmp, Open::CreateNew)?;
             // Large objects go to the disk slice by slice, each written back before the next
             // is queued: a burst of megabytes queued at once delays every fdatasync a hook makes
             // meanwhile (measured in benches/REPORT.md: hooks beside an automatic compaction).
             let mut off = 0usize;
             for slice in data.chunks(WRITEBACK_SLICE) {
-                f.write_all(slice)?;
+                f.write_all_at(slice, off as u64)?;
                 if data.len() > WRITEBACK_SLICE {
-                    writeback(&f, off as u64, slice.len() as u64);
+                    f.writeback(off as u64, slice.len() as u64);
                 }
                 off += slice.len();
             }
             f.sync_all()
         })();
         if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.io.remove_file(&tmp);
             return Err(Error::io("write", name, e));
         }
         Ok(tmp)
@@ -272,16 +304,11 @@ struct Block([u8; 4096]);
 /// filesystem refused direct I/O. The bytes go through one aligned [`DIRECT_SLICE`] buffer per
 /// thread (not a copy of the whole pack), the last slice padded with zeros and the file cut to
 /// its length after.
-fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn write_direct(io: &dyn Io, path: &Path, data: &[u8]) -> std::io::Result<()> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
+    let f = io.open(path, Open::CreateNewDirect)?;
     BUFFER.with(|b| -> std::io::Result<()> {
         let mut blocks = b.borrow_mut();
         let n = DIRECT_SLICE / size_of::<Block>();
@@ -309,24 +336,6 @@ fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// Bytes of a large object written back at a time.
 const WRITEBACK_SLICE: usize = 256 << 10;
 
-/// Write back (without a cache flush) a range just written, waiting for it. Best effort: a
-/// filesystem that refuses it still gets the `fsync` that follows, which reports real errors.
-fn writeback(f: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a descriptor `f` owns; no memory is passed.
-    #[allow(unsafe_code)]
-    let _ = unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        )
-    };
-}
-
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
@@ -345,21 +354,21 @@ impl Backend for DirBackend {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let dest = self.path(name)?;
         let tmp = self.write_temp(name, data)?;
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = self.io.rename(&tmp, &dest) {
+            let _ = self.io.remove_file(&tmp);
             return Err(Error::io("publish", name, e));
         }
-        sync_dir(parent_of(&dest))
+        self.sync_dir(parent_of(&dest))
     }
 
     fn put_if_absent(&self, name: &str, data: &[u8]) -> Result<bool> {
         let dest = self.path(name)?;
         let tmp = self.write_temp(name, data)?;
-        let res = fs::hard_link(&tmp, &dest);
-        let _ = fs::remove_file(&tmp);
+        let res = self.io.hard_link(&tmp, &dest);
+        let _ = self.io.remove_file(&tmp);
         match res {
             Ok(()) => {
-                sync_dir(parent_of(&dest))?;
+                self.sync_dir(parent_of(&dest))?;
                 Ok(true)
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
@@ -449,8 +458,8 @@ impl Backend for DirBackend {
 
     fn delete(&self, name: &str) -> Result<()> {
         let p = self.path(name)?;
-        match fs::remove_file(&p) {
-            Ok(()) => sync_dir(parent_of(&p)),
+        match self.io.remove_file(&p) {
+            Ok(()) => self.sync_dir(parent_of(&p)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("delete", name, e)),
         }
@@ -459,15 +468,12 @@ impl Backend for DirBackend {
     fn stream_open(&self, name: &str, durability: Durability) -> Result<Box<dyn Stream>> {
         let p = self.stream_path(name)?;
         let existed = p.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
+        let file = self
+            .io
+            .open(&p, Open::ReadWrite)
             .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?;
         if !existed {
-            sync_dir(parent_of(&p))?;
+            self.sync_dir(parent_of(&p))?;
         }
         let key = self.stream_key(name);
         let mut open = open_streams();
@@ -475,9 +481,8 @@ impl Backend for DirBackend {
             Some(t) => t,
             None => {
                 let len = file
-                    .metadata()
-                    .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?
-                    .len();
+                    .size()
+                    .map_err(|e| Error::io("open", format!("journal/{name}.log"), e))?;
                 let t = Arc::new(Shared {
                     tail: Mutex::new(Tail {
                         len,
@@ -550,8 +555,8 @@ impl Backend for DirBackend {
         let p = self.stream_path(name)?;
         // A stream opened under this name from now on is a new file.
         open_streams().remove(&self.stream_key(name));
-        match fs::remove_file(&p) {
-            Ok(()) => sync_dir(parent_of(&p)),
+        match self.io.remove_file(&p) {
+            Ok(()) => self.sync_dir(parent_of(&p)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("delete", format!("journal/{name}.log"), e)),
         }
@@ -596,7 +601,7 @@ impl Backend for DirBackend {
         }
         let res = f
             .set_len(0)
-            .and_then(|_| f.write_all_at(holder.as_bytes(), 0))
+            .and_then(|_| FileExt::write_all_at(&f, holder.as_bytes(), 0))
             .and_then(|_| f.flush());
         res.map_err(|e| Error::io("write", obj, e))?;
         Ok(Box::new(DirLock { _file: f }))
@@ -609,7 +614,7 @@ struct DirLock {
 impl LockGuard for DirLock {}
 
 struct DirStream {
-    file: File,
+    file: Arc<dyn IoFile>,
     tail: Arc<Shared>,
     /// Its key in [`open_streams`].
     key: PathBuf,
@@ -626,7 +631,12 @@ fn extension(filled: u64) -> u64 {
 
 /// Write zeros over `from..to` and sync them. With `stream` (the [`extender`]), the writing
 /// stops (returning false) once the stream is closing: its zeros are about to be cut.
-fn write_zeros(file: &File, from: u64, to: u64, stream: Option<&Shared>) -> std::io::Result<bool> {
+fn write_zeros(
+    file: &dyn IoFile,
+    from: u64,
+    to: u64,
+    stream: Option<&Shared>,
+) -> std::io::Result<bool> {
     let zeros = vec![0u8; WRITEBACK_SLICE.min((to - from) as usize)];
     let mut at = from;
     while at < to {
@@ -635,7 +645,7 @@ fn write_zeros(file: &File, from: u64, to: u64, stream: Option<&Shared>) -> std:
         }
         let n = (to - at).min(zeros.len() as u64);
         file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at)?;
-        writeback(file, at, n);
+        file.writeback(at, n);
         at += n;
     }
     file.sync_data().map(|()| true)
@@ -645,7 +655,7 @@ fn write_zeros(file: &File, from: u64, to: u64, stream: Option<&Shared>) -> std:
 /// for an append that outruns the [`extender`] (or follows its failure). Only a speed-up: on
 /// failure (a nearly full disk) the zeros are cut and the append goes on at the end of the
 /// file.
-fn zero_ahead(file: &File, t: &mut Tail, end: u64) {
+fn zero_ahead(file: &dyn IoFile, t: &mut Tail, end: u64) {
     if end <= t.filled {
         return;
     }
@@ -682,7 +692,7 @@ impl Stream for DirStream {
             drop(t);
             t = self.tail.settled();
             let end = t.len + data.len() as u64;
-            zero_ahead(&self.file, &mut t, end);
+            zero_ahead(self.file.as_ref(), &mut t, end);
         }
         if let Err(e) = self.file.write_all_at(data, t.len) {
             // Cut whatever part was written (and the zeros ahead), so no partial record stays.
@@ -699,6 +709,13 @@ impl Stream for DirStream {
         }
         if fsync {
             if let Err(e) = self.file.sync_data() {
+                // The kernel may have dropped the pages it could not write while still showing
+                // them: cut them (and the zeros ahead) at once, so that a process started after
+                // this one dies (lightningd restarted, same boot) never reads the record and
+                // builds on it. Not synced: a power loss leaves the old length, past which the
+                // record is torn or zeros, which readers take for the end.
+                let _ = self.file.set_len(t.len);
+                t.filled = t.len;
                 self.poisoned = Some(format!("fdatasync failed: {e}"));
                 return Err(Error::io("fdatasync", self.name.clone(), e));
             }
@@ -709,18 +726,16 @@ impl Stream for DirStream {
         // has answered.
         if fsync && !t.extending && !t.extender_failed && t.filled - t.len < extension(t.filled) / 2
         {
-            if let Ok(file) = self.file.try_clone() {
-                let job = Extension {
-                    file,
-                    shared: Arc::clone(&self.tail),
-                    from: t.filled,
-                    to: t.filled + extension(t.filled),
-                };
-                t.extending = true;
-                if extender().send(job).is_err() {
-                    t.extending = false;
-                    t.extender_failed = true;
-                }
+            let job = Extension {
+                file: Arc::clone(&self.file),
+                shared: Arc::clone(&self.tail),
+                from: t.filled,
+                to: t.filled + extension(t.filled),
+            };
+            t.extending = true;
+            if extender().send(job).is_err() {
+                t.extending = false;
+                t.extender_failed = true;
             }
         }
         Ok(())
@@ -740,7 +755,7 @@ impl Stream for DirStream {
 
 /// Zeros to write past a stream's `filled` (see [`extender`]).
 struct Extension {
-    file: File,
+    file: Arc<dyn IoFile>,
     shared: Arc<Shared>,
     from: u64,
     to: u64,
@@ -762,7 +777,7 @@ fn extender() -> &'static std::sync::mpsc::Sender<Extension> {
             .name("zero-ahead".into())
             .spawn(move || {
                 for job in rx {
-                    let res = write_zeros(&job.file, job.from, job.to, Some(&job.shared));
+                    let res = write_zeros(job.file.as_ref(), job.from, job.to, Some(&job.shared));
                     let mut t = job.shared.lock();
                     match res {
                         Ok(true) if t.filled == job.from => t.filled = job.to,

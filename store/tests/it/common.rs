@@ -62,6 +62,27 @@ pub fn append_all(w: &mut JournalWriter, batches: &[Batch]) {
     }
 }
 
+/// lightningd's database after the first `n` batches of `trace`: the batches replayed by the
+/// store's replayer into a new file in `dir`, dumped.
+pub fn dump_after(trace: &[Batch], n: usize, dir: &Path) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = dir.join(format!("expected-{n}-{k}.sqlite3"));
+    let mut rp = store::replay::Replayer::open(&path, true).unwrap();
+    for b in &trace[..n] {
+        rp.apply(&store::journal::Record {
+            batch: b.clone(),
+            supersedes: false,
+            time_ms: 0,
+        })
+        .unwrap();
+    }
+    rp.finish(&path).unwrap();
+    let d = dump(&path);
+    std::fs::remove_file(&path).unwrap();
+    d
+}
+
 /// Verify reading every indexed chunk and restoring the newest state; asserts it found nothing.
 #[track_caller]
 pub fn verify_all(repo: &Repository, scratch: &Path) -> store::ops::verify::VerifyReport {
