@@ -561,7 +561,8 @@ fn a_lease_of_a_process_that_is_gone_is_taken_over_at_once() {
     ignore = "CLN_BACKUP_NO_S3_TESTS is set: not tested against S3"
 )]
 fn a_lock_taken_for_an_owner_is_adopted_by_a_sibling_process() {
-    let a = open_fresh("owner", &[("lock_lease", "3")]);
+    // A lease far longer than the test: nothing here waits for one to expire.
+    let a = open_fresh("owner", &[("lock_lease", "30")]);
     let b = S3Backend::with_config(a.config().clone()).unwrap();
     let ga = a
         .lock_for("writer", "plugin via server A", "alice/01")
@@ -574,9 +575,17 @@ fn a_lock_taken_for_an_owner_is_adopted_by_a_sibling_process() {
         .err()
         .unwrap();
     assert!(matches!(e, Error::Locked { .. }), "{e}");
-    // B's process ends its part: the lease is A's to keep alive (it re-creates it).
+    // B's process ends its part: the lease is A's to keep alive (it re-creates it at its next
+    // renewal if B's release removed it). Wait for that event, not for a time.
     drop(gb);
-    std::thread::sleep(Duration::from_millis(2500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while store::backend::Backend::get(&b, "locks/writer").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never re-created the lease it holds"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let e = b
         .lock_for("writer", "another session", "alice/02")
         .err()
