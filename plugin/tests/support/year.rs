@@ -897,8 +897,12 @@ pub fn run(o: &YearOptions, mut on_point: impl FnMut(&Point)) -> Result<Vec<Poin
         bail!("at least {base} batches: the node's own sessions");
     }
     std::fs::create_dir_all(&o.dir)?;
-    let node = Node::create(o)?;
     let clock = Clock::new(&o.dir.join("clock"), o.batches, o.days)?;
+    // This process runs a compaction and a prune in-process too (the S3 request counts): on the
+    // simulated clock like the plugin, or their snapshots carry today's date and "restorable
+    // from day" reads months ahead. Set before anything here reads the clock (it is read once).
+    std::env::set_var(store::clock::SIMULATED_CLOCK_ENV, &clock.path);
+    let node = Node::create(o)?;
     let mut points = Vec::new();
     let mut sent = 0u64;
     let mut session_no = 0u32;
