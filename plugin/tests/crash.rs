@@ -590,15 +590,4 @@ fn crash_during_prune_never_orphans_a_delta_snapshot() {
     assert!(steps > 5, "the prune made only {} operations", steps - 1);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
+use testsvc::copy_dir;

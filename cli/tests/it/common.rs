@@ -240,16 +240,4 @@ pub fn unzstd(src: &Path, dest: &Path) {
     zstd::stream::copy_decode(f, &mut out).unwrap();
 }
 
-/// A copy of a repository directory (to damage or kill a copy).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
+pub use testsvc::copy_dir;

@@ -98,16 +98,4 @@ pub fn verify_all(repo: &Repository, scratch: &Path) -> store::ops::verify::Veri
     v
 }
 
-/// A copy of a repository directory (to crash a copy at each step).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
+pub use testsvc::copy_dir;
