@@ -17,36 +17,95 @@ use crate::journal::Record;
 /// Drop the batches that a later `supersedes` record replaces. Errors if a superseding record's
 /// target is not in `records`.
 pub fn effective(records: Vec<Record>, object: &str) -> Result<Vec<Record>> {
-    let mut out: Vec<Record> = Vec::with_capacity(records.len());
-    let mut last_real: Option<usize> = None;
-    for r in records {
+    Effective::new(records.into_iter().map(Ok), object).collect()
+}
+
+/// [`effective`] as records stream by: a batch is held back until the next batch that is not
+/// only PRAGMAs shows whether it replaces it, so memory holds the newest batch and the PRAGMA-only
+/// records after it, not the journal.
+pub struct Effective<I> {
+    inner: I,
+    object: String,
+    /// The newest real batch (first) and the PRAGMA-only records after it, not yet yielded.
+    held: std::collections::VecDeque<Record>,
+    /// Records ready to yield, in order.
+    ready: std::collections::VecDeque<Record>,
+    done: bool,
+}
+
+impl<I: Iterator<Item = Result<Record>>> Effective<I> {
+    pub fn new(inner: I, object: &str) -> Effective<I> {
+        Effective {
+            inner,
+            object: object.to_string(),
+            held: Default::default(),
+            ready: Default::default(),
+            done: false,
+        }
+    }
+
+    fn take(&mut self, r: Record) -> Result<()> {
         if r.supersedes {
-            match last_real {
-                Some(i)
-                    if out
-                        .get(i)
-                        .is_some_and(|p| p.batch.data_version == r.batch.data_version) =>
-                {
-                    out.remove(i);
+            match self.held.front() {
+                Some(p) if !p.pragma_only() && p.batch.data_version == r.batch.data_version => {
+                    self.held.pop_front();
                 }
                 _ => {
                     return Err(Error::corrupt(
-                        object,
+                        &self.object,
                         format!(
-                        "record for data_version {} replaces a batch that is not in the journal",
-                        r.batch.data_version
-                    ),
+                            "record for data_version {} replaces a batch that is not in the journal",
+                            r.batch.data_version
+                        ),
                     ))
                 }
             }
         }
-        let real = !r.pragma_only();
-        out.push(r);
-        if real {
-            last_real = Some(out.len() - 1);
+        if r.pragma_only() {
+            self.held.push_back(r);
+            if self.held.front().is_some_and(Record::pragma_only) {
+                // No batch held: nothing can replace what came before.
+                self.ready.extend(self.held.drain(..));
+            }
+        } else {
+            self.ready.extend(self.held.drain(..));
+            self.held.push_back(r);
+        }
+        Ok(())
+    }
+}
+
+impl<I: Iterator<Item = Result<Record>>> Iterator for Effective<I> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(Ok(r));
+            }
+            if self.done {
+                return None;
+            }
+            match self.inner.next() {
+                Some(Ok(r)) => {
+                    if let Err(e) = self.take(r) {
+                        self.done = true;
+                        self.held.clear();
+                        return Some(Err(e));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    self.held.clear();
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    self.ready.extend(self.held.drain(..));
+                }
+            }
         }
     }
-    Ok(out)
 }
 
 pub struct Replayer {

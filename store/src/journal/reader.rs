@@ -218,7 +218,7 @@ pub fn read_segment_data(
 }
 
 /// Check that `link`, the link of segment `seq`, names `pred` (segment `seq - 1` as read).
-pub fn check_link(seq: u64, link: &Link, pred: &SegmentData, object: &str) -> Result<()> {
+pub fn check_link(seq: u64, link: &Link, pred: &Predecessor, object: &str) -> Result<()> {
     let Some(p) = link.predecessor else {
         return Ok(()); // its writer did not know it (pruned before the segment began)
     };
@@ -237,12 +237,11 @@ pub fn check_link(seq: u64, link: &Link, pred: &SegmentData, object: &str) -> Re
             wrong.push("its predecessor's last record is not the one it followed".into());
         }
     }
-    if p.last_version.is_some() && pred.frames == p.frames && p.last_version != pred.last_version()
+    if p.last_version.is_some() && pred.frames == p.frames && p.last_version != pred.last_version
     {
         wrong.push(format!(
             "its predecessor ended at data_version {:?}, now at {:?}",
-            p.last_version,
-            pred.last_version()
+            p.last_version, pred.last_version
         ));
     }
     if wrong.is_empty() {
@@ -291,76 +290,156 @@ pub fn read_journal(repo: &Repository, from_seq: u64, recovery: Recovery) -> Res
 }
 
 fn read_journal_once(repo: &Repository, from_seq: u64, recovery: Recovery) -> Result<Journal> {
-    let all = segments(repo)?;
-    // The segment before the first one read, when present, anchors the first one's link.
-    let segs: Vec<&SegmentRef> = all.iter().filter(|s| s.last >= from_seq).collect();
+    let mut r = JournalReader::open(repo, from_seq, recovery)?;
     let mut out = Journal::default();
-    if let Some(newest) = all.last() {
-        if newest.sealed && repo.format() >= 2 {
-            return Err(Error::corrupt(
-                format!("journal/{}", stream_name(newest.last + 1)),
-                format!(
-                    "is missing: {} is sealed, so a segment followed it (deleted, or the journal was rolled back)",
-                    newest.object_name()
-                ),
-            ));
-        }
+    for rec in r.by_ref() {
+        out.records.push(rec?);
     }
-    if let Some(first) = segs.first() {
-        if first.seq > from_seq {
-            return Err(Error::corrupt(
-                format!("journal/{}", stream_name(from_seq)),
-                format!(
-                    "is missing: the journal is read from segment {from_seq:016x}, but its first segment is {:016x}",
-                    first.seq
-                ),
-            ));
-        }
-    }
-    let mut prev: Option<(u64, SegmentData)> = None;
-    if let Some(first) = segs.first() {
-        if let Some(before) = all.iter().rev().find(|s| s.last < first.seq) {
-            if before.last + 1 == first.seq {
-                prev = Some((
-                    before.last,
-                    read_segment_data(repo, before, Recovery::Strict)?,
-                ));
-            }
-        }
-    }
-    let n = segs.len();
-    for (i, seg) in segs.iter().enumerate() {
-        let name = seg.object_name();
-        if let Some((p, _)) = &prev {
-            if seg.seq != p + 1 {
+    out.tail = r.tail.take();
+    out.newest = r.newest;
+    Ok(out)
+}
+
+/// The journal from segment `from_seq` on, one segment in memory at a time, its continuity
+/// checked as it is read (see the module header): an iterator of records with their segment
+/// numbers, oldest first. `recovery` applies to the newest segment; all others are read
+/// strictly. After the last record, `tail` and `newest` say what [`Journal`] says.
+///
+/// Unlike [`read_journal`] it does not list again when a sealed object vanishes mid-read (merged
+/// into a run by a prune meanwhile): the `NotFound` error reaches the caller, which starts over
+/// (see [`journal_moved`]).
+pub struct JournalReader<'a> {
+    repo: &'a Repository,
+    segs: std::vec::IntoIter<SegmentRef>,
+    remaining: usize,
+    recovery: Recovery,
+    prev: Option<Predecessor>,
+    seq: u64,
+    records: std::vec::IntoIter<Record>,
+    failed: bool,
+    /// A torn or damaged tail of the newest segment that was left out.
+    pub tail: Option<(String, Tail)>,
+    /// The newest segment read so far.
+    pub newest: Option<u64>,
+}
+
+/// Whether `e` says a sealed journal object vanished while it was read: the journal was merged
+/// by a prune meanwhile, and reading it again from the listing finds the same records.
+pub fn journal_moved(e: &Error) -> bool {
+    matches!(e, Error::NotFound { object } if parse_sealed_name(object).is_some())
+}
+
+impl<'a> JournalReader<'a> {
+    pub fn open(
+        repo: &'a Repository,
+        from_seq: u64,
+        recovery: Recovery,
+    ) -> Result<JournalReader<'a>> {
+        let all = segments(repo)?;
+        if let Some(newest) = all.last() {
+            if newest.sealed && repo.format() >= 2 {
                 return Err(Error::corrupt(
-                    format!("journal/{}", stream_name(p + 1)),
+                    format!("journal/{}", stream_name(newest.last + 1)),
                     format!(
-                        "is missing: the journal jumps from segment {:016x} to {:016x}",
-                        p, seg.seq
+                        "is missing: {} is sealed, so a segment followed it (deleted, or the journal was rolled back)",
+                        newest.object_name()
                     ),
                 ));
             }
         }
-        let rec = if i + 1 == n {
-            recovery
+        // The segment before the first one read, when present, anchors the first one's link.
+        let segs: Vec<SegmentRef> = all.iter().filter(|s| s.last >= from_seq).cloned().collect();
+        let mut prev = None;
+        if let Some(first) = segs.first() {
+            if first.seq > from_seq {
+                return Err(Error::corrupt(
+                    format!("journal/{}", stream_name(from_seq)),
+                    format!(
+                        "is missing: the journal is read from segment {from_seq:016x}, but its first segment is {:016x}",
+                        first.seq
+                    ),
+                ));
+            }
+            if let Some(before) = all.iter().rev().find(|s| s.last < first.seq) {
+                if before.last + 1 == first.seq {
+                    let d = read_segment_data(repo, before, Recovery::Strict)?;
+                    prev = Some(d.as_predecessor(before.last));
+                }
+            }
+        }
+        Ok(JournalReader {
+            repo,
+            remaining: segs.len(),
+            segs: segs.into_iter(),
+            recovery,
+            prev,
+            seq: 0,
+            records: Vec::new().into_iter(),
+            failed: false,
+            tail: None,
+            newest: None,
+        })
+    }
+
+    /// Read the next segment into `records`; `false` when there is none.
+    fn next_segment(&mut self) -> Result<bool> {
+        let Some(seg) = self.segs.next() else {
+            return Ok(false);
+        };
+        self.remaining -= 1;
+        let name = seg.object_name();
+        if let Some(p) = &self.prev {
+            if seg.seq != p.seq + 1 {
+                return Err(Error::corrupt(
+                    format!("journal/{}", stream_name(p.seq + 1)),
+                    format!(
+                        "is missing: the journal jumps from segment {:016x} to {:016x}",
+                        p.seq, seg.seq
+                    ),
+                ));
+            }
+        }
+        let rec = if self.remaining == 0 {
+            self.recovery
         } else {
             Recovery::Strict
         };
-        let d = read_segment_data(repo, seg, rec)?;
-        if let (Some(link), Some((_, pd))) = (&d.link, &prev) {
-            check_link(seg.seq, link, pd, &name)?;
+        let d = read_segment_data(self.repo, &seg, rec)?;
+        if let (Some(link), Some(p)) = (&d.link, &self.prev) {
+            check_link(seg.seq, link, p, &name)?;
         }
         if let Some(t) = &d.tail {
-            out.tail = Some((name.clone(), t.clone()));
+            self.tail = Some((name, t.clone()));
         }
-        for r in &d.records {
-            out.records.push((seg.seq, r.clone()));
-        }
-        out.newest = Some(seg.last);
-        prev = Some((seg.last, d));
+        self.newest = Some(seg.last);
+        self.prev = Some(d.as_predecessor(seg.last));
+        self.seq = seg.seq;
+        self.records = d.records.into_iter();
+        Ok(true)
     }
-    Ok(out)
+}
+
+impl Iterator for JournalReader<'_> {
+    type Item = Result<(u64, Record)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(r) = self.records.next() {
+                return Some(Ok((self.seq, r)));
+            }
+            match self.next_segment() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// Records of all segments with `seq >= from_seq`, oldest first. Only the newest segment may end

@@ -96,7 +96,16 @@ pub fn restore_with(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
     let tmp = dir.join(format!(".{fname}.restore-{}.tmp", hex::encode(r)));
-    let res = restore_into(repo, &tmp, target, opts);
+    let mut tries = 0;
+    let res = loop {
+        let _ = std::fs::remove_file(&tmp);
+        match restore_into(repo, &tmp, target, opts) {
+            // A prune merged journal segments while they were read: the same records, listed
+            // anew.
+            Err(e) if reader::journal_moved(&e) && tries < 3 => tries += 1,
+            other => break other,
+        }
+    };
     match res {
         Ok(mut rep) => {
             let publish = std::fs::hard_link(&tmp, dest)
@@ -150,29 +159,46 @@ pub fn newest(repo: &Repository, accept_damaged_tail: bool) -> Result<Newest> {
         Some(m) => m.journal_segment,
         None => reader::segments(repo)?.first().map_or(0, |s| s.seq),
     };
-    let base_v = latest.as_ref().map(|m| m.data_version).unwrap_or(0);
     let recovery = if accept_damaged_tail {
         Recovery::AcceptDamagedTail
     } else {
         Recovery::TruncateTornTail
     };
-    let j = reader::read_journal(repo, from_seq, recovery)?;
+    let mut tries = 0;
+    loop {
+        match newest_once(repo, latest.as_ref(), from_seq, recovery) {
+            Err(e) if reader::journal_moved(&e) && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn newest_once(
+    repo: &Repository,
+    latest: Option<&Manifest>,
+    from_seq: u64,
+    recovery: Recovery,
+) -> Result<Newest> {
+    let base_v = latest.map(|m| m.data_version).unwrap_or(0);
+    let mut j = reader::JournalReader::open(repo, from_seq, recovery)?;
     // The newest real record (a superseding one carries the version it replaces).
-    let newest = j
-        .records
-        .iter()
-        .rev()
-        .map(|(_, r)| r)
-        .find(|r| !r.pragma_only() && r.batch.data_version > base_v);
+    let mut newest: Option<Record> = None;
+    for r in j.by_ref() {
+        let (_, r) = r?;
+        if !r.pragma_only() && r.batch.data_version > base_v {
+            newest = Some(r);
+        }
+    }
+    let newest = newest.as_ref();
     let data_version = newest.map_or(base_v, |r| r.batch.data_version);
-    if let (Some(m), Some(next)) = (&latest, latest.as_ref().and_then(|m| m.next)) {
+    if let (Some(m), Some(next)) = (latest, latest.and_then(|m| m.next)) {
         if data_version < next.data_version {
             return Err(cut_back(m, next, data_version, &j.tail));
         }
     }
     Ok(Newest {
         data_version,
-        time_ms: newest.map_or(latest.as_ref().map_or(0, |m| m.data_time_ms), |r| r.time_ms),
+        time_ms: newest.map_or(latest.map_or(0, |m| m.data_time_ms), |r| r.time_ms),
         record_hash: newest.map(|r| blake3::hash(&r.encode()).to_hex().to_string()),
         tail: j.tail.map(|(n, t)| format!("{n}: {}", t.describe())),
     })
@@ -198,46 +224,6 @@ fn cut_back(
     )
 }
 
-type JournalAfter = (Vec<Record>, Option<(String, crate::journal::segment::Tail)>);
-
-/// The effective records after snapshot `snap` (or the whole journal), checked: continuity,
-/// the batch the snapshot says follows it, and an honest tail.
-fn journal_after(
-    repo: &Repository,
-    snap: Option<&Manifest>,
-    accept_damaged_tail: bool,
-) -> Result<JournalAfter> {
-    let from_seq = snap.map(|m| m.journal_segment).unwrap_or(0);
-    let base_v = snap.map(|m| m.data_version).unwrap_or(0);
-    let recovery = if accept_damaged_tail {
-        Recovery::AcceptDamagedTail
-    } else {
-        Recovery::TruncateTornTail
-    };
-    let j = reader::read_journal(repo, from_seq, recovery)?;
-    // Records at or below the snapshot's version are in it (and so are the batches they
-    // supersede): drop them before resolving supersedes.
-    let raw: Vec<Record> = j
-        .records
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r.batch.data_version > base_v)
-        .collect();
-    let eff = replay::effective(raw, "journal")?;
-    if let (Some(m), Some(next)) = (snap, snap.and_then(|m| m.next)) {
-        let reached = eff
-            .iter()
-            .filter(|r| !r.pragma_only())
-            .map(|r| r.batch.data_version)
-            .max()
-            .unwrap_or(base_v);
-        if reached < next.data_version {
-            return Err(cut_back(m, next, reached, &j.tail));
-        }
-    }
-    Ok((eff, j.tail))
-}
-
 fn restore_into(
     repo: &Repository,
     tmp: &Path,
@@ -257,41 +243,110 @@ fn restore_into(
             });
         }
     }
+    if *target == RestoreTarget::Version(0) {
+        return Err(Error::VersionNotAvailable {
+            asked: 0,
+            why: "data_version 0 is an empty database, not a state of the node".into(),
+        });
+    }
+    let with_journal = !matches!(target, RestoreTarget::Snapshot(_));
+    let not_available = |first: Option<u32>| -> Error {
+        let oldest = manifest::list(repo)
+            .ok()
+            .and_then(|l| l.first().map(|m| m.data_version));
+        Error::VersionNotAvailable {
+            asked: match target {
+                RestoreTarget::Version(v) => *v,
+                _ => 0,
+            },
+            why: match (oldest, first) {
+                (Some(o), _) => {
+                    format!("older states were pruned: the oldest restorable data_version is {o}")
+                }
+                (None, Some(f)) => format!(
+                    "the journal starts at data_version {f} and no snapshot precedes it"
+                ),
+                (None, None) => "the journal's first segments were pruned".into(),
+            },
+        }
+    };
+    // With no snapshot the journal must start at the node's first batch, in segment 0 (a
+    // journal whose first segments were pruned cannot rebuild what came before).
+    if with_journal && snap.is_none() && reader::segments(repo)?.first().is_some_and(|s| s.seq > 0)
+    {
+        return Err(not_available(None));
+    }
+    // The newest batch to apply: the newest the repository holds (as read just above), the
+    // snapshot's own, or the one asked for.
+    let want = match target {
+        RestoreTarget::Latest => newest.data_version.max(base_v),
+        RestoreTarget::Snapshot(_) => base_v,
+        RestoreTarget::Version(v) => *v,
+    };
 
-    // Which journal records to apply.
+    if let Some(m) = &snap {
+        let index = ChunkIndex::load(repo)?;
+        let refs = manifest::resolve(repo, m)?;
+        snapshot::materialize(repo, m, &refs, &index, tmp)?;
+    }
+    let mut rp = Replayer::open(tmp, snap.as_ref().map(|m| m.foreign_keys).unwrap_or(true))?;
+    // The journal after the snapshot streams through, one segment in memory at a time: each
+    // batch is checked to follow the one before it and applied; past `want` the rest is read
+    // only to check that the journal reaches what the snapshot says followed it.
     let mut torn_tail = None;
     let mut damaged_tail = None;
-    let records = if matches!(target, RestoreTarget::Snapshot(_)) {
-        Vec::new()
-    } else {
-        // With no snapshot the journal must start at the node's first batch, in segment 0
-        // (a journal whose first segments were pruned cannot rebuild what came before).
-        let pruned = reader::segments(repo)?.first().is_some_and(|s| s.seq > 0);
-        let not_available = |first: Option<u32>| -> Error {
-            let oldest = manifest::list(repo)
-                .ok()
-                .and_then(|l| l.first().map(|m| m.data_version));
-            Error::VersionNotAvailable {
-                asked: match target {
-                    RestoreTarget::Version(v) => *v,
-                    _ => 0,
-                },
-                why: match (oldest, first) {
-                    (Some(o), _) => format!(
-                        "older states were pruned: the oldest restorable data_version is {o}"
-                    ),
-                    (None, Some(f)) => format!(
-                        "the journal starts at data_version {f} and no snapshot precedes it"
-                    ),
-                    (None, None) => "the journal's first segments were pruned".into(),
-                },
-            }
+    let mut cur = base_v; // the newest batch applied
+    let mut reached = base_v; // the newest batch the journal holds
+    let mut any = false;
+    let mut restored_time_ms = None;
+    if with_journal {
+        let recovery = if opts.accept_damaged_tail {
+            Recovery::AcceptDamagedTail
+        } else {
+            Recovery::TruncateTornTail
         };
-        if snap.is_none() && pruned {
-            return Err(not_available(None));
+        let from_seq = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
+        let mut j = reader::JournalReader::open(repo, from_seq, recovery)?;
+        // Records at or below the snapshot's version are in it (and so are the batches they
+        // supersede): dropped before supersedes are resolved.
+        let records = j.by_ref().filter_map(|r| match r {
+            Ok((_, r)) if r.batch.data_version <= base_v => None,
+            Ok((_, r)) => Some(Ok(r)),
+            Err(e) => Some(Err(e)),
+        });
+        for r in replay::Effective::new(records, "journal") {
+            let r = r?;
+            any = true;
+            let v = r.batch.data_version;
+            if !r.pragma_only() {
+                if snap.is_none() && reached == 0 && v != 1 {
+                    return Err(not_available(Some(v)));
+                }
+                reached = reached.max(v);
+            }
+            if v > want {
+                continue;
+            }
+            if !r.pragma_only() {
+                if v != cur.wrapping_add(1) {
+                    return Err(Error::corrupt(
+                        "journal",
+                        format!("batch for data_version {v} follows {cur}: the journal has a gap"),
+                    ));
+                }
+                cur = v;
+                if v == want {
+                    restored_time_ms = Some(r.time_ms);
+                }
+            }
+            rp.apply(&r)?;
         }
-        let (eff, tail) = journal_after(repo, snap.as_ref(), opts.accept_damaged_tail)?;
-        match tail {
+        if let (Some(m), Some(next)) = (&snap, snap.as_ref().and_then(|m| m.next)) {
+            if reached < next.data_version {
+                return Err(cut_back(m, next, reached, &j.tail));
+            }
+        }
+        match j.tail.take() {
             Some((n, crate::journal::segment::Tail::Torn(t))) => {
                 torn_tail = Some(format!("{n}: {t}"))
             }
@@ -300,98 +355,36 @@ fn restore_into(
             }
             None => {}
         }
-        if snap.is_none() {
-            if let Some(first) = eff.iter().find(|r| !r.pragma_only()) {
-                if first.batch.data_version != 1 {
-                    return Err(not_available(Some(first.batch.data_version)));
-                }
-            }
-        }
-        eff
-    };
-    let newest_here = records
-        .iter()
-        .filter(|r| !r.pragma_only())
-        .map(|r| r.batch.data_version)
-        .max()
-        .unwrap_or(base_v);
-    let want = match target {
-        RestoreTarget::Latest => newest_here,
-        RestoreTarget::Snapshot(_) => base_v,
-        RestoreTarget::Version(0) => {
-            return Err(Error::VersionNotAvailable {
-                asked: 0,
-                why: "data_version 0 is an empty database, not a state of the node".into(),
-            })
-        }
-        RestoreTarget::Version(v) => {
-            if snap.is_none() && records.is_empty() {
-                return Err(Error::VersionNotAvailable {
-                    asked: *v,
-                    why: "the repository holds no snapshot at or below it".into(),
-                });
-            }
-            if *v > newest_here {
-                return Err(Error::VersionNotAvailable {
-                    asked: *v,
-                    why: format!("the backup ends at data_version {newest_here}"),
-                });
-            }
-            *v
-        }
-    };
-    if snap.is_none() && records.is_empty() {
-        return Err(Error::EmptyRepository);
     }
-    // A version inside a gap that a later snapshot bridges (`backup-cli repair` cut a damaged
-    // end and stored the node's database): no batch of it exists.
-    if let RestoreTarget::Version(v) = target {
-        if *v > base_v
-            && !records
-                .iter()
-                .any(|r| !r.pragma_only() && r.batch.data_version == *v)
-        {
-            return Err(Error::VersionNotAvailable {
+    if snap.is_none() && !any {
+        return Err(match target {
+            RestoreTarget::Version(v) => Error::VersionNotAvailable {
                 asked: *v,
-                why: "the journal holds no batch for it: a damaged end was cut there (`backup-cli repair`) and a later snapshot holds the node's state after it; restore an earlier state, or that snapshot's".into(),
+                why: "the repository holds no snapshot at or below it".into(),
+            },
+            _ => Error::EmptyRepository,
+        });
+    }
+    if let RestoreTarget::Version(v) = target {
+        if cur != *v {
+            return Err(if *v > reached {
+                Error::VersionNotAvailable {
+                    asked: *v,
+                    why: format!("the backup ends at data_version {reached}"),
+                }
+            } else {
+                // Inside a gap that a later snapshot bridges.
+                repaired_gap(*v)
             });
         }
     }
-    let restored_time_ms = records
-        .iter()
-        .rev()
-        .find(|r| !r.pragma_only() && r.batch.data_version == want)
-        .map(|r| r.time_ms)
+    let restored_time_ms = restored_time_ms
         .or_else(|| {
             snap.as_ref()
                 .filter(|m| m.data_version == want)
                 .map(|m| m.data_time_ms)
         })
         .unwrap_or(0);
-
-    if let Some(m) = &snap {
-        let index = ChunkIndex::load(repo)?;
-        let refs = manifest::resolve(repo, m)?;
-        snapshot::materialize(repo, m, &refs, &index, tmp)?;
-    }
-    let mut rp = Replayer::open(tmp, snap.as_ref().map(|m| m.foreign_keys).unwrap_or(true))?;
-    // Check continuity while applying: each batch must follow the previous one.
-    let mut cur = base_v;
-    for r in records.iter().filter(|r| r.batch.data_version <= want) {
-        if !r.pragma_only() {
-            if r.batch.data_version != cur.wrapping_add(1) {
-                return Err(Error::corrupt(
-                    "journal",
-                    format!(
-                        "batch for data_version {} follows {cur}: the journal has a gap",
-                        r.batch.data_version
-                    ),
-                ));
-            }
-            cur = r.batch.data_version;
-        }
-        rp.apply(r)?;
-    }
     let got = rp.data_version()?;
     let (batches, statements) = (rp.batches, rp.statements);
     rp.finish(tmp)?;
@@ -425,6 +418,15 @@ fn restore_into(
         newest_time_ms: newest.time_ms,
         restored_time_ms,
     })
+}
+
+/// A version inside a gap that a later snapshot bridges (`backup-cli repair` cut a damaged end
+/// and stored the node's database): no batch of it exists.
+fn repaired_gap(v: u32) -> Error {
+    Error::VersionNotAvailable {
+        asked: v,
+        why: "the journal holds no batch for it: a damaged end was cut there (`backup-cli repair`) and a later snapshot holds the node's state after it; restore an earlier state, or that snapshot's".into(),
+    }
 }
 
 /// " (stored <date>)" for a unix-ms time, or "" when unknown.

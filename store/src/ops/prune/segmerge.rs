@@ -31,7 +31,8 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::journal::reader::{self, SegmentData, SegmentRef};
+use crate::journal::reader::{self, SegmentRef};
+use crate::journal::record::Predecessor;
 use crate::journal::segment::{self, Recovery, Sealed};
 use crate::journal::{parse_sealed_name, sealed_run_name};
 use crate::repo::Repository;
@@ -115,7 +116,7 @@ fn merge_run(repo: &Repository, members: &[SegmentRef]) -> Result<()> {
         return Ok(());
     };
     let name = sealed_run_name(first.seq, last.last);
-    let mut prev: Option<SegmentData> = None;
+    let mut prev: Option<Predecessor> = None;
     let mut run = Sealed {
         first: first.seq,
         last: last.last,
@@ -131,8 +132,8 @@ fn merge_run(repo: &Repository, members: &[SegmentRef]) -> Result<()> {
         }
         run.frames = d.frames;
         run.chain = d.chain;
-        run.records.extend(d.records.iter().cloned());
-        prev = Some(d);
+        prev = Some(d.as_predecessor(m.last));
+        run.records.extend(d.records);
     }
     let bytes = segment::encode_sealed(
         repo.crypto(),
