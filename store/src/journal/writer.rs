@@ -73,8 +73,10 @@ pub struct JournalWriter {
     pending_link: Option<Link>,
 }
 
-/// Most bytes of records the writer keeps for compaction.
-const CACHE_LIMIT: usize = 256 << 20;
+/// Most bytes of records the writer keeps for compaction: enough for S3's default compaction
+/// threshold (8 MiB of journal) several times over, little beside a node on a 4 GB machine. A
+/// longer segment is read back by the compaction (one segment at a time).
+const CACHE_LIMIT: usize = 32 << 20;
 
 fn record_size(r: &Record) -> usize {
     r.batch.writes.iter().map(|w| w.len() + 8).sum::<usize>() + 16

@@ -134,16 +134,19 @@ pub fn seal_closed_segments(repo: &Repository, current: u64) -> Result<u64> {
 pub fn seal_closed_segments_with(
     repo: &Repository,
     current: u64,
-    known: Option<(u64, &SegmentData)>,
+    mut known: Option<(u64, SegmentData)>,
 ) -> Result<u64> {
     let mut sealed = 0;
     for seg in reader::segments(repo)? {
         if seg.sealed || seg.seq >= current {
             continue;
         }
-        let data = match known {
-            Some((seq, d)) if seq == seg.seq => d.clone(),
-            _ => reader::read_segment_data(repo, &seg, Recovery::Strict)?,
+        let data = match known.take() {
+            Some((seq, d)) if seq == seg.seq => d,
+            other => {
+                known = other;
+                reader::read_segment_data(repo, &seg, Recovery::Strict)?
+            }
         };
         let name = crate::journal::sealed_name(seg.seq);
         let bytes = segment::encode_sealed(
@@ -170,6 +173,28 @@ pub fn seal_closed_segments_with(
         }
     }
     Ok(sealed)
+}
+
+/// The records of `segs` in order, with their segment numbers, one segment read at a time;
+/// `closed` is a segment the writer kept (not read back: one request per batch on S3).
+fn segment_records<'a>(
+    repo: &'a Repository,
+    segs: &'a [SegmentRef],
+    closed: Option<(u64, &'a SegmentData)>,
+) -> impl Iterator<Item = Result<(u64, Record)>> + 'a {
+    segs.iter()
+        .flat_map(move |s| -> Box<dyn Iterator<Item = Result<(u64, Record)>> + 'a> {
+            let seq = s.seq;
+            match closed {
+                Some((c, d)) if c == seq && !s.sealed => {
+                    Box::new(d.records.iter().cloned().map(move |r| Ok((seq, r))))
+                }
+                _ => match reader::read_segment(repo, s, Recovery::Strict) {
+                    Ok(recs) => Box::new(recs.into_iter().map(move |r| Ok((seq, r)))),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                },
+            }
+        })
 }
 
 /// Delete the stream of a segment whose sealed copy is published. An append-only destination
@@ -244,46 +269,32 @@ pub fn compact_cancellable(
         .into_iter()
         .filter(|s| s.last >= from && s.seq <= closed)
         .collect();
-    let mut records: Vec<(u64, Record)> = Vec::new();
-    for s in &segs {
-        let recs = match &closed_records {
-            // The writer kept what it wrote: no need to read it back (one request per batch on S3).
-            Some(c) if s.seq == closed && !s.sealed => c.records.clone(),
-            _ => reader::read_segment(repo, s, Recovery::Strict)?,
-        };
-        for r in recs {
-            records.push((s.seq, r));
+    let pv = parent.as_ref().map(|m| m.data_version).unwrap_or(0);
+    let closed_known = closed_records.as_ref().map(|c| (closed, c));
+    // Two passes over the journal since the parent, one segment in memory at a time: the first
+    // finds the version to snapshot (the newest but one: the newest batch may still be
+    // superseded), the second replays up to it.
+    // Where each version begins (segment, version), in journal order, collapsed.
+    let mut version_starts: Vec<(u64, u32)> = Vec::new();
+    // The newest two real versions above the parent's, and when each was stored (the last
+    // record of a version wins: it supersedes).
+    let mut real: [Option<(u32, u64)>; 2] = [None, None];
+    for r in segment_records(repo, &segs, closed_known) {
+        let (seq, r) = r?;
+        let v = r.batch.data_version;
+        if version_starts.last().is_none_or(|&(_, last)| last != v) {
+            version_starts.push((seq, v));
+        }
+        if r.pragma_only() || v <= pv {
+            continue;
+        }
+        match real[1] {
+            Some((newest, _)) if newest == v => real[1] = Some((v, r.time_ms)),
+            _ => real = [real[1], Some((v, r.time_ms))],
         }
     }
-    let pv = parent.as_ref().map(|m| m.data_version).unwrap_or(0);
-    let seq_and_version: Vec<(u64, u32)> = records
-        .iter()
-        .map(|r| (r.0, r.1.batch.data_version))
-        .collect();
-    // When each real batch was stored (the last record of a version wins: it supersedes).
-    let times: std::collections::HashMap<u32, u64> = records
-        .iter()
-        .filter(|r| !r.1.pragma_only())
-        .map(|r| (r.1.batch.data_version, r.1.time_ms))
-        .collect();
-    let recs = replay::effective(
-        records
-            .into_iter()
-            .map(|r| r.1)
-            .filter(|r| r.batch.data_version > pv)
-            .collect(),
-        "journal",
-    )?;
-    let real: Vec<u32> = recs
-        .iter()
-        .filter(|r| !r.pragma_only())
-        .map(|r| r.batch.data_version)
-        .collect();
-    let target = match real.len() {
-        0 | 1 => None,
-        n => real.get(n - 2).copied().filter(|&v| v > pv),
-    };
-    let Some(target) = target else {
+    let target = real[0].filter(|&(v, _)| v > pv);
+    let Some((target, target_time_ms)) = target else {
         let after = stats::stats(repo)?;
         return Ok(CompactReport {
             snapshot: None,
@@ -295,6 +306,7 @@ pub fn compact_cancellable(
             note: Some("nothing to compact: fewer than two batches since the last snapshot".into()),
         });
     };
+    let newest_real = real[1].map(|(v, _)| v);
 
     check()?;
     let mut index = ChunkIndex::load(repo)?;
@@ -305,15 +317,20 @@ pub fn compact_cancellable(
         &base,
         parent.as_ref().map(|m| m.foreign_keys).unwrap_or(true),
     )?;
-    for (k, r) in recs
-        .iter()
-        .filter(|r| r.batch.data_version > pv && r.batch.data_version <= target)
-        .enumerate()
-    {
+    let above_parent = segment_records(repo, &segs, closed_known).filter_map(|r| match r {
+        Ok((_, r)) if r.batch.data_version <= pv => None,
+        Ok((_, r)) => Some(Ok(r)),
+        Err(e) => Some(Err(e)),
+    });
+    for (k, r) in replay::Effective::new(above_parent, "journal").enumerate() {
+        let r = r?;
+        if r.batch.data_version > target {
+            continue; // read on: a record that replaces a missing batch is still an error
+        }
         if k % 256 == 0 {
             check()?;
         }
-        rp.apply(r)?;
+        rp.apply(&r)?;
     }
     let got = rp.data_version()?;
     // Not synced: the base is checked against its manifest before every use (`prepare_base`).
@@ -325,7 +342,7 @@ pub fn compact_cancellable(
         ));
     }
     // Replay resumes at the segment holding the first record above the target.
-    let journal_segment = seq_and_version
+    let journal_segment = version_starts
         .iter()
         .find(|(_, v)| *v > target)
         .map(|(s, _)| *s)
@@ -342,8 +359,8 @@ pub fn compact_cancellable(
             data_version: target,
             journal_segment,
             foreign_keys: fk,
-            data_time_ms: times.get(&target).copied().unwrap_or(0),
-            next: real.last().map(|&v| crate::manifest::NextBatch {
+            data_time_ms: target_time_ms,
+            next: newest_real.map(|v| crate::manifest::NextBatch {
                 data_version: v,
                 segment: journal_segment,
             }),
@@ -353,11 +370,7 @@ pub fn compact_cancellable(
         &mut index,
     )?;
     write_state(&state_path, &m)?;
-    seal_closed_segments_with(
-        repo,
-        closed + 1,
-        closed_records.as_ref().map(|r| (closed, r)),
-    )?;
+    seal_closed_segments_with(repo, closed + 1, closed_records.map(|r| (closed, r)))?;
     // Closed segments still after the snapshot (listed outside the writer's lock; only the
     // compaction rotates, so the current segment is `closed + 1`).
     let since: u64 = reader::segments(repo)?

@@ -162,72 +162,36 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
         .iter()
         .find(|s| s.seq <= from && from <= s.last)
         .map_or(from, |s| s.seq);
-    let from_version = manifests.first().map(|m| m.data_version).unwrap_or(0);
     let first = segs.first().map(|s| s.seq).unwrap_or(0);
-    let mut records = Vec::new();
-    match reader::read_journal(repo, first, Recovery::AcceptDamagedTail) {
-        Ok(j) => {
-            match &j.tail {
-                Some((name, Tail::Torn(t))) => rep.warnings.push(format!(
-                    "{name}: {t}: a crash while the newest record was written (never acknowledged under fsync durability); the plugin cuts it when it next starts"
-                )),
-                Some((name, Tail::Damaged(t))) => rep.problems.push(format!(
-                    "{name}: {t}: the newest record(s) are damaged, not torn by a crash"
-                )),
-                None => {}
-            }
-            rep.journal_records = j.records.len() as u64;
-            records.extend(
-                j.records
-                    .into_iter()
-                    .filter(|(seq, r)| *seq >= from && r.batch.data_version > from_version)
-                    .map(|(_, r)| r),
-            );
+    // Read as a stream (one segment in memory at a time); read again from the listing when a
+    // prune merged segments meanwhile.
+    let mut tries = 0;
+    let journal = loop {
+        let j = check_journal(repo, first, from, &manifests);
+        match &j.error {
+            Some(e) if reader::journal_moved(e) && tries < 3 => tries += 1,
+            _ => break j,
         }
-        Err(e) => rep.problems.push(e.to_string()),
+    };
+    rep.journal_records = journal.records;
+    rep.warnings.extend(journal.warnings);
+    rep.problems.extend(journal.problems);
+    if let Some(e) = journal.error {
+        rep.problems.push(e.to_string());
     }
-    match replay::effective(records, "journal") {
-        Ok(eff) => {
-            let mut prev: Option<u32> = manifests.first().map(|m| m.data_version);
-            for r in eff.iter().filter(|r| !r.pragma_only()) {
-                let v = r.batch.data_version;
-                match prev {
-                    Some(p) if v <= p => {} // already in the snapshot
-                    // A snapshot at v-1 bridges a gap: a damaged end cut by `backup-cli
-                    // repair`, whose batches only that snapshot (of the node's database) holds.
-                    Some(p) if v != p + 1 => match manifests.iter().find(|m| m.data_version == v - 1) {
-                        Some(m) => rep.warnings.push(format!(
-                            "journal: data_version {v} follows {p}; batches {} to {} are only in snapshot {} (a damaged end was cut: `backup-cli repair`), so no state between {p} and {} is restorable",
-                            p + 1,
-                            v - 1,
-                            m.id,
-                            v - 1
-                        )),
-                        None => rep.problems.push(format!(
-                            "journal: data_version {v} follows {p}: batches are missing"
-                        )),
-                    },
-                    None if v != 1 => rep.warnings.push(format!(
-                        "journal starts at data_version {v} with no snapshot before it: only later snapshots restore"
-                    )),
-                    _ => {}
-                }
-                prev = Some(v.max(prev.unwrap_or(0)));
-            }
-            let reached = prev.unwrap_or(0);
-            for m in &manifests {
-                if let Some(next) = m.next {
-                    if reached < next.data_version {
-                        rep.problems.push(format!(
-                            "{}: was made when batch {} was stored, but the journal after it ends at data_version {reached}: journal records were deleted or rolled back",
-                            manifest::manifest_name(&m.id),
-                            next.data_version
-                        ));
-                    }
+    if journal.versions_known {
+        let reached = journal.reached;
+        for m in &manifests {
+            if let Some(next) = m.next {
+                if reached < next.data_version {
+                    rep.problems.push(format!(
+                        "{}: was made when batch {} was stored, but the journal after it ends at data_version {reached}: journal records were deleted or rolled back",
+                        manifest::manifest_name(&m.id),
+                        next.data_version
+                    ));
                 }
             }
         }
-        Err(e) => rep.problems.push(e.to_string()),
     }
 
     // Each pack's header, and the seal of its last blob (cheap: two ranged reads a pack).
@@ -317,4 +281,103 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
 
 fn stray(name: &str) -> String {
     format!("{name}: not an object of this repository (a stray file), skipped; remove it if you did not put it there")
+}
+
+/// What reading the whole journal found.
+#[derive(Default)]
+struct JournalCheck {
+    records: u64,
+    warnings: Vec<String>,
+    problems: Vec<String>,
+    /// The error that stopped the reading.
+    error: Option<Error>,
+    /// The newest batch read (the oldest snapshot's version when none is newer).
+    reached: u32,
+    /// False when a record replaced a batch that is not there: versions are not meaningful.
+    versions_known: bool,
+}
+
+/// Read the journal from segment `first`, checking that versions continue from the oldest
+/// snapshot on (records numbered `from` or later, above its version) and its end.
+fn check_journal(
+    repo: &Repository,
+    first: u64,
+    from: u64,
+    manifests: &[manifest::Manifest],
+) -> JournalCheck {
+    let mut out = JournalCheck {
+        versions_known: true,
+        ..Default::default()
+    };
+    let from_version = manifests.first().map(|m| m.data_version).unwrap_or(0);
+    let mut j = match reader::JournalReader::open(repo, first, Recovery::AcceptDamagedTail) {
+        Ok(j) => j,
+        Err(e) => {
+            out.error = Some(e);
+            out.reached = from_version;
+            return out;
+        }
+    };
+    let mut count = 0u64;
+    let mut read_error = None;
+    let records = j.by_ref().filter_map(|r| match r {
+        Ok((seq, r)) => {
+            count += 1;
+            (seq >= from && r.batch.data_version > from_version).then_some(Ok(r))
+        }
+        Err(e) => {
+            read_error = Some(e);
+            None
+        }
+    });
+    let mut prev: Option<u32> = manifests.first().map(|m| m.data_version);
+    for r in replay::Effective::new(records, "journal") {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                out.problems.push(e.to_string());
+                out.versions_known = false;
+                break;
+            }
+        };
+        if r.pragma_only() {
+            continue;
+        }
+        let v = r.batch.data_version;
+        match prev {
+            Some(p) if v <= p => {} // already in the snapshot
+            // A snapshot at v-1 bridges a gap: a damaged end cut by `backup-cli repair`, whose
+            // batches only that snapshot (of the node's database) holds.
+            Some(p) if v != p + 1 => match manifests.iter().find(|m| m.data_version == v - 1) {
+                Some(m) => out.warnings.push(format!(
+                    "journal: data_version {v} follows {p}; batches {} to {} are only in snapshot {} (a damaged end was cut: `backup-cli repair`), so no state between {p} and {} is restorable",
+                    p + 1,
+                    v - 1,
+                    m.id,
+                    v - 1
+                )),
+                None => out.problems.push(format!(
+                    "journal: data_version {v} follows {p}: batches are missing"
+                )),
+            },
+            None if v != 1 => out.warnings.push(format!(
+                "journal starts at data_version {v} with no snapshot before it: only later snapshots restore"
+            )),
+            _ => {}
+        }
+        prev = Some(v.max(prev.unwrap_or(0)));
+    }
+    out.reached = prev.unwrap_or(0);
+    out.records = count;
+    out.error = read_error;
+    match j.tail.take() {
+        Some((name, Tail::Torn(t))) => out.warnings.insert(0, format!(
+            "{name}: {t}: a crash while the newest record was written (never acknowledged under fsync durability); the plugin cuts it when it next starts"
+        )),
+        Some((name, Tail::Damaged(t))) => out.problems.insert(0, format!(
+            "{name}: {t}: the newest record(s) are damaged, not torn by a crash"
+        )),
+        None => {}
+    }
+    out
 }
