@@ -50,15 +50,13 @@ impl<I: Iterator<Item = Result<Record>>> Effective<I> {
                 Some(p) if !p.pragma_only() && p.batch.data_version == r.batch.data_version => {
                     self.held.pop_front();
                 }
-                _ => {
-                    return Err(Error::corrupt(
-                        &self.object,
-                        format!(
-                            "record for data_version {} replaces a batch that is not in the journal",
-                            r.batch.data_version
-                        ),
-                    ))
-                }
+                _ => return Err(Error::corrupt(
+                    &self.object,
+                    format!(
+                        "record for data_version {} replaces a batch that is not in the journal",
+                        r.batch.data_version
+                    ),
+                )),
             }
         }
         if r.pragma_only() {
@@ -284,4 +282,97 @@ pub fn integrity_check(path: &Path) -> Result<String> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::sqlite(&object, e))?;
     Ok(rows.join("; "))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::journal::record::Batch;
+
+    fn rec(v: u32, sql: &str, supersedes: bool) -> Record {
+        Record {
+            batch: Batch {
+                data_version: v,
+                writes: vec![sql.to_string()],
+            },
+            supersedes,
+            time_ms: u64::from(v),
+        }
+    }
+
+    fn shown(records: &[Record]) -> Vec<(u32, String)> {
+        records
+            .iter()
+            .map(|r| (r.batch.data_version, r.batch.writes.join(";")))
+            .collect()
+    }
+
+    /// The streaming resolution keeps what the whole-list one kept: a re-sent batch replaces the
+    /// one it supersedes, the PRAGMA-only records between them stay where they were.
+    #[test]
+    fn a_superseding_batch_replaces_the_held_one_and_keeps_the_pragmas_after_it() {
+        let input = vec![
+            rec(0, "PRAGMA foreign_keys = ON", false),
+            rec(1, "INSERT 1", false),
+            rec(2, "INSERT 2", false),
+            rec(2, "PRAGMA foreign_keys = OFF", false),
+            rec(2, "INSERT 2 again", true),
+            rec(2, "INSERT 2 third", true),
+            rec(3, "INSERT 3", false),
+        ];
+        let got = effective(input, "journal").unwrap_or_default();
+        assert_eq!(
+            shown(&got),
+            vec![
+                (0, "PRAGMA foreign_keys = ON".into()),
+                (1, "INSERT 1".into()),
+                (2, "PRAGMA foreign_keys = OFF".into()),
+                (2, "INSERT 2 third".into()),
+                (3, "INSERT 3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_that_replaces_one_already_passed_is_an_error() {
+        for input in [
+            vec![
+                rec(1, "INSERT 1", false),
+                rec(2, "INSERT 2", false),
+                rec(1, "INSERT 1", true),
+            ],
+            vec![rec(1, "INSERT 1", true)],
+            vec![
+                rec(0, "PRAGMA foreign_keys = ON", false),
+                rec(0, "PRAGMA x", true),
+            ],
+        ] {
+            let err = effective(input, "journal/x").err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("replaces a batch that is not in the journal")),
+                "{err:?}"
+            );
+        }
+    }
+
+    /// The stream yields a batch only once the next batch shows it stays: nothing is applied
+    /// that a later record replaces, and the error stops the stream.
+    #[test]
+    fn the_stream_holds_back_only_the_newest_batch() {
+        let input = vec![
+            Ok(rec(1, "INSERT 1", false)),
+            Ok(rec(2, "INSERT 2", false)),
+            Err(Error::corrupt("journal/y", "damaged")),
+            Ok(rec(3, "INSERT 3", false)),
+        ];
+        let mut e = Effective::new(input.into_iter(), "journal");
+        assert_eq!(
+            e.next().and_then(|r| r.ok()).map(|r| r.batch.data_version),
+            Some(1)
+        );
+        // Batch 2 is held when the error arrives: the error comes, then nothing.
+        assert!(matches!(e.next(), Some(Err(_))));
+        assert!(e.next().is_none());
+    }
 }

@@ -237,8 +237,7 @@ pub fn check_link(seq: u64, link: &Link, pred: &Predecessor, object: &str) -> Re
             wrong.push("its predecessor's last record is not the one it followed".into());
         }
     }
-    if p.last_version.is_some() && pred.frames == p.frames && p.last_version != pred.last_version
-    {
+    if p.last_version.is_some() && pred.frames == p.frames && p.last_version != pred.last_version {
         wrong.push(format!(
             "its predecessor ended at data_version {:?}, now at {:?}",
             p.last_version, pred.last_version

@@ -182,8 +182,8 @@ fn segment_records<'a>(
     segs: &'a [SegmentRef],
     closed: Option<(u64, &'a SegmentData)>,
 ) -> impl Iterator<Item = Result<(u64, Record)>> + 'a {
-    segs.iter()
-        .flat_map(move |s| -> Box<dyn Iterator<Item = Result<(u64, Record)>> + 'a> {
+    segs.iter().flat_map(
+        move |s| -> Box<dyn Iterator<Item = Result<(u64, Record)>> + 'a> {
             let seq = s.seq;
             match closed {
                 Some((c, d)) if c == seq && !s.sealed => {
@@ -194,7 +194,8 @@ fn segment_records<'a>(
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 },
             }
-        })
+        },
+    )
 }
 
 /// Delete the stream of a segment whose sealed copy is published. An append-only destination

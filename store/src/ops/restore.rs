@@ -263,9 +263,9 @@ fn restore_into(
                 (Some(o), _) => {
                     format!("older states were pruned: the oldest restorable data_version is {o}")
                 }
-                (None, Some(f)) => format!(
-                    "the journal starts at data_version {f} and no snapshot precedes it"
-                ),
+                (None, Some(f)) => {
+                    format!("the journal starts at data_version {f} and no snapshot precedes it")
+                }
                 (None, None) => "the journal's first segments were pruned".into(),
             },
         }
