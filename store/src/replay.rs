@@ -50,13 +50,15 @@ impl<I: Iterator<Item = Result<Record>>> Effective<I> {
                 Some(p) if !p.pragma_only() && p.batch.data_version == r.batch.data_version => {
                     self.held.pop_front();
                 }
-                _ => return Err(Error::corrupt(
-                    &self.object,
-                    format!(
+                _ => {
+                    return Err(Error::corrupt(
+                        &self.object,
+                        format!(
                         "record for data_version {} replaces a batch that is not in the journal",
                         r.batch.data_version
                     ),
-                )),
+                    ))
+                }
             }
         }
         if r.pragma_only() {

@@ -217,6 +217,130 @@ pub fn read_segment_data(
     })
 }
 
+/// One segment opened for reading one record at a time (see [`open_segment`]).
+pub struct SegmentCursor<'a> {
+    pub link: Option<Link>,
+    /// Whole frames (the link included); for a format-1 sealed object, known at its end.
+    frames: Option<u64>,
+    pub chain: Option<Chain>,
+    pub tail: Option<Tail>,
+    /// The newest real version among the records taken so far.
+    last_real: Option<u32>,
+    records: Records<'a>,
+}
+
+enum Records<'a> {
+    Sealed(segment::SealedStream),
+    Stream {
+        data: Vec<u8>,
+        positions: std::vec::IntoIter<usize>,
+        crypto: &'a crate::crypto::Crypto,
+        seq: u64,
+        name: String,
+    },
+}
+
+impl SegmentCursor<'_> {
+    /// What a link to the segment after this one (number `seq`) must say: valid once every
+    /// record was taken.
+    pub fn as_predecessor(&self, seq: u64) -> Predecessor {
+        let frames = match &self.records {
+            Records::Sealed(s) => s.frames.unwrap_or(s.read),
+            Records::Stream { .. } => self.frames.unwrap_or(0),
+        };
+        Predecessor {
+            seq,
+            frames,
+            chain: self.chain,
+            last_version: self.last_real,
+        }
+    }
+}
+
+impl Iterator for SegmentCursor<'_> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        let r = match &mut self.records {
+            Records::Sealed(s) => s.next()?,
+            Records::Stream {
+                data,
+                positions,
+                crypto,
+                seq,
+                name,
+            } => {
+                let pos = positions.next()?;
+                segment::stream_record(data, pos, crypto, *seq, name)
+            }
+        };
+        if let Ok(r) = &r {
+            if !r.pragma_only() {
+                self.last_real = Some(r.batch.data_version);
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Open one segment to read its records one at a time: a stream's frames are all checked first
+/// (as [`read_segment_data`] does) but decoded as they are taken; a sealed object is
+/// decompressed as its records are taken. Memory holds the segment's stored bytes, not its
+/// statements.
+pub fn open_segment<'a>(
+    repo: &'a Repository,
+    seg: &SegmentRef,
+    recovery: Recovery,
+) -> Result<SegmentCursor<'a>> {
+    let name = seg.object_name();
+    if seg.sealed {
+        let data = repo.backend().get(&name)?;
+        let s = segment::SealedStream::open(repo.crypto(), &name, seg.seq, seg.last, &data)?;
+        return Ok(SegmentCursor {
+            link: s.link,
+            frames: s.frames,
+            chain: s.chain,
+            tail: None,
+            last_real: None,
+            records: Records::Sealed(s),
+        });
+    }
+    let data = match repo.backend().stream_read(&stream_name(seg.seq)) {
+        Ok(d) => d,
+        // Sealed by a compaction since it was listed: the sealed copy was published first.
+        Err(Error::NotFound { .. }) => {
+            let sealed = SegmentRef {
+                sealed: true,
+                ..seg.clone()
+            };
+            return open_segment(repo, &sealed, recovery);
+        }
+        Err(e) => return Err(e),
+    };
+    let p = segment::parse_stream_frames(
+        &data,
+        repo.crypto(),
+        repo.repo_id(),
+        seg.seq,
+        &name,
+        recovery,
+    )?;
+    Ok(SegmentCursor {
+        chain: p.frame_chain(),
+        link: p.link,
+        frames: Some(p.frames),
+        tail: p.tail,
+        last_real: None,
+        records: Records::Stream {
+            data,
+            positions: p.positions.into_iter(),
+            crypto: repo.crypto(),
+            seq: seg.seq,
+            name,
+        },
+    })
+}
+
 /// Check that `link`, the link of segment `seq`, names `pred` (segment `seq - 1` as read).
 pub fn check_link(seq: u64, link: &Link, pred: &Predecessor, object: &str) -> Result<()> {
     let Some(p) = link.predecessor else {
@@ -314,7 +438,8 @@ pub struct JournalReader<'a> {
     recovery: Recovery,
     prev: Option<Predecessor>,
     seq: u64,
-    records: std::vec::IntoIter<Record>,
+    last: u64,
+    cursor: Option<SegmentCursor<'a>>,
     failed: bool,
     /// A torn or damaged tail of the newest segment that was left out.
     pub tail: Option<(String, Tail)>,
@@ -361,8 +486,11 @@ impl<'a> JournalReader<'a> {
             }
             if let Some(before) = all.iter().rev().find(|s| s.last < first.seq) {
                 if before.last + 1 == first.seq {
-                    let d = read_segment_data(repo, before, Recovery::Strict)?;
-                    prev = Some(d.as_predecessor(before.last));
+                    let mut c = open_segment(repo, before, Recovery::Strict)?;
+                    for r in c.by_ref() {
+                        r?;
+                    }
+                    prev = Some(c.as_predecessor(before.last));
                 }
             }
         }
@@ -373,15 +501,20 @@ impl<'a> JournalReader<'a> {
             recovery,
             prev,
             seq: 0,
-            records: Vec::new().into_iter(),
+            last: 0,
+            cursor: None,
             failed: false,
             tail: None,
             newest: None,
         })
     }
 
-    /// Read the next segment into `records`; `false` when there is none.
+    /// Open the next segment; `false` when there is none.
     fn next_segment(&mut self) -> Result<bool> {
+        if let Some(c) = &self.cursor {
+            self.prev = Some(c.as_predecessor(self.last));
+        }
+        self.cursor = None;
         let Some(seg) = self.segs.next() else {
             return Ok(false);
         };
@@ -403,17 +536,17 @@ impl<'a> JournalReader<'a> {
         } else {
             Recovery::Strict
         };
-        let d = read_segment_data(self.repo, &seg, rec)?;
-        if let (Some(link), Some(p)) = (&d.link, &self.prev) {
+        let c = open_segment(self.repo, &seg, rec)?;
+        if let (Some(link), Some(p)) = (&c.link, &self.prev) {
             check_link(seg.seq, link, p, &name)?;
         }
-        if let Some(t) = &d.tail {
+        if let Some(t) = &c.tail {
             self.tail = Some((name, t.clone()));
         }
         self.newest = Some(seg.last);
-        self.prev = Some(d.as_predecessor(seg.last));
         self.seq = seg.seq;
-        self.records = d.records.into_iter();
+        self.last = seg.last;
+        self.cursor = Some(c);
         Ok(true)
     }
 }
@@ -426,8 +559,13 @@ impl Iterator for JournalReader<'_> {
             return None;
         }
         loop {
-            if let Some(r) = self.records.next() {
-                return Some(Ok((self.seq, r)));
+            match self.cursor.as_mut().and_then(Iterator::next) {
+                Some(Ok(r)) => return Some(Ok((self.seq, r))),
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                None => {}
             }
             match self.next_segment() {
                 Ok(true) => {}

@@ -35,7 +35,7 @@
 //! ```
 //! Compressing the plaintext records as one stream is what makes the journal small at rest.
 
-use crate::codec::{Dec, Enc};
+use crate::codec::Enc;
 use crate::crypto::{Crypto, TAG_LEN};
 use crate::envelope::{self, Header, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
@@ -160,8 +160,12 @@ pub fn frame_chain(frame: &[u8]) -> Chain {
 }
 
 pub struct Parsed {
-    /// The batches, in order (the link is apart).
+    /// The batches, in order (the link is apart); empty when parsed by [`parse_stream_frames`].
     pub records: Vec<Record>,
+    /// Where each batch's frame begins, when parsed by [`parse_stream_frames`].
+    pub positions: Vec<usize>,
+    /// The newest data_version of a batch that is not only PRAGMAs.
+    last_real: Option<u32>,
     /// The segment's link (format 2), when it has any frame.
     pub link: Option<Link>,
     /// Whole valid frames (the link included).
@@ -180,6 +184,8 @@ impl Parsed {
     fn empty(format: u8) -> Parsed {
         Parsed {
             records: Vec::new(),
+            positions: Vec::new(),
+            last_real: None,
             link: None,
             frames: 0,
             valid_len: 0,
@@ -191,7 +197,7 @@ impl Parsed {
 
     /// The newest data_version of a batch that is not only PRAGMAs.
     pub fn last_version(&self) -> Option<u32> {
-        super::record::newest_real(&self.records)
+        self.last_real
     }
 
     /// The chain when the stream has frames (an empty stream has none of its own).
@@ -208,6 +214,54 @@ pub fn parse_stream(
     seq: u64,
     object: &str,
     recovery: Recovery,
+) -> Result<Parsed> {
+    parse(data, crypto, repo, seq, object, recovery, true)
+}
+
+/// [`parse_stream`] keeping where each batch begins instead of the batches: every frame is
+/// checked all the same, and [`stream_record`] decodes one when it is needed (a long segment's
+/// statements need not all be in memory at once).
+pub fn parse_stream_frames(
+    data: &[u8],
+    crypto: &Crypto,
+    repo: RepoId,
+    seq: u64,
+    object: &str,
+    recovery: Recovery,
+) -> Result<Parsed> {
+    parse(data, crypto, repo, seq, object, recovery, false)
+}
+
+/// The batch whose frame begins at `pos` of a stream [`parse_stream_frames`] accepted.
+pub fn stream_record(
+    data: &[u8],
+    pos: usize,
+    crypto: &Crypto,
+    seq: u64,
+    object: &str,
+) -> Result<Record> {
+    let header = data.get(..STREAM_HEADER_LEN).unwrap_or_default();
+    match try_frame(data, pos, crypto, header, seq, object) {
+        Ok((Entry::Batch(r), _)) => Ok(r),
+        Ok((Entry::Link(_), _)) => Err(Error::corrupt(
+            object,
+            format!("a segment link at offset {pos}, where a batch was read before"),
+        )),
+        Err(why) => Err(Error::corrupt(
+            object,
+            format!("record at offset {pos} no longer reads as it did ({why})"),
+        )),
+    }
+}
+
+fn parse(
+    data: &[u8],
+    crypto: &Crypto,
+    repo: RepoId,
+    seq: u64,
+    object: &str,
+    recovery: Recovery,
+    keep: bool,
 ) -> Result<Parsed> {
     let expected = stream_header(crypto, repo, seq);
     // Bytes up to the last non-zero one: past them lie only zeros written ahead.
@@ -262,7 +316,16 @@ pub fn parse_stream(
                             "the first frame is a batch, not the segment's link",
                         ))
                     }
-                    Entry::Batch(r) => p.records.push(r),
+                    Entry::Batch(r) => {
+                        if !r.pragma_only() {
+                            p.last_real = Some(r.batch.data_version);
+                        }
+                        if keep {
+                            p.records.push(r);
+                        } else {
+                            p.positions.push(pos);
+                        }
+                    }
                 }
                 p.frames += 1;
                 pos = next;
@@ -446,68 +509,213 @@ pub fn decode_sealed(
     last: u64,
     data: &[u8],
 ) -> Result<Sealed> {
-    let h = Header::decode_expect(data, Kind::SealedSegment, crypto, name)?;
-    let z = envelope::open_object(Kind::SealedSegment, crypto, name, data)?;
-    let raw = zstd::stream::decode_all(z.as_slice())
-        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
-    let mut d = Dec::new(&raw, name);
-    if h.format < 2 {
-        let mut records = Vec::new();
-        while d.remaining() > 0 {
-            records.push(Record::decode(d.blob()?, name)?);
-        }
-        return Ok(Sealed {
-            first,
-            last,
-            frames: records.len() as u64,
-            chain: None,
-            link: None,
-            records,
-        });
-    }
-    let v = d.u8()?;
-    if v != 2 {
-        return Err(Error::Unsupported {
-            object: name.to_string(),
-            what: "sealed segment body version",
-            found: v.into(),
-            supported: 2,
-        });
-    }
-    let (f, l, frames, flags) = (d.u64()?, d.u64()?, d.u64()?, d.u8()?);
-    if (f, l) != (first, last) {
-        return Err(Error::corrupt(
-            name,
-            format!("holds segments {f:016x}-{l:016x}, not what its name says"),
-        ));
-    }
-    if flags & !3 != 0 {
-        return Err(Error::corrupt(name, format!("unknown flags {flags:#04x}")));
-    }
-    let chain: Chain = d.array()?;
-    let link_bytes = d.blob()?;
-    let link = if flags & 2 != 0 {
-        match Entry::decode(link_bytes, name)? {
-            Entry::Link(l) => Some(l),
-            Entry::Batch(_) => return Err(Error::corrupt(name, "a batch where the link belongs")),
-        }
-    } else {
-        None
-    };
-    let n = d.count(4)?;
-    let mut records = Vec::with_capacity(n);
-    for _ in 0..n {
-        records.push(Record::decode(d.blob()?, name)?);
-    }
-    d.end()?;
+    let mut st = SealedStream::open(crypto, name, first, last, data)?;
+    let records = st.by_ref().collect::<Result<Vec<Record>>>()?;
     Ok(Sealed {
         first,
         last,
-        frames,
-        chain: (flags & 1 != 0).then_some(chain),
-        link,
+        frames: st.frames.unwrap_or(records.len() as u64),
+        chain: st.chain,
+        link: st.link,
         records,
     })
+}
+
+/// A sealed segment object read one record at a time: the object is opened (authenticated)
+/// whole, but decompressed as the records are taken, so its statements (often ten times the
+/// object's size) are never all in memory.
+pub struct SealedStream {
+    dec: zstd::stream::read::Decoder<'static, std::io::BufReader<std::io::Cursor<Vec<u8>>>>,
+    name: String,
+    /// Records left (format 2), or `None` for a format-1 object (records to its end).
+    left: Option<u64>,
+    done: bool,
+    /// Frames the segment(s) held as streams (format 2); for format 1, known at the end.
+    pub frames: Option<u64>,
+    pub chain: Option<Chain>,
+    pub link: Option<Link>,
+    /// Records read so far.
+    pub read: u64,
+}
+
+impl SealedStream {
+    pub fn open(
+        crypto: &Crypto,
+        name: &str,
+        first: u64,
+        last: u64,
+        data: &[u8],
+    ) -> Result<SealedStream> {
+        let h = Header::decode_expect(data, Kind::SealedSegment, crypto, name)?;
+        let z = envelope::open_object(Kind::SealedSegment, crypto, name, data)?;
+        let dec = zstd::stream::read::Decoder::new(std::io::Cursor::new(z))
+            .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+        let mut st = SealedStream {
+            dec,
+            name: name.to_string(),
+            left: None,
+            done: false,
+            frames: None,
+            chain: None,
+            link: None,
+            read: 0,
+        };
+        if h.format < 2 {
+            return Ok(st);
+        }
+        let v = st.u8()?;
+        if v != 2 {
+            return Err(Error::Unsupported {
+                object: name.to_string(),
+                what: "sealed segment body version",
+                found: v.into(),
+                supported: 2,
+            });
+        }
+        let (f, l, frames, flags) = (st.u64()?, st.u64()?, st.u64()?, st.u8()?);
+        if (f, l) != (first, last) {
+            return Err(Error::corrupt(
+                name,
+                format!("holds segments {f:016x}-{l:016x}, not what its name says"),
+            ));
+        }
+        if flags & !3 != 0 {
+            return Err(Error::corrupt(name, format!("unknown flags {flags:#04x}")));
+        }
+        let mut chain: Chain = [0; TAG_LEN];
+        st.fill(&mut chain)?;
+        let link_bytes = st.blob()?;
+        st.link = if flags & 2 != 0 {
+            match Entry::decode(&link_bytes, name)? {
+                Entry::Link(l) => Some(l),
+                Entry::Batch(_) => {
+                    return Err(Error::corrupt(name, "a batch where the link belongs"))
+                }
+            }
+        } else {
+            None
+        };
+        st.frames = Some(frames);
+        st.chain = (flags & 1 != 0).then_some(chain);
+        st.left = Some(st.u64()?);
+        Ok(st)
+    }
+
+    /// Fill `buf`; `Ok(false)` when the body ended before its first byte.
+    fn fill_or_end(&mut self, buf: &mut [u8]) -> Result<bool> {
+        use std::io::Read;
+        let mut got = 0;
+        while got < buf.len() {
+            let rest = buf.get_mut(got..).unwrap_or_default();
+            match self.dec.read(rest) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(Error::corrupt(
+                        &self.name,
+                        format!("truncated: needed {} more bytes", buf.len() - got),
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::corrupt(&self.name, format!("zstd: {e}"))),
+            }
+        }
+        Ok(true)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() || self.fill_or_end(buf)? {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                &self.name,
+                format!("truncated: needed {} bytes", buf.len()),
+            ))
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        let mut b = [0u8; 1];
+        self.fill(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.fill(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A u32 length, then that many bytes (at most a frame's worth).
+    fn blob_after(&mut self, len: [u8; 4]) -> Result<Vec<u8>> {
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(Error::corrupt(
+                &self.name,
+                format!("a record of {n} bytes, above the {MAX_FRAME}-byte bound"),
+            ));
+        }
+        let mut v = vec![0u8; n];
+        self.fill(&mut v)?;
+        Ok(v)
+    }
+
+    fn blob(&mut self) -> Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        self.fill(&mut len)?;
+        self.blob_after(len)
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        let bytes = match self.left {
+            Some(0) => {
+                // Nothing may follow the last record.
+                let mut b = [0u8; 1];
+                if self.fill_or_end(&mut b)? {
+                    return Err(Error::corrupt(
+                        &self.name,
+                        "trailing bytes after the last record",
+                    ));
+                }
+                return Ok(None);
+            }
+            Some(n) => {
+                self.left = Some(n - 1);
+                self.blob()?
+            }
+            None => {
+                let mut len = [0u8; 4];
+                if !self.fill_or_end(&mut len)? {
+                    self.frames = Some(self.read);
+                    return Ok(None);
+                }
+                self.blob_after(len)?
+            }
+        };
+        self.read += 1;
+        Record::decode(&bytes, &self.name).map(Some)
+    }
+}
+
+impl Iterator for SealedStream {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.done {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

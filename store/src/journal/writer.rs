@@ -112,7 +112,15 @@ impl JournalWriter {
                 let name = stream_name(s.seq);
                 let mut stream = repo.backend().stream_open(&name, durability)?;
                 let data = repo.backend().stream_read(&name)?;
-                let parsed = segment::parse_stream(
+                // A segment longer than the cache keeps is read back by compaction: its
+                // records are checked here but not all held (see CACHE_LIMIT).
+                let keep = data.len() <= CACHE_LIMIT;
+                let parse = if keep {
+                    segment::parse_stream
+                } else {
+                    segment::parse_stream_frames
+                };
+                let parsed = parse(
                     &data,
                     repo.crypto(),
                     repo.repo_id(),
@@ -120,6 +128,7 @@ impl JournalWriter {
                     &s.object_name(),
                     Recovery::TruncateTornTail,
                 )?;
+                drop(data);
                 if parsed.format < 2 && parsed.frames > 0 {
                     return Err(Error::NeedsUpgrade { url: repo.url() });
                 }
@@ -137,7 +146,7 @@ impl JournalWriter {
                 }
                 segment_last_real = parsed.last_version();
                 link = parsed.link;
-                cache = Some(parsed.records);
+                cache = keep.then_some(parsed.records);
                 (s.seq, stream)
             }
             Some(s) => {
@@ -171,9 +180,13 @@ impl JournalWriter {
             if snap.as_ref().is_some_and(|m| s.last < m.journal_segment) {
                 break;
             }
-            let recs = reader::read_segment(repo, s, Recovery::TruncateTornTail)?;
-            if let Some(r) = recs.iter().rev().find(|r| !r.pragma_only()) {
-                last_real = Some(r.batch.data_version);
+            // One record at a time: this may be the newest segment, long and already checked.
+            let mut c = reader::open_segment(repo, s, Recovery::TruncateTornTail)?;
+            for r in c.by_ref() {
+                r?;
+            }
+            if let Some(v) = c.as_predecessor(s.last).last_version {
+                last_real = Some(v);
                 break;
             }
         }

@@ -189,8 +189,8 @@ fn segment_records<'a>(
                 Some((c, d)) if c == seq && !s.sealed => {
                     Box::new(d.records.iter().cloned().map(move |r| Ok((seq, r))))
                 }
-                _ => match reader::read_segment(repo, s, Recovery::Strict) {
-                    Ok(recs) => Box::new(recs.into_iter().map(move |r| Ok((seq, r)))),
+                _ => match reader::open_segment(repo, s, Recovery::Strict) {
+                    Ok(c) => Box::new(c.map(move |r| r.map(|r| (seq, r)))),
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 },
             }
