@@ -723,7 +723,12 @@ fn restore_newest(o: &YearOptions, node: &Node, dest: &Path) -> Result<(u64, Opt
     let t = Instant::now();
     match &o.cli {
         Some(cli) => {
-            let mut c = std::process::Command::new(cli);
+            // Under `/usr/bin/time`: a child's ru_maxrss keeps the high-water mark of the
+            // memory it was spawned from (Linux carries it across exec), so a restore spawned
+            // by this process read as large as this process; time's own image is small.
+            let report = o.dir.join("restore.time");
+            let mut c = std::process::Command::new("/usr/bin/time");
+            c.arg("-f").arg("%M").arg("-o").arg(&report).arg(cli);
             c.arg("restore")
                 .arg(node.url.to_string())
                 .arg(dest)
@@ -736,11 +741,17 @@ fn restore_newest(o: &YearOptions, node: &Node, dest: &Path) -> Result<(u64, Opt
                 }
                 c.arg("--key-file").arg(kf);
             }
-            let child = c.spawn()?;
-            let (status, kib) = wait_rusage(child.id())?;
-            if !status {
+            let status = c
+                .status()
+                .map_err(|e| anyhow::anyhow!("/usr/bin/time (apt-get install time): {e}"))?;
+            if !status.success() {
                 bail!("backup-cli restore failed");
             }
+            let kib = std::fs::read_to_string(&report)?
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no peak memory in {}", report.display()))?;
             Ok((t.elapsed().as_millis() as u64, Some(kib)))
         }
         None => {
@@ -752,25 +763,6 @@ fn restore_newest(o: &YearOptions, node: &Node, dest: &Path) -> Result<(u64, Opt
             Ok((t.elapsed().as_millis() as u64, None))
         }
     }
-}
-
-/// Wait for child `pid`: (exited 0, its peak resident memory in KiB).
-fn wait_rusage(pid: u32) -> Result<(bool, u64)> {
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, with pointers to locals that outlive the call.
-    #[allow(unsafe_code)]
-    let (r, ru) = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        let r = libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru);
-        (r, ru)
-    };
-    if r < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    Ok((
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        ru.ru_maxrss as u64,
-    ))
 }
 
 /// Bytes a fresh repository stores for the database at `db` (one snapshot of it).
