@@ -3,8 +3,11 @@
 //! Why not `cln-plugin` 0.7: its `Builder::configure` rejects any message between getmanifest
 //! and init, and lightningd sends `db_write` there (9 calls on a fresh node, 3 on each restart),
 //! so the plugin would exit and lightningd die at start. The protocol is small:
-//! - input: JSON objects, as lightningd writes them each followed by a blank line; parsed with a
-//!   stream deserializer, so any whitespace between objects is accepted;
+//! - input: JSON objects, as lightningd writes them each followed by a blank line; any whitespace
+//!   between objects is accepted. Read in blocks: an object's end is found by one pass over its
+//!   bytes (brackets outside strings), then the object is parsed from memory. serde_json's
+//!   reader-based parser took a call and a line/column update per byte: a quarter of the
+//!   plugin's own time on the hook path (`perf`, benches/REPORT.md section 9);
 //! - output: one compact JSON object followed by `\n\n`, flushed, written under a lock so replies
 //!   from background threads (compaction) never interleave with the main loop's;
 //! - ids are strings (`"nonnumericids": true`) and echoed unchanged.
@@ -49,9 +52,175 @@ impl Incoming {
 
 /// Reads lightningd's messages from `r` until end of input. A malformed stream ends in `Err`.
 pub fn messages<R: Read>(r: R) -> impl Iterator<Item = Result<Incoming, serde_json::Error>> {
-    serde_json::Deserializer::from_reader(r)
-        .into_iter::<Value>()
-        .map(|m| m.map(Incoming::classify))
+    Messages {
+        r,
+        buf: Vec::new(),
+        filled: 0,
+        start: 0,
+        scan: Scan::default(),
+        eof: false,
+        failed: false,
+    }
+    .map(|m| m.map(Incoming::classify))
+}
+
+/// Where the search for the end of the next value stands (in `buf[start + at..]`).
+#[derive(Default)]
+struct Scan {
+    /// Bytes of the value looked at so far.
+    at: usize,
+    /// Open brackets; 0 before the value starts.
+    depth: usize,
+    started: bool,
+    in_string: bool,
+    escaped: bool,
+}
+
+struct Messages<R> {
+    r: R,
+    /// Input read, `buf[..filled]`; the rest is room for the next read.
+    buf: Vec<u8>,
+    filled: usize,
+    /// Where the next value (or the whitespace before it) starts.
+    start: usize,
+    scan: Scan,
+    eof: bool,
+    failed: bool,
+}
+
+impl<R: Read> Messages<R> {
+    /// The length of the value at `buf[start..]` if it is whole in the buffer. A value that is
+    /// no object or array (never sent by lightningd) is handed whole to the parser as it is.
+    fn find_end(&mut self) -> Option<usize> {
+        let s = &mut self.scan;
+        let bytes = self.buf.get(self.start..self.filled).unwrap_or_default();
+        while let Some(&b) = bytes.get(s.at) {
+            s.at += 1;
+            if s.in_string {
+                if s.escaped {
+                    s.escaped = false;
+                } else if b == b'\\' {
+                    s.escaped = true;
+                } else if b == b'"' {
+                    s.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'{' | b'[' => {
+                    s.started = true;
+                    s.depth += 1;
+                }
+                b'}' | b']' if s.depth > 0 => {
+                    s.depth -= 1;
+                    if s.depth == 0 {
+                        return Some(s.at);
+                    }
+                }
+                b'"' if s.started => s.in_string = true,
+                b' ' | b'\n' | b'\r' | b'\t' if !s.started => {}
+                // Anything else outside a value: the parser says what it is.
+                _ if !s.started => return Some(bytes.len()),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Read more input; false at its end.
+    fn read_more(&mut self) -> Result<bool, serde_json::Error> {
+        if self.start > 0 && self.start * 2 >= self.filled {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+            // A large message's room is not kept once it is parsed.
+            if self.buf.len() > 1 << 20 && self.filled < 64 << 10 {
+                self.buf.truncate(128 << 10);
+                self.buf.shrink_to_fit();
+            }
+        }
+        let room = (self.filled - self.start).clamp(64 << 10, 16 << 20);
+        if self.buf.len() < self.filled + room {
+            self.buf.resize(self.filled + room, 0);
+        }
+        loop {
+            match self
+                .r
+                .read(self.buf.get_mut(self.filled..).unwrap_or_default())
+            {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(serde_json::Error::io(e)),
+            }
+        }
+    }
+}
+
+impl<R: Read> Iterator for Messages<R> {
+    type Item = Result<Value, serde_json::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let end = match self.find_end() {
+                Some(end) => Some(end),
+                None if self.eof => {
+                    let rest = self.buf.get(self.start..self.filled).unwrap_or_default();
+                    if rest.iter().all(u8::is_ascii_whitespace) {
+                        return None;
+                    }
+                    // A value cut short by the end of input: the parser's error.
+                    Some(rest.len())
+                }
+                None => None,
+            };
+            if let Some(end) = end {
+                let text = self
+                    .buf
+                    .get(self.start..self.start + end)
+                    .unwrap_or_default();
+                let mut de = serde_json::Deserializer::from_slice(text).into_iter::<Value>();
+                let res = de.next();
+                let used = de.byte_offset();
+                return match res {
+                    Some(Ok(v)) => {
+                        self.start += used;
+                        self.scan = Scan::default();
+                        Some(Ok(v))
+                    }
+                    // A scalar still being written (never sent by lightningd).
+                    Some(Err(e)) if e.is_eof() && !self.eof => match self.read_more() {
+                        Ok(more) => {
+                            self.eof = !more;
+                            self.scan = Scan::default();
+                            continue;
+                        }
+                        Err(e) => {
+                            self.failed = true;
+                            Some(Err(e))
+                        }
+                    },
+                    Some(Err(e)) => {
+                        self.failed = true;
+                        Some(Err(e))
+                    }
+                    None => None,
+                };
+            }
+            match self.read_more() {
+                Ok(more) => self.eof = !more,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// The output side: shared by the main loop and background threads.
@@ -121,6 +290,50 @@ mod test {
                 matches!(&got[1], Incoming::Notification { method, .. } if method == "shutdown")
             );
         }
+    }
+
+    /// A reader handing out its input a few bytes at a time, as a pipe may.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(b.len());
+            b[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn messages_split_anywhere_parse_alike() {
+        let a = json!({"jsonrpc": "2.0", "id": "cln:db_write#1", "method": "db_write",
+            "params": {"data_version": 7, "writes": ["INSERT INTO t VALUES ('{[}]', '\\\"}')", "x"]}});
+        let big = json!({"jsonrpc": "2.0", "id": "cln:db_write#2", "method": "db_write",
+            "params": {"data_version": 8, "writes": ["y".repeat(300_000)]}});
+        let b = json!({"jsonrpc": "2.0", "method": "shutdown", "params": {}});
+        let input = format!("{a}\n\n{big}\n\n {b}\n\n");
+        for step in [1, 2, 7, 4096, 1 << 20] {
+            let got: Vec<Value> = Messages {
+                r: Trickle(input.as_bytes(), step),
+                buf: Vec::new(),
+                filled: 0,
+                start: 0,
+                scan: Scan::default(),
+                eof: false,
+                failed: false,
+            }
+            .map(|m| m.unwrap())
+            .collect();
+            assert_eq!(got, vec![a.clone(), big.clone(), b.clone()], "step {step}");
+        }
+    }
+
+    #[test]
+    fn garbage_between_messages_is_an_error() {
+        let input = br#"{"jsonrpc":"2.0","method":"a"}}{"jsonrpc":"2.0","method":"b"}"#;
+        let mut it = messages(&input[..]);
+        assert!(matches!(it.next(), Some(Ok(_))));
+        assert!(matches!(it.next(), Some(Err(_))));
+        assert!(it.next().is_none());
     }
 
     #[test]

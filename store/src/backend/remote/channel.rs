@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use snow::{Builder, HandshakeState, TransportState};
 
@@ -165,20 +165,43 @@ pub fn server_finish(
 }
 
 /// An established link: whole frames in, whole frames out.
+///
+/// Its buffers live as long as the link: a frame costs no allocation beyond the one it is
+/// returned in, and it is read with as few `recv` calls as the kernel allows (a small frame's
+/// message, length and body, in one), then sent with one `send`.
 pub struct Channel {
     sock: TcpStream,
     noise: TransportState,
-    msg: Vec<u8>,
+    /// Bytes read from the socket, `rbuf[rpos..rend]` not yet consumed.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rend: usize,
+    /// One decrypted message.
     plain: Vec<u8>,
+    /// One piece of a frame being sent, before encryption.
+    piece: Vec<u8>,
+    /// Messages ready to go out.
+    out: Vec<u8>,
+    /// The socket's read timeout while waiting for a frame, and within a frame once its first
+    /// message is in (see [`Channel::set_read_timeouts`]).
+    timeouts: Option<(Duration, Duration)>,
 }
+
+/// Room for one whole Noise message and its length.
+const RBUF: usize = 2 + MAX_NOISE_MSG;
 
 impl Channel {
     fn new(sock: TcpStream, noise: TransportState) -> Channel {
         Channel {
             sock,
             noise,
-            msg: Vec::new(),
+            rbuf: vec![0u8; RBUF],
+            rpos: 0,
+            rend: 0,
             plain: vec![0u8; MAX_NOISE_MSG],
+            piece: Vec::new(),
+            out: Vec::new(),
+            timeouts: None,
         }
     }
 
@@ -186,38 +209,55 @@ impl Channel {
         &self.sock
     }
 
+    /// Reads wait up to `between` for a frame to start, then up to `within` each for the rest
+    /// of a frame longer than one message. Set once: the switch (a `setsockopt` each way) is
+    /// made only for such frames.
+    pub fn set_read_timeouts(&mut self, between: Duration, within: Duration) -> io::Result<()> {
+        self.sock.set_read_timeout(Some(between))?;
+        self.timeouts = Some((between, within));
+        Ok(())
+    }
+
+    /// Encrypt `piece` as one transport message onto `self.out`.
+    fn seal_piece(noise: &mut TransportState, out: &mut Vec<u8>, piece: &[u8]) -> io::Result<()> {
+        let at = out.len();
+        out.resize(at + 2 + piece.len() + TAG_LEN, 0);
+        let n = noise
+            .write_message(piece, out.get_mut(at + 2..).unwrap_or_default())
+            .map_err(noise_err)?;
+        let n16 = u16::try_from(n).map_err(|_| bad("noise message too long"))?;
+        out.truncate(at + 2 + n);
+        out.get_mut(at..at + 2)
+            .unwrap_or_default()
+            .copy_from_slice(&n16.to_le_bytes());
+        Ok(())
+    }
+
     /// Send one frame.
     pub fn send(&mut self, body: &[u8]) -> io::Result<()> {
         let len = u32::try_from(body.len()).map_err(|_| bad("frame too long"))?;
-        let mut first = Vec::with_capacity(MAX_PIECE.min(body.len() + 4));
-        first.extend_from_slice(&len.to_le_bytes());
         let split = body.len().min(MAX_PIECE - 4);
         let (head, mut rest) = body.split_at(split);
-        first.extend_from_slice(head);
-        let mut out = Vec::with_capacity((body.len() + 4).min(1 << 20) + 64);
-        let mut cipher = vec![0u8; MAX_NOISE_MSG];
-        let mut piece: &[u8] = &first;
-        loop {
-            let n = self
-                .noise
-                .write_message(piece, &mut cipher)
-                .map_err(noise_err)?;
-            let n16 = u16::try_from(n).map_err(|_| bad("noise message too long"))?;
-            out.extend_from_slice(&n16.to_le_bytes());
-            out.extend_from_slice(cipher.get(..n).unwrap_or_default());
-            if out.len() >= 1 << 20 {
-                self.sock.write_all(&out)?;
-                out.clear();
-            }
-            if rest.is_empty() {
-                break;
+        self.piece.clear();
+        self.piece.extend_from_slice(&len.to_le_bytes());
+        self.piece.extend_from_slice(head);
+        self.out.clear();
+        Self::seal_piece(&mut self.noise, &mut self.out, &self.piece)?;
+        while !rest.is_empty() {
+            if self.out.len() >= 1 << 20 {
+                self.sock.write_all(&self.out)?;
+                self.out.clear();
             }
             let k = rest.len().min(MAX_PIECE);
             let (p, r) = rest.split_at(k);
-            piece = p;
+            Self::seal_piece(&mut self.noise, &mut self.out, p)?;
             rest = r;
         }
-        self.sock.write_all(&out)?;
+        self.sock.write_all(&self.out)?;
+        // Large frames leave large buffers: not kept past the frame.
+        if self.out.capacity() > 4 * RBUF {
+            self.out = Vec::new();
+        }
         self.sock.flush()
     }
 
@@ -232,19 +272,59 @@ impl Channel {
         write_msg(&mut self.sock, cipher.get(..n).unwrap_or_default())
     }
 
-    fn read_piece(&mut self) -> io::Result<&[u8]> {
-        read_msg(&mut self.sock, &mut self.msg)?;
-        let n = self
+    /// Make `n` bytes available at `rbuf[rpos..]` (`n` at most [`RBUF`]), reading as much as
+    /// the socket has.
+    fn fill(&mut self, n: usize) -> io::Result<()> {
+        if self.rend - self.rpos >= n {
+            return Ok(());
+        }
+        if self.rpos + n > self.rbuf.len() {
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            self.rend -= self.rpos;
+            self.rpos = 0;
+        }
+        while self.rend - self.rpos < n {
+            match self
+                .sock
+                .read(self.rbuf.get_mut(self.rend..).unwrap_or_default())
+            {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => self.rend += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and decrypt one message into `self.plain`; its length.
+    fn read_piece(&mut self) -> io::Result<usize> {
+        self.fill(2)?;
+        let mut len = [0u8; 2];
+        len.copy_from_slice(self.rbuf.get(self.rpos..self.rpos + 2).unwrap_or_default());
+        let n = usize::from(u16::from_le_bytes(len));
+        self.fill(2 + n)?;
+        let msg = self
+            .rbuf
+            .get(self.rpos + 2..self.rpos + 2 + n)
+            .unwrap_or_default();
+        let k = self
             .noise
-            .read_message(&self.msg, &mut self.plain)
+            .read_message(msg, &mut self.plain)
             .map_err(|e| bad(format!("a message failed authentication ({e})")))?;
-        Ok(self.plain.get(..n).unwrap_or_default())
+        self.rpos += 2 + n;
+        if self.rpos == self.rend {
+            self.rpos = 0;
+            self.rend = 0;
+        }
+        Ok(k)
     }
 
     /// Receive one frame of at most `max` bytes; a larger length is refused before anything is
     /// allocated for it.
     pub fn recv(&mut self, max: usize) -> io::Result<Vec<u8>> {
-        let first = self.read_piece()?;
+        let got = self.read_piece()?;
+        let first = self.plain.get(..got).unwrap_or_default();
         let (len, head) = match (first.get(..4), first.get(4..)) {
             (Some(l), Some(h)) => {
                 let mut a = [0u8; 4];
@@ -263,12 +343,23 @@ impl Channel {
         }
         let mut body = Vec::with_capacity(len);
         body.extend_from_slice(head);
+        if body.len() == len {
+            return Ok(body);
+        }
+        // More messages follow: each read within the frame has its own timeout.
+        if let Some((_, within)) = self.timeouts {
+            self.sock.set_read_timeout(Some(within))?;
+        }
         while body.len() < len {
-            let piece = self.read_piece()?;
+            let got = self.read_piece()?;
+            let piece = self.plain.get(..got).unwrap_or_default();
             if body.len() + piece.len() > len || piece.is_empty() {
                 return Err(bad("frame longer than its header says"));
             }
             body.extend_from_slice(piece);
+        }
+        if let Some((between, _)) = self.timeouts {
+            self.sock.set_read_timeout(Some(between))?;
         }
         Ok(body)
     }

@@ -212,15 +212,16 @@ fn serve_requests(
     session: [u8; 16],
     active: &AtomicU64,
 ) -> io::Result<()> {
+    // Between frames the idle timeout, within a frame the I/O timeout (switched only for the
+    // rare frame of several messages: not two `setsockopt`s per request).
+    chan.set_read_timeouts(sh.opts.idle_timeout, sh.opts.io_timeout)?;
     loop {
-        chan.socket().set_read_timeout(Some(sh.opts.idle_timeout))?;
         let frame = match chan.recv(proto::MAX_FRAME) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
         active.store(sh.millis(), Ordering::Relaxed);
-        chan.socket().set_read_timeout(Some(sh.opts.io_timeout))?;
         let (id, req) = Request::decode(&frame)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let resp = match node.handle(&req, session) {
