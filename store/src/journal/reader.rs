@@ -241,6 +241,19 @@ enum Records<'a> {
 }
 
 impl SegmentCursor<'_> {
+    /// Records not yet taken, when known (a stream's, or a format-2 sealed object's).
+    pub fn remaining(&self) -> Option<u64> {
+        match &self.records {
+            Records::Sealed(s) => s.remaining(),
+            Records::Stream { positions, .. } => Some(positions.len() as u64),
+        }
+    }
+
+    /// Frames of the segment (its link included), when known before its end.
+    pub fn frames(&self) -> Option<u64> {
+        self.frames
+    }
+
     /// What a link to the segment after this one (number `seq`) must say: valid once every
     /// record was taken.
     pub fn as_predecessor(&self, seq: u64) -> Predecessor {

@@ -483,21 +483,69 @@ impl Sealed {
 
 /// Encode a sealed segment object (format 2).
 pub fn encode_sealed(crypto: &Crypto, name: &str, s: &Sealed, level: i32) -> Result<Vec<u8>> {
+    let head = SealedHead {
+        first: s.first,
+        last: s.last,
+        frames: s.frames,
+        chain: s.chain,
+        link: s.link,
+    };
+    encode_sealed_records(
+        crypto,
+        name,
+        &head,
+        s.records.len() as u64,
+        s.records.iter().map(|r| Ok(r.encode())),
+        level,
+    )
+}
+
+/// What a sealed object says besides its records.
+pub struct SealedHead {
+    pub first: u64,
+    pub last: u64,
+    pub frames: u64,
+    pub chain: Option<Chain>,
+    pub link: Option<Link>,
+}
+
+/// Encode a sealed segment object (format 2) from `count` encoded records, compressing as they
+/// come: memory holds the compressed object, not the segment's statements.
+pub fn encode_sealed_records(
+    crypto: &Crypto,
+    name: &str,
+    head: &SealedHead,
+    count: u64,
+    records: impl Iterator<Item = Result<Vec<u8>>>,
+    level: i32,
+) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let io = |err| Error::io("compress", name, err);
     let mut e = Enc::new();
-    let flags = u8::from(s.chain.is_some()) | (u8::from(s.link.is_some()) << 1);
+    let flags = u8::from(head.chain.is_some()) | (u8::from(head.link.is_some()) << 1);
     e.u8(2)
-        .u64(s.first)
-        .u64(s.last)
-        .u64(s.frames)
+        .u64(head.first)
+        .u64(head.last)
+        .u64(head.frames)
         .u8(flags)
-        .bytes(&s.chain.unwrap_or_default());
-    e.blob(&s.link.map(|l| l.encode()).unwrap_or_default());
-    e.u64(s.records.len() as u64);
-    for r in &s.records {
-        e.blob(&r.encode());
+        .bytes(&head.chain.unwrap_or_default());
+    e.blob(&head.link.map(|l| l.encode()).unwrap_or_default());
+    e.u64(count);
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(io)?;
+    z.write_all(&e.finish()).map_err(io)?;
+    let mut n = 0u64;
+    for r in records {
+        let r = r?;
+        z.write_all(&(r.len() as u32).to_le_bytes()).map_err(io)?;
+        z.write_all(&r).map_err(io)?;
+        n += 1;
     }
-    let z =
-        zstd::bulk::compress(&e.finish(), level).map_err(|err| Error::io("compress", name, err))?;
+    if n != count {
+        return Err(Error::Invalid(format!(
+            "{name}: {n} records to seal where {count} were counted"
+        )));
+    }
+    let z = z.finish().map_err(io)?;
     Ok(envelope::seal_object(Kind::SealedSegment, crypto, name, &z))
 }
 
@@ -599,6 +647,11 @@ impl SealedStream {
         st.chain = (flags & 1 != 0).then_some(chain);
         st.left = Some(st.u64()?);
         Ok(st)
+    }
+
+    /// Records not yet read (format 2).
+    pub fn remaining(&self) -> Option<u64> {
+        self.left
     }
 
     /// Fill `buf`; `Ok(false)` when the body ended before its first byte.

@@ -141,27 +141,65 @@ pub fn seal_closed_segments_with(
         if seg.sealed || seg.seq >= current {
             continue;
         }
-        let data = match known.take() {
-            Some((seq, d)) if seq == seg.seq => d,
+        let name = crate::journal::sealed_name(seg.seq);
+        let level = crate::config::SEGMENT_ZSTD_LEVEL;
+        let bytes = match known.take() {
+            Some((seq, d)) if seq == seg.seq => segment::encode_sealed(
+                repo.crypto(),
+                &name,
+                &Sealed {
+                    first: seg.seq,
+                    last: seg.seq,
+                    frames: d.frames,
+                    chain: d.chain,
+                    link: d.link,
+                    records: d.records,
+                },
+                level,
+            )?,
             other => {
                 known = other;
-                reader::read_segment_data(repo, &seg, Recovery::Strict)?
+                // One record at a time: a long segment's statements are never all in memory.
+                let mut c = reader::open_segment(repo, &seg, Recovery::Strict)?;
+                let head = segment::SealedHead {
+                    first: seg.seq,
+                    last: seg.seq,
+                    frames: c.frames().unwrap_or(0),
+                    chain: c.chain,
+                    link: c.link,
+                };
+                match c.remaining() {
+                    Some(count) => segment::encode_sealed_records(
+                        repo.crypto(),
+                        &name,
+                        &head,
+                        count,
+                        c.by_ref().map(|r| r.map(|r| r.encode())),
+                        level,
+                    )?,
+                    // A format-1 object found in its place (sealed since the listing): its
+                    // records are counted by reading them.
+                    None => {
+                        let records: Vec<Vec<u8>> = c
+                            .by_ref()
+                            .map(|r| r.map(|r| r.encode()))
+                            .collect::<Result<_>>()?;
+                        let head = segment::SealedHead {
+                            frames: records.len() as u64,
+                            ..head
+                        };
+                        segment::encode_sealed_records(
+                            repo.crypto(),
+                            &name,
+                            &head,
+                            records.len() as u64,
+                            records.into_iter().map(Ok),
+                            level,
+                        )?
+                    }
+                }
             }
         };
-        let name = crate::journal::sealed_name(seg.seq);
-        let bytes = segment::encode_sealed(
-            repo.crypto(),
-            &name,
-            &Sealed {
-                first: seg.seq,
-                last: seg.seq,
-                frames: data.frames,
-                chain: data.chain,
-                link: data.link,
-                records: data.records,
-            },
-            crate::config::SEGMENT_ZSTD_LEVEL,
-        )?;
         repo.backend().put(&name, &bytes)?;
         delete_sealed_stream(repo, seg.seq)?;
         sealed += 1;
