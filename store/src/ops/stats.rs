@@ -101,18 +101,22 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
                 } else {
                     crate::journal::segment::Recovery::Strict
                 };
-                let recs = reader::read_segment(repo, g, rec)?;
-                let versions = || {
-                    recs.iter()
-                        .filter(|r| !r.pragma_only())
-                        .map(|r| r.batch.data_version)
-                };
-                let seg = SegmentSummary {
+                // One record at a time: the open segment may be long.
+                let mut seg = SegmentSummary {
                     size: g.size,
-                    records: recs.len() as u64,
-                    first_version: versions().min(),
-                    last_version: versions().max(),
+                    records: 0,
+                    first_version: None,
+                    last_version: None,
                 };
+                for r in reader::open_segment(repo, g, rec)? {
+                    let r = r?;
+                    seg.records += 1;
+                    if !r.pragma_only() {
+                        let v = r.batch.data_version;
+                        seg.first_version = Some(seg.first_version.map_or(v, |f| f.min(v)));
+                        seg.last_version = Some(seg.last_version.map_or(v, |l| l.max(v)));
+                    }
+                }
                 if g.sealed {
                     repo.remember_sealed(g.seq, seg);
                 }

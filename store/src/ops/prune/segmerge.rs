@@ -33,7 +33,7 @@ use std::collections::HashSet;
 use crate::error::{Error, Result};
 use crate::journal::reader::{self, SegmentRef};
 use crate::journal::record::Predecessor;
-use crate::journal::segment::{self, Recovery, Sealed};
+use crate::journal::segment::{self, Recovery};
 use crate::journal::{parse_sealed_name, sealed_run_name};
 use crate::repo::Repository;
 
@@ -111,41 +111,73 @@ fn choose(eligible: &[SegmentRef]) -> Vec<Vec<SegmentRef>> {
 }
 
 /// Read the members, check the links between them, publish the run, check it, delete them.
+/// One record at a time: the members are read twice (to check and count them, then to
+/// compress them into the run) and the run once, compared by a digest of its records.
 fn merge_run(repo: &Repository, members: &[SegmentRef]) -> Result<()> {
     let (Some(first), Some(last)) = (members.first(), members.last()) else {
         return Ok(());
     };
     let name = sealed_run_name(first.seq, last.last);
     let mut prev: Option<Predecessor> = None;
-    let mut run = Sealed {
+    let mut head = segment::SealedHead {
         first: first.seq,
         last: last.last,
-        ..Default::default()
+        frames: 0,
+        chain: None,
+        link: None,
     };
+    let mut count = 0u64;
+    let mut digest = blake3::Hasher::new();
     for (i, m) in members.iter().enumerate() {
-        let d = reader::read_segment_data(repo, m, Recovery::Strict)?;
-        if let (Some(link), Some(p)) = (&d.link, &prev) {
+        let mut c = reader::open_segment(repo, m, Recovery::Strict)?;
+        if let (Some(link), Some(p)) = (&c.link, &prev) {
             reader::check_link(m.seq, link, p, &m.object_name())?;
         }
         if i == 0 {
-            run.link = d.link;
+            head.link = c.link;
         }
-        run.frames = d.frames;
-        run.chain = d.chain;
-        prev = Some(d.as_predecessor(m.last));
-        run.records.extend(d.records);
+        for r in c.by_ref() {
+            add_record(&mut digest, &r?.encode());
+            count += 1;
+        }
+        let p = c.as_predecessor(m.last);
+        head.frames = p.frames;
+        head.chain = c.chain;
+        prev = Some(p);
     }
-    let bytes = segment::encode_sealed(
+    let records = members
+        .iter()
+        .flat_map(|m| -> Box<dyn Iterator<Item = Result<Vec<u8>>>> {
+            match reader::open_segment(repo, m, Recovery::Strict) {
+                Ok(c) => Box::new(c.map(|r| r.map(|r| r.encode()))),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        });
+    let bytes = segment::encode_sealed_records(
         repo.crypto(),
         &name,
-        &run,
+        &head,
+        count,
+        records,
         crate::config::SEGMENT_ZSTD_LEVEL,
     )?;
     repo.backend().put(&name, &bytes)?;
+    drop(bytes);
     // What readers will read instead of the members: it must be there and whole before they go.
     let back = repo.backend().get(&name)?;
-    let got = segment::decode_sealed(repo.crypto(), &name, run.first, run.last, &back)?;
-    if got != run {
+    let mut got = segment::SealedStream::open(repo.crypto(), &name, head.first, head.last, &back)?;
+    let mut got_digest = blake3::Hasher::new();
+    let mut got_count = 0u64;
+    for r in got.by_ref() {
+        add_record(&mut got_digest, &r?.encode());
+        got_count += 1;
+    }
+    if got.frames != Some(head.frames)
+        || got.chain != head.chain
+        || got.link != head.link
+        || got_count != count
+        || got_digest.finalize() != digest.finalize()
+    {
         return Err(Error::corrupt(
             &name,
             "reads back other than what was written: the segments it merges are kept",
@@ -155,6 +187,12 @@ fn merge_run(repo: &Repository, members: &[SegmentRef]) -> Result<()> {
         delete_if_present(repo, &m.object_name())?;
     }
     Ok(())
+}
+
+/// One record into a digest of a run's records (length-prefixed, so records cannot run together).
+fn add_record(h: &mut blake3::Hasher, encoded: &[u8]) {
+    h.update(&(encoded.len() as u64).to_le_bytes());
+    h.update(encoded);
 }
 
 fn delete_if_present(repo: &Repository, name: &str) -> Result<()> {
