@@ -140,12 +140,35 @@ impl Manifest {
             .u8(u8::from(self.next.is_some()))
             .u32(next.data_version)
             .u64(next.segment);
+        // zstd writes straight into the object, sealed in place: the chunk list (36 bytes a
+        // chunk) is not copied whole into a body, then compressed, then sealed.
+        let err = |err| Error::io("compress", &name, err);
+        let refs = match &self.list {
+            ChunkList::Full(refs) => refs.len(),
+            ChunkList::Delta { runs, .. } => runs.iter().map(|r| r.1.len()).sum(),
+        };
+        let buf = envelope::object_buffer(crypto, refs * 36 + 256);
+        let mut z = zstd::stream::write::Encoder::new(buf, 3).map_err(err)?;
+        let flush = |e: &mut Enc, z: &mut zstd::stream::write::Encoder<'_, Vec<u8>>| {
+            use std::io::Write;
+            z.write_all(&std::mem::take(e).finish()).map_err(err)
+        };
+        let put_refs = |e: &mut Enc,
+                        z: &mut zstd::stream::write::Encoder<'_, Vec<u8>>,
+                        refs: &[ChunkRef]|
+         -> Result<()> {
+            for part in refs.chunks(1024) {
+                for (id, len) in part {
+                    e.bytes(&id.0).u32(*len);
+                }
+                flush(e, z)?;
+            }
+            Ok(())
+        };
         match &self.list {
             ChunkList::Full(refs) => {
                 e.u8(0);
-                for (id, len) in refs {
-                    e.bytes(&id.0).u32(*len);
-                }
+                put_refs(&mut e, &mut z, refs)?;
             }
             ChunkList::Delta {
                 parent,
@@ -155,15 +178,13 @@ impl Manifest {
                 e.u8(1).bytes(&parent.0).u32(*depth).u64(runs.len() as u64);
                 for (start, refs) in runs {
                     e.u64(*start).u32(refs.len() as u32);
-                    for (id, len) in refs {
-                        e.bytes(&id.0).u32(*len);
-                    }
+                    put_refs(&mut e, &mut z, refs)?;
                 }
             }
         }
-        let z = zstd::bulk::compress(&e.finish(), 3)
-            .map_err(|err| Error::io("compress", &name, err))?;
-        Ok(envelope::seal_object(Kind::Manifest, crypto, &name, &z))
+        flush(&mut e, &mut z)?;
+        let buf = z.finish().map_err(err)?;
+        envelope::seal_object_in_place(Kind::Manifest, crypto, &name, buf)
     }
 
     pub fn decode(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Manifest> {

@@ -240,47 +240,279 @@ pub fn chunk_from_blob(
 /// and seeded per process, so crafted page contents cannot degrade it.
 pub type IdMap<V> = HashMap<ChunkId, V, foldhash::fast::RandomState>;
 
-/// All chunk locations, from every index object.
+/// A set of chunk ids kept elsewhere (in a list), as the list's positions: 4 bytes a slot where
+/// a map keyed by the ids costs their 32 bytes again and its slack. Open addressing, linear
+/// probing, at most half full (a miss ends at an empty slot within a few probes). foldhash,
+/// seeded per process: crafted page contents cannot pile their ids onto one run of slots.
+/// Membership is exact: a probe compares whole ids.
+#[derive(Default, Clone)]
+pub struct IdTable {
+    slots: Vec<u32>,
+    len: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl IdTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn home(&self, id: &ChunkId) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(id) as usize) & (self.slots.len().wrapping_sub(1))
+    }
+
+    /// The position of `id`, where `key` gives the id at a position.
+    pub fn find<'a>(&self, id: &ChunkId, key: impl Fn(u32) -> Option<&'a ChunkId>) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(id);
+        loop {
+            let s = *self.slots.get(i)?;
+            if s == EMPTY {
+                return None;
+            }
+            if key(s) == Some(id) {
+                return Some(s);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Add position `at`, whose id is `id`, unless the id is there already: then its position
+    /// is returned and nothing changes.
+    pub fn insert<'a>(
+        &mut self,
+        id: &ChunkId,
+        at: u32,
+        key: impl Fn(u32) -> Option<&'a ChunkId>,
+    ) -> Result<Option<u32>> {
+        if at == EMPTY {
+            return Err(Error::Invalid(
+                "more than 2^32 - 1 chunks in one table".into(),
+            ));
+        }
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.reserve(self.len + 1, &key);
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(id);
+        loop {
+            match self.slots.get_mut(i) {
+                Some(s) if *s == EMPTY => {
+                    *s = at;
+                    self.len += 1;
+                    return Ok(None);
+                }
+                Some(s) if key(*s) == Some(id) => return Ok(Some(*s)),
+                Some(_) => i = (i + 1) & mask,
+                None => return Err(Error::Invalid("chunk id table probe out of range".into())),
+            }
+        }
+    }
+
+    /// Make room for `n` positions in all (one rehash instead of several while growing).
+    pub fn reserve<'a>(&mut self, n: usize, key: impl Fn(u32) -> Option<&'a ChunkId>) {
+        let want = (n.max(8) * 2).next_power_of_two();
+        if want <= self.slots.len() {
+            return;
+        }
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; want]);
+        let mask = want - 1;
+        for s in old.into_iter().filter(|&s| s != EMPTY) {
+            let Some(id) = key(s) else { continue };
+            let mut i = self.home(id);
+            while let Some(slot) = self.slots.get_mut(i) {
+                if *slot == EMPTY {
+                    *slot = s;
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+    }
+}
+
+/// One entry of a [`ChunkIndex`]: 44 bytes (its blob's pack, offset and length are shared by
+/// the blob's chunks).
+#[derive(Clone, Copy)]
+struct IndexEntry {
+    id: ChunkId,
+    blob: u32,
+    inner_offset: u32,
+    len: u32,
+}
+
+/// A sealed blob: its pack (a number into the pack list), offset and length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct BlobRef {
+    offset: u64,
+    pack: u32,
+    len: u32,
+}
+
+/// All chunk locations, from every index object: where a chunk's first location wins (as the
+/// index objects are read in name order). Compact, as its size follows the repository's chunk
+/// count (a million chunks for 4 GiB of 4 KiB pages): 44 bytes an entry, 16 a blob, and an
+/// [`IdTable`] of 4-byte slots, where a map of [`Location`]s by id cost about 150.
 #[derive(Default, Clone)]
 pub struct ChunkIndex {
-    pub map: IdMap<Location>,
+    packs: Vec<PackId>,
+    pack_no: HashMap<PackId, u32>,
+    blobs: Vec<BlobRef>,
+    entries: Vec<IndexEntry>,
+    table: IdTable,
     /// Index object names loaded.
     pub objects: Vec<String>,
 }
 
 impl ChunkIndex {
     pub fn load(repo: &Repository) -> Result<ChunkIndex> {
-        let objects = load_index_objects(repo)?;
-        let mut map = IdMap::with_capacity_and_hasher(
-            objects.iter().map(|o| o.1.len()).sum(),
-            Default::default(),
-        );
-        let mut names = Vec::with_capacity(objects.len());
-        for (name, entries) in objects {
-            for (id, loc) in entries {
-                map.entry(id).or_insert(loc);
+        let mut index = ChunkIndex::default();
+        visit_index_objects(repo, &mut |visit| match visit {
+            IndexVisit::Start => {
+                index = ChunkIndex::default();
+                Ok(())
             }
-            names.push(name);
-        }
-        Ok(ChunkIndex {
-            map,
-            objects: names,
+            IndexVisit::Object { name, count } => {
+                index.reserve(count);
+                index.objects.push(name.to_string());
+                Ok(())
+            }
+            IndexVisit::Entry(id, loc) => index.insert(&id, &loc).map(|_| ()),
+        })?;
+        Ok(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Room for `n` more entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+        let entries = &self.entries;
+        self.table.reserve(entries.len() + n, |i| {
+            entries.get(i as usize).map(|e| &e.id)
+        });
+    }
+
+    fn position(&self, id: &ChunkId) -> Option<&IndexEntry> {
+        let entries = &self.entries;
+        let at = self
+            .table
+            .find(id, |i| entries.get(i as usize).map(|e| &e.id))?;
+        entries.get(at as usize)
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.position(id).is_some()
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Option<Location> {
+        self.position(id).and_then(|e| self.location(e))
+    }
+
+    fn location(&self, e: &IndexEntry) -> Option<Location> {
+        let b = self.blobs.get(e.blob as usize)?;
+        Some(Location {
+            pack: *self.packs.get(b.pack as usize)?,
+            blob_offset: b.offset,
+            blob_len: b.len,
+            inner_offset: e.inner_offset,
+            len: e.len,
         })
+    }
+
+    /// Add a chunk's location unless the chunk has one already (the first location wins).
+    /// Returns whether it was added.
+    pub fn insert(&mut self, id: &ChunkId, loc: &Location) -> Result<bool> {
+        let at = u32::try_from(self.entries.len()).unwrap_or(EMPTY);
+        let entries = &self.entries;
+        if self
+            .table
+            .insert(id, at, |i| entries.get(i as usize).map(|e| &e.id))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let pack = match self.pack_no.get(&loc.pack) {
+            Some(&p) => p,
+            None => {
+                let p = self.packs.len() as u32;
+                self.packs.push(loc.pack);
+                self.pack_no.insert(loc.pack, p);
+                p
+            }
+        };
+        let blob = BlobRef {
+            offset: loc.blob_offset,
+            pack,
+            len: loc.blob_len,
+        };
+        // The chunks of a blob come one after the other (an index object lists them so).
+        if self.blobs.last() != Some(&blob) {
+            self.blobs.push(blob);
+        }
+        self.entries.push(IndexEntry {
+            id: *id,
+            blob: (self.blobs.len() - 1) as u32,
+            inner_offset: loc.inner_offset,
+            len: loc.len,
+        });
+        Ok(true)
+    }
+
+    /// Every chunk with its location, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = (ChunkId, Location)> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|e| self.location(e).map(|l| (e.id, l)))
     }
 }
 
 /// An index object's name and entries.
 pub type IndexObject = (String, Vec<(ChunkId, Location)>);
 
-/// Every index object with its entries, in name order. Where two name the same chunk, the
-/// first location is the one [`ChunkIndex`] uses.
-pub fn load_index_objects(repo: &Repository) -> Result<Vec<IndexObject>> {
+/// What [`visit_index_objects`] reports, in order.
+pub enum IndexVisit<'a> {
+    /// A (new) pass over the index objects begins: forget what earlier ones reported (a
+    /// listing found stale is read again).
+    Start,
+    /// The next index object, with its entry count.
+    Object { name: &'a str, count: usize },
+    /// One of its entries.
+    Entry(ChunkId, Location),
+}
+
+/// Index objects fetched at once: fetches overlap (an object store's latency), while at most
+/// this many sealed objects are held.
+const INDEX_FETCH_BATCH: usize = 8;
+
+/// Every index object with its entries, in name order, decoded as it is read (no object's
+/// entries are held but by `f`). Where two name the same chunk, the first location is the one
+/// [`ChunkIndex`] uses.
+pub fn visit_index_objects(
+    repo: &Repository,
+    f: &mut dyn FnMut(IndexVisit) -> Result<()>,
+) -> Result<()> {
     // A prune's garbage collection (under the maintenance lock, which readers do not take)
     // publishes a replacement index and then deletes the old ones: an index listed and then
     // gone means the listing is stale, so list again (its replacement is there by then).
     let mut tries = 0;
-    let (names, parts) = loop {
+    'list: loop {
         tries += 1;
+        f(IndexVisit::Start)?;
         let names: Vec<String> = repo
             .backend()
             .list("index/")?
@@ -288,25 +520,85 @@ pub fn load_index_objects(repo: &Repository) -> Result<Vec<IndexObject>> {
             .map(|o| o.name)
             .filter(|n| crate::warn::is_object(n, "index/", |h| PackId::parse(h).is_ok()))
             .collect();
-        let parts: Vec<Result<Vec<(ChunkId, Location)>>> = names
-            .par_iter()
-            .map(|n| {
-                let data = repo.backend().get(n)?;
-                decode_index(repo.crypto(), n, &data)
-            })
-            .collect();
-        let vanished = parts
-            .iter()
-            .any(|p| matches!(p, Err(Error::NotFound { .. })));
-        if !vanished || tries >= 5 {
-            break (names, parts);
+        for batch in names.chunks(INDEX_FETCH_BATCH) {
+            let data: Vec<Result<Vec<u8>>> =
+                batch.par_iter().map(|n| repo.backend().get(n)).collect();
+            if tries < 5
+                && data
+                    .iter()
+                    .any(|d| matches!(d, Err(Error::NotFound { .. })))
+            {
+                continue 'list;
+            }
+            for (name, data) in batch.iter().zip(data) {
+                decode_index_with(repo.crypto(), name, data?, &mut |v| f(v))?;
+            }
         }
-    };
-    names
-        .into_iter()
-        .zip(parts)
-        .map(|(n, p)| p.map(|p| (n, p)))
-        .collect()
+        return Ok(());
+    }
+}
+
+/// Every index object with its entries, in name order (see [`visit_index_objects`]).
+pub fn load_index_objects(repo: &Repository) -> Result<Vec<IndexObject>> {
+    let mut out: Vec<IndexObject> = Vec::new();
+    visit_index_objects(repo, &mut |v| {
+        match v {
+            IndexVisit::Start => out.clear(),
+            IndexVisit::Object { name, count } => {
+                out.push((name.to_string(), Vec::with_capacity(count)))
+            }
+            IndexVisit::Entry(id, loc) => {
+                if let Some(o) = out.last_mut() {
+                    o.1.push((id, loc));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Encoded index entries, given in order as pack ids and then entries (`count` of them).
+fn encode_index_stream(
+    crypto: &Crypto,
+    name: &str,
+    packs: &[PackId],
+    count: usize,
+    entries: &mut dyn Iterator<Item = (ChunkId, u32, Location)>,
+) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let err = |e| Error::io("compress", name, e);
+    // zstd writes straight into the object (which is sealed in place): an index of a million
+    // chunks is about 40 MB, not held twice or three times.
+    let buf = envelope::object_buffer(crypto, count * 40 + packs.len() * 16 + 64);
+    let mut z = zstd::stream::write::Encoder::new(buf, 3).map_err(err)?;
+    let mut e = Enc::new();
+    e.u64(packs.len() as u64);
+    for p in packs {
+        e.bytes(&p.0);
+    }
+    e.u64(count as u64);
+    let mut written = 0usize;
+    for (id, pno, l) in entries {
+        e.bytes(&id.0)
+            .u32(pno)
+            .u64(l.blob_offset)
+            .u32(l.blob_len)
+            .u32(l.inner_offset)
+            .u32(l.len);
+        written += 1;
+        if written % 1024 == 0 {
+            z.write_all(&std::mem::take(&mut e).finish()).map_err(err)?;
+        }
+    }
+    if written != count {
+        return Err(Error::Invalid(format!(
+            "{name}: {written} entries written, {count} announced"
+        )));
+    }
+    z.write_all(&e.finish()).map_err(err)?;
+    let buf = z.finish().map_err(err)?;
+    envelope::seal_object_in_place(Kind::Index, crypto, name, buf)
 }
 
 pub fn encode_index(
@@ -322,42 +614,150 @@ pub fn encode_index(
             (packs.len() - 1) as u32
         });
     }
-    let mut e = Enc::new();
-    e.u64(packs.len() as u64);
-    for p in &packs {
-        e.bytes(&p.0);
-    }
-    e.u64(entries.len() as u64);
-    for (id, l) in entries {
-        e.bytes(&id.0)
-            .u32(pack_no.get(&l.pack).copied().unwrap_or(0))
-            .u64(l.blob_offset)
-            .u32(l.blob_len)
-            .u32(l.inner_offset)
-            .u32(l.len);
-    }
-    let z = zstd::bulk::compress(&e.finish(), 3).map_err(|err| Error::io("compress", name, err))?;
-    Ok(envelope::seal_object(Kind::Index, crypto, name, &z))
+    encode_index_stream(
+        crypto,
+        name,
+        &packs,
+        entries.len(),
+        &mut entries
+            .iter()
+            .map(|(id, l)| (*id, pack_no.get(&l.pack).copied().unwrap_or(0), *l)),
+    )
 }
 
-pub fn decode_index(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<(ChunkId, Location)>> {
-    let z = envelope::open_object(Kind::Index, crypto, name, data)?;
-    let raw = zstd::stream::decode_all(z.as_slice())
-        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
-    let mut d = Dec::new(&raw, name);
-    let np = d.count(16)?;
-    let mut packs = Vec::with_capacity(np);
-    for _ in 0..np {
-        packs.push(PackId(d.array()?));
+/// Encode an index object of chunks whose ids are looked up by the entries (see
+/// [`NewEntries`]).
+pub fn encode_new_entries(
+    crypto: &Crypto,
+    name: &str,
+    new: &NewEntries,
+    refs: &[crate::manifest::ChunkRef],
+) -> Result<Vec<u8>> {
+    let mut it = new.iter(refs);
+    encode_index_stream(crypto, name, &new.packs, new.len(), &mut it)
+}
+
+/// The index entries of a snapshot's new chunks, as it writes them: positions in its chunk list
+/// (where their ids and lengths are), 12 bytes a chunk, and their blobs.
+#[derive(Default)]
+pub struct NewEntries {
+    packs: Vec<PackId>,
+    blobs: Vec<BlobRef>,
+    chunks: Vec<(u32, u32, u32)>,
+}
+
+impl NewEntries {
+    pub fn len(&self) -> usize {
+        self.chunks.len()
     }
-    let ne = d.count(56)?;
-    let mut out = Vec::with_capacity(ne);
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+    /// A blob of `pack` at `offset`, `len` bytes sealed, holding the chunks at positions
+    /// `chunks` of the list, at the offsets in the blob given.
+    pub fn add_blob(
+        &mut self,
+        pack: PackId,
+        offset: u64,
+        len: u32,
+        chunks: impl Iterator<Item = (usize, u32)>,
+    ) -> Result<()> {
+        if self.packs.last() != Some(&pack) {
+            self.packs.push(pack);
+        }
+        let blob = u32::try_from(self.blobs.len())
+            .map_err(|_| Error::Invalid("too many blobs in one snapshot".into()))?;
+        self.blobs.push(BlobRef {
+            offset,
+            pack: (self.packs.len() - 1) as u32,
+            len,
+        });
+        for (at, inner) in chunks {
+            let at = u32::try_from(at)
+                .map_err(|_| Error::Invalid("too many chunks in one snapshot".into()))?;
+            self.chunks.push((at, blob, inner));
+        }
+        Ok(())
+    }
+
+    /// The entries with their ids and lengths from `refs`: (id, pack number, location).
+    pub fn iter<'a>(
+        &'a self,
+        refs: &'a [crate::manifest::ChunkRef],
+    ) -> impl Iterator<Item = (ChunkId, u32, Location)> + 'a {
+        self.chunks.iter().filter_map(move |&(at, blob, inner)| {
+            let (id, len) = *refs.get(at as usize)?;
+            let b = self.blobs.get(blob as usize)?;
+            Some((
+                id,
+                b.pack,
+                Location {
+                    pack: *self.packs.get(b.pack as usize)?,
+                    blob_offset: b.offset,
+                    blob_len: b.len,
+                    inner_offset: inner,
+                    len,
+                },
+            ))
+        })
+    }
+}
+
+/// Decode an index object, giving its entries to `f` as they are read (the object is opened in
+/// place and decompressed as a stream: no copy of it, nor its entries at once).
+fn decode_index_with(
+    crypto: &Crypto,
+    name: &str,
+    mut data: Vec<u8>,
+    f: &mut dyn FnMut(IndexVisit) -> Result<()>,
+) -> Result<()> {
+    use std::io::Read;
+    let body = envelope::open_object_in_place(Kind::Index, crypto, name, &mut data)?;
+    let z = data.get(body).unwrap_or_default();
+    let dec = zstd::stream::read::Decoder::with_buffer(z)
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+    let mut r = std::io::BufReader::with_capacity(64 << 10, dec);
+    let mut pos = 0u64;
+    let mut read = |buf: &mut [u8]| -> Result<()> {
+        r.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    name,
+                    format!("truncated: needed {} bytes at offset {pos}", buf.len()),
+                )
+            } else {
+                Error::corrupt(name, format!("zstd: {e}"))
+            }
+        })?;
+        pos += buf.len() as u64;
+        Ok(())
+    };
+    let mut u64b = [0u8; 8];
+    read(&mut u64b)?;
+    let np = u64::from_le_bytes(u64b);
+    // Counts only size what is read (and are capped): a corrupt count fails on the bytes
+    // missing, not by allocating.
+    let mut packs = Vec::with_capacity(np.min(1 << 16) as usize);
+    for _ in 0..np {
+        let mut p = [0u8; 16];
+        read(&mut p)?;
+        packs.push(PackId(p));
+    }
+    read(&mut u64b)?;
+    let ne = u64::from_le_bytes(u64b);
+    f(IndexVisit::Object {
+        name,
+        count: ne.min(z.len() as u64) as usize,
+    })?;
+    let mut rec = [0u8; 56];
     for _ in 0..ne {
+        read(&mut rec)?;
+        let mut d = Dec::new(&rec, name);
         let id = ChunkId(d.array()?);
         let pno = d.u32()? as usize;
-        let pack = *packs
-            .get(pno)
-            .ok_or_else(|| Error::corrupt(name, format!("entry names pack #{pno} of {np}")))?;
+        let pack = *packs.get(pno).ok_or_else(|| {
+            Error::corrupt(name, format!("entry names pack #{pno} of {}", packs.len()))
+        })?;
         let loc = Location {
             pack,
             blob_offset: d.u64()?,
@@ -365,12 +765,96 @@ pub fn decode_index(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<(Chu
             inner_offset: d.u32()?,
             len: d.u32()?,
         };
-        out.push((id, loc));
+        f(IndexVisit::Entry(id, loc))?;
     }
-    d.end()?;
+    let mut rest = [0u8; 1];
+    let extra = r
+        .read(&mut rest)
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
+    if extra != 0 {
+        return Err(Error::corrupt(name, "trailing bytes"));
+    }
+    Ok(())
+}
+
+pub fn decode_index(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<(ChunkId, Location)>> {
+    let mut out = Vec::new();
+    decode_index_with(crypto, name, data.to_vec(), &mut |v| {
+        if let IndexVisit::Entry(id, loc) = v {
+            out.push((id, loc));
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
 pub fn index_name() -> String {
     format!("index/{}", PackId::random())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> ChunkId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        ChunkId(b)
+    }
+
+    fn loc(pack: u8, blob: u64, inner: u32) -> Location {
+        Location {
+            pack: PackId([pack; 16]),
+            blob_offset: blob,
+            blob_len: 100,
+            inner_offset: inner,
+            len: 10,
+        }
+    }
+
+    #[test]
+    fn id_table_is_exact_across_growth() {
+        let ids: Vec<ChunkId> = (0..5000).map(|n| id(n % 3000)).collect();
+        let mut t = IdTable::default();
+        for (i, x) in ids.iter().enumerate() {
+            let got = t.insert(x, i as u32, |k| ids.get(k as usize)).unwrap();
+            // The first position of an id stays; later ones report it.
+            assert_eq!(got, (i >= 3000).then_some((i % 3000) as u32));
+        }
+        assert_eq!(t.len(), 3000);
+        for n in 0..3000 {
+            assert_eq!(t.find(&id(n), |k| ids.get(k as usize)), Some(n));
+        }
+        assert_eq!(t.find(&id(3000), |k| ids.get(k as usize)), None);
+    }
+
+    #[test]
+    fn chunk_index_keeps_the_first_location_and_round_trips() {
+        let mut index = ChunkIndex::default();
+        let mut entries = Vec::new();
+        for n in 0..2000u32 {
+            let l = loc((n / 700) as u8, u64::from(n / 16) * 100, (n % 16) * 10);
+            assert!(index.insert(&id(n), &l).unwrap());
+            entries.push((id(n), l));
+        }
+        assert!(!index.insert(&id(5), &loc(9, 0, 0)).unwrap());
+        assert_eq!(index.get(&id(5)), Some(entries[5].1));
+        assert!(index.contains(&id(1999)));
+        assert!(!index.contains(&id(2000)));
+        assert_eq!(index.iter().collect::<Vec<_>>(), entries);
+
+        for crypto in [
+            Crypto::plaintext(),
+            Crypto::encrypted(&crate::crypto::MasterKey::generate()),
+        ] {
+            let data = encode_index(&crypto, "index/x", &entries).unwrap();
+            assert_eq!(decode_index(&crypto, "index/x", &data).unwrap(), entries);
+            let mut bad = data.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert!(decode_index(&crypto, "index/x", &bad).is_err());
+            assert!(decode_index(&crypto, "index/y", &data).is_err());
+        }
+    }
 }

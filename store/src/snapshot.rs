@@ -38,6 +38,42 @@ pub struct SnapshotInput<'a> {
     pub next: Option<crate::manifest::NextBatch>,
 }
 
+/// The chunk spans of a file: page-aligned ones are computed from the position (a list of them
+/// would cost 16 bytes a chunk: 16 MB for 4 GiB of 4 KiB chunks), content-defined ones listed.
+enum Spans {
+    Fixed { chunk_size: usize, len: usize },
+    Listed(Vec<(usize, usize)>),
+}
+
+impl Spans {
+    fn len(&self) -> usize {
+        match self {
+            Spans::Fixed { chunk_size, len } => len.div_ceil((*chunk_size).max(1)),
+            Spans::Listed(v) => v.len(),
+        }
+    }
+    /// Offset and length of chunk `i`.
+    fn get(&self, i: usize) -> Option<(usize, usize)> {
+        match self {
+            Spans::Fixed { chunk_size, len } => {
+                let cs = (*chunk_size).max(1);
+                let o = i.checked_mul(cs).filter(|o| o < len)?;
+                Some((o, cs.min(len - o)))
+            }
+            Spans::Listed(v) => v.get(i).copied(),
+        }
+    }
+    fn to_vec(&self) -> Vec<(usize, usize)> {
+        match self {
+            Spans::Fixed { chunk_size, len } => chunker::PageChunker {
+                chunk_size: *chunk_size,
+            }
+            .spans_of_len(*len),
+            Spans::Listed(v) => v.clone(),
+        }
+    }
+}
+
 /// A database file opened for a snapshot: its length, page size and chunk spans, read without
 /// mapping it whole.
 struct DbFile {
@@ -45,7 +81,7 @@ struct DbFile {
     object: String,
     len: usize,
     page_size: u32,
-    spans: Vec<(usize, usize)>,
+    spans: Spans,
 }
 
 impl DbFile {
@@ -80,12 +116,13 @@ impl DbFile {
                             Error::io("read", &object, std::io::Error::other(e.to_string()))
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()
+                    .map(Spans::Listed)?
             }
-            crate::config::ChunkerParams::Pages { pages } => chunker::PageChunker {
+            crate::config::ChunkerParams::Pages { pages } => Spans::Fixed {
                 chunk_size: (*pages).max(1) as usize * page_size as usize,
-            }
-            .spans_of_len(len),
+                len,
+            },
         };
         Ok(DbFile {
             file,
@@ -122,7 +159,8 @@ impl DbFile {
     fn window_end(&self, ws: usize) -> usize {
         let mut we = ws;
         let mut raw = 0;
-        while we < self.spans.len() && raw < WINDOW {
+        let n = self.spans.len();
+        while we < n && raw < WINDOW {
             raw += self.spans.get(we).map(|s| s.1).unwrap_or(0);
             we += 1;
         }
@@ -149,17 +187,17 @@ pub fn file_chunk_refs(repo: &Repository, path: &Path) -> Result<Chunked> {
     while ws < db.spans.len() {
         let we = db.window_end(ws);
         let (map, base) = db.window(ws, we)?;
-        let part: Vec<ChunkRef> = db
-            .spans
-            .get(ws..we)
-            .unwrap_or_default()
-            .par_iter()
-            .map(|&(o, l)| (crypto.chunk_id(bytes_at(&map, base, o, l)), l as u32))
+        let part: Vec<ChunkRef> = (ws..we)
+            .into_par_iter()
+            .map(|i| {
+                let (o, l) = db.spans.get(i).unwrap_or((0, 0));
+                (crypto.chunk_id(bytes_at(&map, base, o, l)), l as u32)
+            })
             .collect();
         refs.extend(part);
         ws = we;
     }
-    Ok((db.page_size, db.spans, refs))
+    Ok((db.page_size, db.spans.to_vec(), refs))
 }
 
 pub fn write_snapshot(
@@ -178,8 +216,11 @@ pub fn write_snapshot(
     // the previous ones.
     let mut refs: Vec<ChunkRef> = Vec::with_capacity(spans.len());
     let mut new_chunks = 0usize;
-    let mut seen: std::collections::HashSet<ChunkId, foldhash::fast::RandomState> =
-        Default::default();
+    // The new chunks met so far, as positions in `refs` (4 bytes a slot, not a set of ids).
+    let mut seen = pack::IdTable::default();
+    // Where the new chunks go, recorded as their blobs are placed in packs (12 bytes a chunk:
+    // their ids are in `refs`). Written as an index object once every pack is published.
+    let mut new_entries = pack::NewEntries::default();
 
     // Compression (rayon) and publishing run side by side: full packs go to two publisher
     // threads (mostly waiting on the disk), so the disk writes and syncs one pack while the next
@@ -190,17 +231,16 @@ pub fn write_snapshot(
     // The buffers of published packs come back to build the next ones in.
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let (mut stored, entries) = std::thread::scope(|s| -> Result<(u64, Vec<_>)> {
-        let publish = || -> Result<(u64, Vec<_>)> {
+    let mut stored = std::thread::scope(|s| -> Result<u64> {
+        let publish = || -> Result<u64> {
             let mut stored = 0u64;
-            let mut entries = Vec::new();
             loop {
                 let next = match rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
                 let Ok(full) = next else { break };
-                match publish_pack(repo, full, &mut entries) {
+                match publish_pack(repo, full) {
                     Ok(buffer) => {
                         stored += buffer.len() as u64;
                         let _ = pool_tx.send(buffer);
@@ -211,7 +251,7 @@ pub fn write_snapshot(
                     }
                 }
             }
-            Ok((stored, entries))
+            Ok(stored)
         };
         let publishers = [s.spawn(publish), s.spawn(publish)];
         let produced = (|| -> Result<()> {
@@ -229,19 +269,30 @@ pub fn write_snapshot(
                 let we = db.window_end(ws);
                 let (map, base) = db.window(ws, we)?;
                 let data: &[u8] = &map;
-                let wrefs: Vec<ChunkRef> = spans
-                    .get(ws..we)
-                    .unwrap_or_default()
-                    .par_iter()
-                    .map(|&(o, l)| (repo.crypto().chunk_id(bytes_at(data, base, o, l)), l as u32))
+                let wrefs: Vec<ChunkRef> = (ws..we)
+                    .into_par_iter()
+                    .map(|i| {
+                        let (o, l) = spans.get(i).unwrap_or((0, 0));
+                        (repo.crypto().chunk_id(bytes_at(data, base, o, l)), l as u32)
+                    })
                     .collect();
+                refs.extend_from_slice(&wrefs);
+                drop(wrefs);
                 let mut new = Vec::new();
-                for (k, (id, _)) in wrefs.iter().enumerate() {
-                    if !index.map.contains_key(id) && seen.insert(*id) {
-                        new.push(ws + k);
+                for k in ws..we {
+                    let Some((id, _)) = refs.get(k) else { continue };
+                    if index.contains(id) {
+                        continue;
+                    }
+                    let at = u32::try_from(k)
+                        .map_err(|_| Error::Invalid("more than 2^32 chunks".into()))?;
+                    if seen
+                        .insert(id, at, |i| refs.get(i as usize).map(|r| &r.0))?
+                        .is_none()
+                    {
+                        new.push(k);
                     }
                 }
-                refs.extend_from_slice(&wrefs);
                 new_chunks += new.len();
                 ws = we;
                 let groups = group_neighbours(&new, spans);
@@ -276,7 +327,7 @@ pub fn write_snapshot(
                 let mut builders = vec![builder];
                 let mut starts = vec![builders.first().map(PackBuilder::len).unwrap_or(0)];
                 let mut plan = Vec::with_capacity(compressed.len());
-                for g in &compressed {
+                for (g, members) in compressed.iter().zip(window) {
                     if builders.last().map(PackBuilder::len).unwrap_or(0) >= pack_target {
                         let b = new_builder();
                         starts.push(b.len());
@@ -284,7 +335,14 @@ pub fn write_snapshot(
                     }
                     let index = builders.len() - 1;
                     if let Some(b) = builders.last_mut() {
-                        let off = b.place(g, g.zdata.len() + overhead);
+                        let sealed_len = g.zdata.len() + overhead;
+                        let off = b.place(g, sealed_len);
+                        new_entries.add_blob(
+                            b.id,
+                            off,
+                            sealed_len as u32,
+                            members.iter().zip(&g.chunks).map(|(&i, c)| (i, c.1)),
+                        )?;
                         plan.push((index, b.aad_at(off)));
                     }
                 }
@@ -322,29 +380,23 @@ pub fn write_snapshot(
             Ok(())
         })();
         drop(tx);
-        let mut published = (0u64, Vec::new());
+        let mut published = 0u64;
         for p in publishers {
-            let (stored, entries) = p
+            published += p
                 .join()
                 .unwrap_or_else(|_| Err(Error::Invalid("a pack publisher panicked".into())))?;
-            published.0 += stored;
-            published.1.extend(entries);
         }
         // A publish error explains a compression stop; otherwise report the compression error.
         produced?;
         Ok(published)
     })?;
-    // Not needed any more, and as large as the index about to be built (32 bytes a new chunk).
     drop(seen);
-    if !entries.is_empty() {
+    if !new_entries.is_empty() {
         let name = pack::index_name();
-        let idx = pack::encode_index(repo.crypto(), &name, &entries)?;
+        let idx = pack::encode_new_entries(repo.crypto(), &name, &new_entries, &refs)?;
         stored += idx.len() as u64;
         repo.backend().put(&name, &idx)?;
         index.objects.push(name);
-        for (id, loc) in &entries {
-            index.map.insert(*id, *loc);
-        }
     }
 
     let id = SnapshotId::random();
@@ -352,21 +404,25 @@ pub fn write_snapshot(
     let db_size = db.len as u64;
     drop(db);
     let full_every = repo.config().body.full_manifest_every.max(1);
-    let list = match (parent, parent_refs) {
+    // A delta manifest leaves `refs` here: the new chunks' ids are read from it below.
+    let (list, kept_refs) = match (parent, parent_refs) {
         (Some(p), Some(prefs)) if p.depth() + 1 < full_every => {
             let runs = manifest::delta_runs(prefs, &refs);
             let delta_refs: usize = runs.iter().map(|r| r.1.len()).sum();
             if delta_refs * 2 < refs.len() {
-                ChunkList::Delta {
-                    parent: p.id,
-                    depth: p.depth() + 1,
-                    runs,
-                }
+                (
+                    ChunkList::Delta {
+                        parent: p.id,
+                        depth: p.depth() + 1,
+                        runs,
+                    },
+                    Some(refs),
+                )
             } else {
-                ChunkList::Full(refs)
+                (ChunkList::Full(refs), None)
             }
         }
-        _ => ChunkList::Full(refs),
+        _ => (ChunkList::Full(refs), None),
     };
     let mut m = Manifest {
         id,
@@ -389,14 +445,26 @@ pub fn write_snapshot(
     m.stored_bytes = stored + probe;
     let bytes = m.encode(repo.crypto())?;
     m.object_size = bytes.len() as u64;
-    repo.backend()
-        .put(&manifest::manifest_name(&m.id), &bytes)?;
+    let put = repo.backend().put(&manifest::manifest_name(&m.id), &bytes);
+    drop(bytes);
+    // The new chunks go into the in-memory index only now, when the manifest is no longer held
+    // beside it (their index object is published, whether or not the manifest is).
+    let all: &[ChunkRef] = match (&m.list, &kept_refs) {
+        (ChunkList::Full(r), _) => r,
+        (_, Some(r)) => r,
+        _ => &[],
+    };
+    index.reserve(new_entries.len());
+    for (id, _, loc) in new_entries.iter(all) {
+        index.insert(&id, &loc)?;
+    }
+    put?;
     Ok(m)
 }
 
 /// Groups of neighbouring new chunks (indexes into `spans`, ascending), compressed together: at
 /// most [`BLOB_CHUNKS`] chunks and [`BLOB_MAX_RAW`] bytes each.
-fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> {
+fn group_neighbours(new: &[usize], spans: &Spans) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut cur_raw = 0usize;
@@ -419,14 +487,9 @@ fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> 
 }
 
 /// Publish a full pack; returns its buffer (the pack's bytes, to be built over).
-fn publish_pack(
-    repo: &Repository,
-    b: PackBuilder,
-    entries: &mut Vec<(ChunkId, pack::Location)>,
-) -> Result<Vec<u8>> {
-    let (id, data, es) = b.finish();
+fn publish_pack(repo: &Repository, b: PackBuilder) -> Result<Vec<u8>> {
+    let (id, data, _) = b.finish();
     repo.backend().put(&pack::pack_name(&id), &data)?;
-    entries.extend(es);
     Ok(data)
 }
 
@@ -467,7 +530,7 @@ pub fn materialize(
     items.par_chunks(1024).try_for_each(|slice| -> Result<()> {
         let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
         for (i, (id, len)) in slice {
-            let loc = index.map.get(id).ok_or_else(|| {
+            let loc = index.get(id).ok_or_else(|| {
                 Error::corrupt(
                     manifest::manifest_name(&m.id),
                     format!("chunk {id} is in no index: its pack is missing"),
@@ -486,7 +549,7 @@ pub fn materialize(
                 cache = Some((key, blob));
             }
             let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
-            let bytes = pack::chunk_from_blob(repo, blob, id, loc)?;
+            let bytes = pack::chunk_from_blob(repo, blob, id, &loc)?;
             let at = offsets.get(*i).copied().unwrap_or(0);
             f.write_all_at(&bytes, at)
                 .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
