@@ -4,7 +4,10 @@
 //! The file is processed in windows ([`WINDOW`] bytes of chunks), each mapped on its own and
 //! unmapped before the next, so resident memory stays bounded by a window and the pipeline
 //! behind it, not by the database: a 4 GiB file costs no more than a 1 GiB one, besides the
-//! per-chunk lists (36 bytes a chunk). Hashing and compression run on all cores (rayon).
+//! per-chunk lists: the chunk list (36 bytes a chunk, which the manifest is) and, for each new
+//! chunk, 12 bytes of index entry and a 4-byte slot or two of the set of chunks seen. Page spans
+//! are computed, not listed; the index object and the manifest are compressed straight into
+//! their objects and sealed in place. Hashing and compression run on all cores (rayon).
 //!
 //! Crash cases (each step is an atomic, durable publish; see docs/format.md):
 //! 1. packs published, no index: orphan packs, deleted by the next prune.
@@ -200,12 +203,16 @@ pub fn file_chunk_refs(repo: &Repository, path: &Path) -> Result<Chunked> {
     Ok((db.page_size, db.spans.to_vec(), refs))
 }
 
+/// Write a snapshot of `input.path`, storing the chunks `index` (the repository's chunk index)
+/// does not hold. `index` is not updated: the new chunks' index object is published, and the
+/// next snapshot loads the index again (no caller keeps one across snapshots, and adding to it
+/// here would hold it beside the manifest: about 50 bytes a chunk at the peak).
 pub fn write_snapshot(
     repo: &Repository,
     input: &SnapshotInput,
     parent: Option<&Manifest>,
     parent_refs: Option<&[ChunkRef]>,
-    index: &mut ChunkIndex,
+    index: &ChunkIndex,
 ) -> Result<Manifest> {
     let db = DbFile::open(repo, input.path)?;
     let page_size = db.page_size;
@@ -390,39 +397,38 @@ pub fn write_snapshot(
         produced?;
         Ok(published)
     })?;
+    // The pipeline's buffers (spare packs) and the seen set are done with: the index object and
+    // the manifest below are the large objects now.
     drop(seen);
+    drop(pool_rx);
     if !new_entries.is_empty() {
         let name = pack::index_name();
         let idx = pack::encode_new_entries(repo.crypto(), &name, &new_entries, &refs)?;
         stored += idx.len() as u64;
         repo.backend().put(&name, &idx)?;
-        index.objects.push(name);
     }
+    drop(new_entries);
 
     let id = SnapshotId::random();
     let chunk_count = refs.len() as u64;
     let db_size = db.len as u64;
     drop(db);
     let full_every = repo.config().body.full_manifest_every.max(1);
-    // A delta manifest leaves `refs` here: the new chunks' ids are read from it below.
-    let (list, kept_refs) = match (parent, parent_refs) {
+    let list = match (parent, parent_refs) {
         (Some(p), Some(prefs)) if p.depth() + 1 < full_every => {
             let runs = manifest::delta_runs(prefs, &refs);
             let delta_refs: usize = runs.iter().map(|r| r.1.len()).sum();
             if delta_refs * 2 < refs.len() {
-                (
-                    ChunkList::Delta {
-                        parent: p.id,
-                        depth: p.depth() + 1,
-                        runs,
-                    },
-                    Some(refs),
-                )
+                ChunkList::Delta {
+                    parent: p.id,
+                    depth: p.depth() + 1,
+                    runs,
+                }
             } else {
-                (ChunkList::Full(refs), None)
+                ChunkList::Full(refs)
             }
         }
-        _ => (ChunkList::Full(refs), None),
+        _ => ChunkList::Full(refs),
     };
     let mut m = Manifest {
         id,
@@ -445,20 +451,8 @@ pub fn write_snapshot(
     m.stored_bytes = stored + probe;
     let bytes = m.encode(repo.crypto())?;
     m.object_size = bytes.len() as u64;
-    let put = repo.backend().put(&manifest::manifest_name(&m.id), &bytes);
-    drop(bytes);
-    // The new chunks go into the in-memory index only now, when the manifest is no longer held
-    // beside it (their index object is published, whether or not the manifest is).
-    let all: &[ChunkRef] = match (&m.list, &kept_refs) {
-        (ChunkList::Full(r), _) => r,
-        (_, Some(r)) => r,
-        _ => &[],
-    };
-    index.reserve(new_entries.len());
-    for (id, _, loc) in new_entries.iter(all) {
-        index.insert(&id, &loc)?;
-    }
-    put?;
+    repo.backend()
+        .put(&manifest::manifest_name(&m.id), &bytes)?;
     Ok(m)
 }
 
@@ -510,11 +504,14 @@ pub fn materialize(
         .map_err(|e| Error::io("create", dest.display().to_string(), e))?;
     f.set_len(m.db_size)
         .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
-    let mut offsets = Vec::with_capacity(refs.len());
+    // Work in slices of chunks; within a slice, chunks of one blob are decoded once. Each
+    // slice's first file offset is listed (8 bytes a slice, not a chunk).
+    const SLICE: usize = 1024;
+    let mut starts = Vec::with_capacity(refs.len() / SLICE + 1);
     let mut off = 0u64;
-    for r in refs {
-        offsets.push(off);
-        off += u64::from(r.1);
+    for slice in refs.chunks(SLICE) {
+        starts.push(off);
+        off += slice.iter().map(|r| u64::from(r.1)).sum::<u64>();
     }
     if off != m.db_size {
         return Err(Error::corrupt(
@@ -525,37 +522,43 @@ pub fn materialize(
             ),
         ));
     }
-    // Work in slices of chunks; within a slice, chunks of one blob are decoded once.
-    let items: Vec<(usize, &ChunkRef)> = refs.iter().enumerate().collect();
-    items.par_chunks(1024).try_for_each(|slice| -> Result<()> {
-        let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
-        for (i, (id, len)) in slice {
-            let loc = index.get(id).ok_or_else(|| {
-                Error::corrupt(
-                    manifest::manifest_name(&m.id),
-                    format!("chunk {id} is in no index: its pack is missing"),
-                )
-            })?;
-            if loc.len != *len {
-                return Err(Error::corrupt(
-                    manifest::manifest_name(&m.id),
-                    format!("chunk {id} length differs from the index"),
-                ));
+    refs.par_chunks(SLICE).zip(starts.par_iter()).try_for_each(
+        |(slice, &start)| -> Result<()> {
+            let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
+            let mut at = start;
+            for (id, len) in slice {
+                let loc = index.get(id).ok_or_else(|| {
+                    Error::corrupt(
+                        manifest::manifest_name(&m.id),
+                        format!("chunk {id} is in no index: its pack is missing"),
+                    )
+                })?;
+                if loc.len != *len {
+                    return Err(Error::corrupt(
+                        manifest::manifest_name(&m.id),
+                        format!("chunk {id} length differs from the index"),
+                    ));
+                }
+                let key = (loc.pack, loc.blob_offset);
+                if cache.as_ref().map(|c| c.0) != Some(key) {
+                    let blob = pack::read_blob(
+                        repo,
+                        &loc.pack,
+                        loc.blob_offset,
+                        loc.blob_len,
+                        BLOB_MAX_RAW,
+                    )?;
+                    cache = Some((key, blob));
+                }
+                let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
+                let bytes = pack::chunk_from_blob(repo, blob, id, &loc)?;
+                f.write_all_at(&bytes, at)
+                    .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+                at += u64::from(*len);
             }
-            let key = (loc.pack, loc.blob_offset);
-            if cache.as_ref().map(|c| c.0) != Some(key) {
-                let blob =
-                    pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, BLOB_MAX_RAW)?;
-                cache = Some((key, blob));
-            }
-            let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
-            let bytes = pack::chunk_from_blob(repo, blob, id, &loc)?;
-            let at = offsets.get(*i).copied().unwrap_or(0);
-            f.write_all_at(&bytes, at)
-                .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     f.sync_all()
         .map_err(|e| Error::io("fsync", dest.display().to_string(), e))?;
     Ok(m.db_size)
