@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::codec::{Dec, Enc};
+use crate::codec::{Enc, ReadDec};
 use crate::crypto::Crypto;
 use crate::envelope::{self, Kind};
 use crate::error::{Error, Result};
@@ -112,6 +112,27 @@ impl Manifest {
         }
     }
 
+    /// A copy of everything but the chunk list (left empty): a manifest rewritten with another
+    /// list is not copied with its own first.
+    pub fn clone_header(&self) -> Manifest {
+        Manifest {
+            list: ChunkList::Full(Vec::new()),
+            id: self.id,
+            time: self.time,
+            data_version: self.data_version,
+            journal_segment: self.journal_segment,
+            foreign_keys: self.foreign_keys,
+            db_size: self.db_size,
+            page_size: self.page_size,
+            chunk_count: self.chunk_count,
+            stored_bytes: self.stored_bytes,
+            new_chunks: self.new_chunks,
+            object_size: self.object_size,
+            data_time_ms: self.data_time_ms,
+            next: self.next,
+        }
+    }
+
     pub fn depth(&self) -> u32 {
         match &self.list {
             ChunkList::Full(_) => 0,
@@ -188,10 +209,21 @@ impl Manifest {
     }
 
     pub fn decode(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Manifest> {
-        let z = envelope::open_object(Kind::Manifest, crypto, name, data)?;
-        let raw = zstd::stream::decode_all(z.as_slice())
+        Self::decode_owned(crypto, name, data.to_vec())
+    }
+
+    /// [`Self::decode`] of a manifest read into `data`, opened in place and decompressed as a
+    /// stream: its chunk list (36 bytes a chunk) is the only copy made of it.
+    pub fn decode_owned(crypto: &Crypto, name: &str, mut data: Vec<u8>) -> Result<Manifest> {
+        let object_size = data.len() as u64;
+        let body = envelope::open_object_in_place(Kind::Manifest, crypto, name, &mut data)?;
+        let z = data.get(body).unwrap_or_default();
+        // What a count may reserve: a chunk reference's 32 id bytes do not compress, so a list
+        // is not much smaller than the object; a larger count grows as it is read.
+        let cap = z.len() / 32 + 64;
+        let dec = zstd::stream::read::Decoder::with_buffer(z)
             .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
-        let mut d = Dec::new(&raw, name);
+        let mut d = ReadDec::new(std::io::BufReader::with_capacity(64 << 10, dec), name);
         let v = d.u8()?;
         if v != 1 && v != 2 {
             return Err(Error::Unsupported {
@@ -233,11 +265,9 @@ impl Manifest {
         } else {
             (0, None)
         };
-        let read_refs = |d: &mut Dec, n: usize| -> Result<Vec<ChunkRef>> {
-            if n > d.remaining() / 36 {
-                return Err(d.err(format!("chunk count {n} exceeds the manifest")));
-            }
-            let mut v = Vec::with_capacity(n);
+        type Reader<'z> = std::io::BufReader<zstd::stream::read::Decoder<'z, &'z [u8]>>;
+        let read_refs = |d: &mut ReadDec<Reader>, n: usize| -> Result<Vec<ChunkRef>> {
+            let mut v = Vec::with_capacity(n.min(cap));
             for _ in 0..n {
                 v.push((ChunkId(d.array()?), d.u32()?));
             }
@@ -251,8 +281,8 @@ impl Manifest {
             1 => {
                 let parent = SnapshotId(d.array()?);
                 let depth = d.u32()?;
-                let nruns = d.count(12)?;
-                let mut runs = Vec::with_capacity(nruns);
+                let nruns = d.u64()?;
+                let mut runs = Vec::with_capacity(nruns.min(cap as u64) as usize);
                 for _ in 0..nruns {
                     let start = d.u64()?;
                     let n = d.u32()? as usize;
@@ -279,7 +309,7 @@ impl Manifest {
             stored_bytes,
             new_chunks,
             list,
-            object_size: data.len() as u64,
+            object_size,
             data_time_ms,
             next,
         })
@@ -292,7 +322,7 @@ pub fn read(repo: &Repository, id: &SnapshotId) -> Result<Manifest> {
         Err(Error::NotFound { .. }) => return Err(Error::NoSuchSnapshot(id.to_string())),
         other => other?,
     };
-    Manifest::decode(repo.crypto(), &name, &data)
+    Manifest::decode_owned(repo.crypto(), &name, data)
 }
 
 /// Every manifest, oldest first (by data_version, then time).
@@ -310,7 +340,7 @@ pub fn list(repo: &Repository) -> Result<Vec<Manifest>> {
     let found: Vec<Option<Manifest>> = names
         .par_iter()
         .map(|n| match repo.backend().get(n) {
-            Ok(data) => Manifest::decode(repo.crypto(), n, &data).map(Some),
+            Ok(data) => Manifest::decode_owned(repo.crypto(), n, data).map(Some),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         })
@@ -360,6 +390,15 @@ pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
             })?;
             resolve_on(m, resolve(repo, &p)?)
         }
+    }
+}
+
+/// [`resolve`], taking a full manifest's list out of `m` (left empty) rather than copying it:
+/// for callers done with the list once resolved (a restore).
+pub fn resolve_taken(repo: &Repository, m: &mut Manifest) -> Result<Vec<ChunkRef>> {
+    match &mut m.list {
+        ChunkList::Full(refs) => Ok(std::mem::take(refs)),
+        ChunkList::Delta { .. } => resolve(repo, m),
     }
 }
 
