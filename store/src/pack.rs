@@ -407,6 +407,14 @@ impl ChunkIndex {
         });
     }
 
+    /// The position of `id`'s entry (its place in [`Self::iter`]).
+    pub fn position_of(&self, id: &ChunkId) -> Option<usize> {
+        let entries = &self.entries;
+        self.table
+            .find(id, |i| entries.get(i as usize).map(|e| &e.id))
+            .map(|i| i as usize)
+    }
+
     fn position(&self, id: &ChunkId) -> Option<&IndexEntry> {
         let entries = &self.entries;
         let at = self
@@ -471,6 +479,12 @@ impl ChunkIndex {
             len: loc.len,
         });
         Ok(true)
+    }
+
+    /// The chunk added `i`-th, with its location.
+    pub fn entry_at(&self, i: usize) -> Option<(ChunkId, Location)> {
+        let e = self.entries.get(i)?;
+        Some((e.id, self.location(e)?))
     }
 
     /// Every chunk with its location, in the order added.
@@ -711,9 +725,31 @@ fn decode_index_with(
     mut data: Vec<u8>,
     f: &mut dyn FnMut(IndexVisit) -> Result<()>,
 ) -> Result<()> {
-    use std::io::Read;
+    let body = envelope::open_object_in_place(Kind::Index, crypto, name, &mut data)?;
+    decode_index_body(name, data.get(body).unwrap_or_default(), f)
+}
+
+/// [`decode_index_with`], all or nothing: the whole object is decoded and checked before `f`
+/// sees an entry (it is decompressed twice, never held decompressed), so a damaged object
+/// gives no entry at all.
+pub fn decode_index_checked(
+    crypto: &Crypto,
+    name: &str,
+    mut data: Vec<u8>,
+    f: &mut dyn FnMut(IndexVisit) -> Result<()>,
+) -> Result<()> {
     let body = envelope::open_object_in_place(Kind::Index, crypto, name, &mut data)?;
     let z = data.get(body).unwrap_or_default();
+    decode_index_body(name, z, &mut |_| Ok(()))?;
+    decode_index_body(name, z, f)
+}
+
+fn decode_index_body(
+    name: &str,
+    z: &[u8],
+    f: &mut dyn FnMut(IndexVisit) -> Result<()>,
+) -> Result<()> {
+    use std::io::Read;
     let dec = zstd::stream::read::Decoder::with_buffer(z)
         .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
     let mut r = std::io::BufReader::with_capacity(64 << 10, dec);

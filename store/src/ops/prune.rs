@@ -314,18 +314,26 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     for (i, m) in kept.iter().enumerate() {
         let rank = kept.len() - 1 - i; // 0: the newest
         let refs = chains.resolve(m)?;
+        live.add(rank, &refs)?;
         if chain_touches(m, &removed, &by_id)? {
-            let mut full = (*m).clone();
-            full.list = ChunkList::Full(refs.to_vec());
-            repo.backend().put(
-                &manifest::manifest_name(&m.id),
-                &full.encode(repo.crypto())?,
-            )?;
+            // The list goes into the full manifest without a copy when no later snapshot of
+            // the chain needs it.
+            let refs = std::rc::Rc::try_unwrap(refs).unwrap_or_else(|rc| (*rc).clone());
+            let mut full = m.clone_header();
+            full.list = ChunkList::Full(refs);
+            let bytes = full.encode(repo.crypto())?;
+            drop(full);
+            repo.backend()
+                .put(&manifest::manifest_name(&m.id), &bytes)?;
             rep.rewritten_manifests += 1;
         }
-        live.add(rank, &refs);
     }
     drop(chains);
+    // The manifests' chunk lists are done with: only the books and `live` are held below.
+    let resume = kept.iter().map(|m| m.journal_segment).max();
+    drop(kept);
+    drop(by_id);
+    drop(all);
     // 2. Remove the snapshots, newest first: a delta is always newer than its parent, so a
     // crash between two deletions never leaves a snapshot whose parent is gone.
     for s in plan.remove.iter().rev() {
@@ -350,7 +358,6 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         rep.deleted_segments += 1;
     }
     // 7. Small sealed segments into runs, before the newest kept snapshot's resume segment.
-    let resume = kept.iter().map(|m| m.journal_segment).max();
     segmerge::merge(repo, resume, &mut rep)?;
     rep.bytes_after = listed_bytes(repo)?;
     rep.duration_ms = started.elapsed().as_millis() as u64;
