@@ -601,7 +601,7 @@ fn encode_index_stream(
             .u32(l.inner_offset)
             .u32(l.len);
         written += 1;
-        if written % 1024 == 0 {
+        if written.is_multiple_of(1024) {
             z.write_all(&std::mem::take(&mut e).finish()).map_err(err)?;
         }
     }

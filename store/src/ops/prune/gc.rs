@@ -209,7 +209,7 @@ pub fn books(repo: &Repository, live: &Live) -> Result<Books> {
                 .or_else(|| others.get(i - canonical.len()).copied())
                 .map(|(id, l)| (l.pack, l.blob_offset, l.inner_offset, id))
         };
-        sorted.sort_unstable_by(|a, b| key(*a).cmp(&key(*b)));
+        sorted.sort_unstable_by_key(|a| key(*a));
     }
 
     let mut packs: BTreeMap<PackId, PackBook> = BTreeMap::new();
