@@ -240,14 +240,16 @@ pub fn chunk_from_blob(
 /// and seeded per process, so crafted page contents cannot degrade it.
 pub type IdMap<V> = HashMap<ChunkId, V, foldhash::fast::RandomState>;
 
-/// A set of chunk ids kept elsewhere (in a list), as the list's positions: 4 bytes a slot where
-/// a map keyed by the ids costs their 32 bytes again and its slack. Open addressing, linear
-/// probing, at most half full (a miss ends at an empty slot within a few probes). foldhash,
-/// seeded per process: crafted page contents cannot pile their ids onto one run of slots.
-/// Membership is exact: a probe compares whole ids.
+/// A set of chunk ids kept elsewhere (in a list), as the list's positions: 5 bytes a slot (a
+/// position and 8 bits of its hash) where a map keyed by the ids costs their 32 bytes again and
+/// its slack. Open addressing, linear probing, at most 3/4 full: a probe walks neighbouring
+/// slots and reads an id from the list only when its hash bits match. foldhash, seeded per
+/// process: crafted page contents cannot pile their ids onto one run of slots. Membership is
+/// exact: a match compares whole ids.
 #[derive(Default, Clone)]
 pub struct IdTable {
     slots: Vec<u32>,
+    tags: Vec<u8>,
     len: usize,
     hasher: foldhash::fast::RandomState,
 }
@@ -262,9 +264,14 @@ impl IdTable {
         self.len == 0
     }
 
-    fn home(&self, id: &ChunkId) -> usize {
+    /// The home slot of `id` and its hash bits.
+    fn home(&self, id: &ChunkId) -> (usize, u8) {
         use std::hash::BuildHasher;
-        (self.hasher.hash_one(id) as usize) & (self.slots.len().wrapping_sub(1))
+        let h = self.hasher.hash_one(id);
+        (
+            (h as usize) & (self.slots.len().wrapping_sub(1)),
+            (h >> 56) as u8,
+        )
     }
 
     /// The position of `id`, where `key` gives the id at a position.
@@ -273,13 +280,13 @@ impl IdTable {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(id);
+        let (mut i, tag) = self.home(id);
         loop {
             let s = *self.slots.get(i)?;
             if s == EMPTY {
                 return None;
             }
-            if key(s) == Some(id) {
+            if self.tags.get(i) == Some(&tag) && key(s) == Some(id) {
                 return Some(s);
             }
             i = (i + 1) & mask;
@@ -299,39 +306,44 @@ impl IdTable {
                 "more than 2^32 - 1 chunks in one table".into(),
             ));
         }
-        if (self.len + 1) * 2 > self.slots.len() {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.reserve(self.len + 1, &key);
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(id);
+        let (mut i, tag) = self.home(id);
         loop {
-            match self.slots.get_mut(i) {
-                Some(s) if *s == EMPTY => {
-                    *s = at;
-                    self.len += 1;
-                    return Ok(None);
-                }
-                Some(s) if key(*s) == Some(id) => return Ok(Some(*s)),
-                Some(_) => i = (i + 1) & mask,
-                None => return Err(Error::Invalid("chunk id table probe out of range".into())),
+            let (Some(s), Some(t)) = (self.slots.get_mut(i), self.tags.get_mut(i)) else {
+                return Err(Error::Invalid("chunk id table probe out of range".into()));
+            };
+            if *s == EMPTY {
+                *s = at;
+                *t = tag;
+                self.len += 1;
+                return Ok(None);
             }
+            if *t == tag && key(*s) == Some(id) {
+                return Ok(Some(*s));
+            }
+            i = (i + 1) & mask;
         }
     }
 
     /// Make room for `n` positions in all (one rehash instead of several while growing).
     pub fn reserve<'a>(&mut self, n: usize, key: impl Fn(u32) -> Option<&'a ChunkId>) {
-        let want = (n.max(8) * 2).next_power_of_two();
+        let want = (n.max(12) * 4).div_ceil(3).next_power_of_two();
         if want <= self.slots.len() {
             return;
         }
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; want]);
+        self.tags = vec![0; want];
         let mask = want - 1;
         for s in old.into_iter().filter(|&s| s != EMPTY) {
             let Some(id) = key(s) else { continue };
-            let mut i = self.home(id);
-            while let Some(slot) = self.slots.get_mut(i) {
+            let (mut i, tag) = self.home(id);
+            while let (Some(slot), Some(t)) = (self.slots.get_mut(i), self.tags.get_mut(i)) {
                 if *slot == EMPTY {
                     *slot = s;
+                    *t = tag;
                     break;
                 }
                 i = (i + 1) & mask;
@@ -361,7 +373,7 @@ struct BlobRef {
 /// All chunk locations, from every index object: where a chunk's first location wins (as the
 /// index objects are read in name order). Compact, as its size follows the repository's chunk
 /// count (a million chunks for 4 GiB of 4 KiB pages): 44 bytes an entry, 16 a blob, and an
-/// [`IdTable`] of 4-byte slots, where a map of [`Location`]s by id cost about 150.
+/// [`IdTable`] of 5-byte slots, where a map of [`Location`]s by id cost about 150.
 #[derive(Default, Clone)]
 pub struct ChunkIndex {
     packs: Vec<PackId>,

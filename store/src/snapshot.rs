@@ -5,7 +5,7 @@
 //! unmapped before the next, so resident memory stays bounded by a window and the pipeline
 //! behind it, not by the database: a 4 GiB file costs no more than a 1 GiB one, besides the
 //! per-chunk lists: the chunk list (36 bytes a chunk, which the manifest is) and, for each new
-//! chunk, 12 bytes of index entry and a 4-byte slot or two of the set of chunks seen. Page spans
+//! chunk, 12 bytes of index entry and a 5-byte slot or two of the set of chunks seen. Page spans
 //! are computed, not listed; the index object and the manifest are compressed straight into
 //! their objects and sealed in place. Hashing and compression run on all cores (rayon).
 //!
