@@ -141,6 +141,16 @@ impl Manifest {
     }
 
     pub fn encode(&self, crypto: &Crypto) -> Result<Vec<u8>> {
+        self.encode_with(crypto, None)
+    }
+
+    /// Encode as a full manifest of `refs` (its own list is not used): a delta rewritten as a
+    /// full manifest, without its resolved list copied into it first.
+    pub fn encode_full(&self, crypto: &Crypto, refs: &[ChunkRef]) -> Result<Vec<u8>> {
+        self.encode_with(crypto, Some(refs))
+    }
+
+    fn encode_with(&self, crypto: &Crypto, full: Option<&[ChunkRef]>) -> Result<Vec<u8>> {
         let name = manifest_name(&self.id);
         let mut e = Enc::new();
         e.u8(2)
@@ -164,9 +174,26 @@ impl Manifest {
         // zstd writes straight into the object, sealed in place: the chunk list (36 bytes a
         // chunk) is not copied whole into a body, then compressed, then sealed.
         let err = |err| Error::io("compress", &name, err);
-        let refs = match &self.list {
-            ChunkList::Full(refs) => refs.len(),
-            ChunkList::Delta { runs, .. } => runs.iter().map(|r| r.1.len()).sum(),
+        // The list written: `full`, or the manifest's own.
+        enum Written<'a> {
+            Full(&'a [ChunkRef]),
+            Delta(&'a SnapshotId, u32, &'a [(u64, Vec<ChunkRef>)]),
+        }
+        let list = match (full, &self.list) {
+            (Some(refs), _) => Written::Full(refs),
+            (None, ChunkList::Full(refs)) => Written::Full(refs),
+            (
+                None,
+                ChunkList::Delta {
+                    parent,
+                    depth,
+                    runs,
+                },
+            ) => Written::Delta(parent, *depth, runs),
+        };
+        let refs = match list {
+            Written::Full(refs) => refs.len(),
+            Written::Delta(_, _, runs) => runs.iter().map(|r| r.1.len()).sum(),
         };
         let buf = envelope::object_buffer(crypto, refs * 36 + 256);
         let mut z = zstd::stream::write::Encoder::new(buf, 3).map_err(err)?;
@@ -186,17 +213,13 @@ impl Manifest {
             }
             Ok(())
         };
-        match &self.list {
-            ChunkList::Full(refs) => {
+        match list {
+            Written::Full(refs) => {
                 e.u8(0);
                 put_refs(&mut e, &mut z, refs)?;
             }
-            ChunkList::Delta {
-                parent,
-                depth,
-                runs,
-            } => {
-                e.u8(1).bytes(&parent.0).u32(*depth).u64(runs.len() as u64);
+            Written::Delta(parent, depth, runs) => {
+                e.u8(1).bytes(&parent.0).u32(depth).u64(runs.len() as u64);
                 for (start, refs) in runs {
                     e.u64(*start).u32(refs.len() as u32);
                     put_refs(&mut e, &mut z, refs)?;
@@ -444,4 +467,74 @@ pub fn delta_runs(parent: &[ChunkRef], refs: &[ChunkRef]) -> Vec<(u64, Vec<Chunk
         }
     }
     runs
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn refs(n: u32, salt: u8) -> Vec<ChunkRef> {
+        (0..n)
+            .map(|i| {
+                let mut b = [salt; 32];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                (ChunkId(b), 4096)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_encoding_round_trips_and_encode_full_is_a_full_manifest() {
+        let crypto = Crypto::encrypted(&crate::crypto::MasterKey::generate());
+        let parent = refs(3000, 1);
+        let mut child = parent.clone();
+        child[5] = (ChunkId([9; 32]), 4096);
+        child[2500] = (ChunkId([8; 32]), 100);
+        let m = Manifest {
+            id: SnapshotId([3; 8]),
+            time: 7,
+            data_version: 42,
+            journal_segment: 2,
+            foreign_keys: true,
+            db_size: 4096 * 2999 + 100,
+            page_size: 4096,
+            chunk_count: 3000,
+            stored_bytes: 11,
+            new_chunks: 2,
+            list: ChunkList::Delta {
+                parent: SnapshotId([2; 8]),
+                depth: 1,
+                runs: delta_runs(&parent, &child),
+            },
+            object_size: 0,
+            data_time_ms: 5,
+            next: Some(NextBatch {
+                data_version: 43,
+                segment: 2,
+            }),
+        };
+        let name = manifest_name(&m.id);
+        let data = m.encode(&crypto).unwrap();
+        let back = Manifest::decode(&crypto, &name, &data).unwrap();
+        assert_eq!(back.list, m.list);
+        assert_eq!(back.object_size, data.len() as u64);
+        assert_eq!(resolve_on(&back, parent.clone()).unwrap(), child);
+
+        let full = m.encode_full(&crypto, &child).unwrap();
+        let back = Manifest::decode(&crypto, &name, &full).unwrap();
+        assert_eq!(back.list, ChunkList::Full(child.clone()));
+        let mut owned = m.clone_header();
+        owned.list = ChunkList::Full(child);
+        assert_eq!(
+            Manifest::decode(&crypto, &name, &owned.encode(&crypto).unwrap())
+                .unwrap()
+                .list,
+            back.list
+        );
+        let mut bad = full.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 1;
+        assert!(Manifest::decode(&crypto, &name, &bad).is_err());
+    }
 }

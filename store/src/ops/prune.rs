@@ -314,19 +314,16 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     for (i, m) in kept.iter().enumerate() {
         let rank = kept.len() - 1 - i; // 0: the newest
         let refs = chains.resolve(m)?;
-        live.add(rank, &refs)?;
         if chain_touches(m, &removed, &by_id)? {
-            // The list goes into the full manifest without a copy when no later snapshot of
-            // the chain needs it.
-            let refs = std::rc::Rc::try_unwrap(refs).unwrap_or_else(|rc| (*rc).clone());
-            let mut full = m.clone_header();
-            full.list = ChunkList::Full(refs);
-            let bytes = full.encode(repo.crypto())?;
-            drop(full);
+            // Encoded from the resolved list (no copy of it into a manifest), and let go of
+            // before the list goes into `live`: never held together.
+            let bytes = m.encode_full(repo.crypto(), &refs)?;
             repo.backend()
                 .put(&manifest::manifest_name(&m.id), &bytes)?;
+            drop(bytes);
             rep.rewritten_manifests += 1;
         }
+        live.add(rank, &refs)?;
     }
     drop(chains);
     // The manifests' chunk lists are done with: only the books and `live` are held below.
