@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::journal::reader;
 use crate::journal::segment::{Recovery, Tail};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, ChunkList, Manifest};
 use crate::pack::{self, Location};
 use crate::replay;
 use crate::repo::Repository;
@@ -139,8 +139,35 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     let mut referenced = vec![0u64; index.len().div_ceil(64)];
     let mut unindexed = pack::IdTable::default();
     let mut unindexed_ids: Vec<crate::ids::ChunkId> = Vec::new();
+    // A delta's list is resolved on its parent's, kept from when the parent was checked (oldest
+    // first) until its last child is: one list at a time on a chain, none read twice. A parent
+    // not among the manifests read is read from the repository, as ever (naming it if missing).
+    let mut children: HashMap<crate::ids::SnapshotId, usize> = HashMap::new();
+    for m in &manifests {
+        if let ChunkList::Delta { parent, .. } = &m.list {
+            *children.entry(*parent).or_default() += 1;
+        }
+    }
+    let mut kept: HashMap<crate::ids::SnapshotId, Vec<manifest::ChunkRef>> = HashMap::new();
     for m in manifests.iter_mut() {
-        match manifest::resolve_taken(repo, m) {
+        let resolved = match &m.list {
+            ChunkList::Delta { parent, depth, .. } if *depth <= 1024 => {
+                let left = children.get_mut(parent).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                let base = match left {
+                    Some(0) => kept.remove(parent),
+                    _ => kept.get(parent).cloned(),
+                };
+                match base {
+                    Some(base) => manifest::resolve_on(m, base),
+                    None => manifest::resolve(repo, m),
+                }
+            }
+            _ => manifest::resolve_taken(repo, m),
+        };
+        match resolved {
             Ok(refs) => {
                 let total: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
                 if total != m.db_size {
@@ -150,7 +177,7 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                         m.db_size
                     ));
                 }
-                for (id, _) in refs {
+                for &(id, _) in &refs {
                     match index.position_of(&id) {
                         Some(i) => {
                             if let Some(w) = referenced.get_mut(i / 64) {
@@ -173,11 +200,15 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                         }
                     }
                 }
+                if children.get(&m.id).is_some_and(|&n| n > 0) {
+                    kept.insert(m.id, refs);
+                }
             }
             Err(e) => rep.problems.push(e.to_string()),
         }
         *m = m.clone_header();
     }
+    drop(kept);
     rep.chunks_referenced = referenced
         .iter()
         .map(|w| u64::from(w.count_ones()))
