@@ -323,7 +323,11 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             drop(bytes);
             rep.rewritten_manifests += 1;
         }
-        live.add(rank, &refs)?;
+        // Moved in when no later snapshot of the chain needs the list (no copy).
+        live.add(
+            rank,
+            std::rc::Rc::try_unwrap(refs).unwrap_or_else(|rc| (*rc).clone()),
+        )?;
     }
     drop(chains);
     // The manifests' chunk lists are done with: only the books and `live` are held below.

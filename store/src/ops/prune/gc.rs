@@ -52,11 +52,14 @@ pub const INDEX_ENTRIES_PER_OBJECT: usize = 262_144;
 
 /// The chunks kept snapshots reference, with the place of each in the newest snapshot that
 /// has it (rank 0 is the newest kept snapshot): the order rewritten chunks are stored in.
-/// Compact (its size follows the chunk count): the ids once, an 8-byte place each (rank and
-/// position packed: [`ORDER_POS_BITS`]), and an [`IdTable`] of their positions.
+/// Compact (its size follows the chunk count): the first list added is kept whole (moved in,
+/// not copied: its ids are the first positions), later lists add the ids it lacks; an 8-byte
+/// place a position (rank and position packed: [`ORDER_POS_BITS`]), and an [`IdTable`].
 #[derive(Default)]
 pub struct Live {
-    ids: Vec<ChunkId>,
+    base: Vec<ChunkRef>,
+    more: Vec<ChunkId>,
+    /// Each position's place; a position of `base` that repeats an id earlier in it is unused.
     order: Vec<u64>,
     table: IdTable,
 }
@@ -66,23 +69,49 @@ pub struct Live {
 const ORDER_POS_BITS: u32 = 40;
 
 impl Live {
-    /// Add the chunks of the kept snapshot of `rank` (0: the newest).
-    pub fn add(&mut self, rank: usize, refs: &[ChunkRef]) -> Result<()> {
+    fn id_in<'a>(base: &'a [ChunkRef], more: &'a [ChunkId], p: u32) -> Option<&'a ChunkId> {
+        let p = p as usize;
+        match base.get(p) {
+            Some(r) => Some(&r.0),
+            None => more.get(p - base.len()),
+        }
+    }
+
+    fn place(rank: usize, pos: usize) -> u64 {
         let rank = (rank as u64).min((1 << (64 - ORDER_POS_BITS)) - 1);
-        self.ids.reserve(refs.len().saturating_sub(self.ids.len()));
+        rank << ORDER_POS_BITS | (pos as u64).min((1 << ORDER_POS_BITS) - 1)
+    }
+
+    /// Add the chunks of the kept snapshot of `rank` (0: the newest).
+    pub fn add(&mut self, rank: usize, refs: Vec<ChunkRef>) -> Result<()> {
+        let too_many = || Error::Invalid("more than 2^32 live chunks".into());
+        if self.base.is_empty() && self.more.is_empty() {
+            self.base = refs;
+            self.order = Vec::with_capacity(self.base.len());
+            self.table
+                .reserve(self.base.len(), |i| self.base.get(i as usize).map(|r| &r.0));
+            for (pos, (id, _)) in self.base.iter().enumerate() {
+                self.order.push(Self::place(rank, pos));
+                let at = u32::try_from(pos).map_err(|_| too_many())?;
+                let base = &self.base;
+                // A repeated id keeps its first (lowest) position.
+                self.table
+                    .insert(id, at, |i| base.get(i as usize).map(|r| &r.0))?;
+            }
+            return Ok(());
+        }
         for (pos, (id, _)) in refs.iter().enumerate() {
-            let key = rank << ORDER_POS_BITS | (pos as u64).min((1 << ORDER_POS_BITS) - 1);
-            let at = u32::try_from(self.ids.len())
-                .map_err(|_| Error::Invalid("more than 2^32 live chunks".into()))?;
-            let ids = &self.ids;
-            match self.table.insert(id, at, |i| ids.get(i as usize))? {
+            let key = Self::place(rank, pos);
+            let at = u32::try_from(self.base.len() + self.more.len()).map_err(|_| too_many())?;
+            let (base, more) = (&self.base, &self.more);
+            match self.table.insert(id, at, |i| Self::id_in(base, more, i))? {
                 Some(k) => {
                     if let Some(o) = self.order.get_mut(k as usize) {
                         *o = (*o).min(key);
                     }
                 }
                 None => {
-                    self.ids.push(*id);
+                    self.more.push(*id);
                     self.order.push(key);
                 }
             }
@@ -90,20 +119,18 @@ impl Live {
         Ok(())
     }
     pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
-        self.ids.iter()
+        self.base.iter().map(|r| &r.0).chain(self.more.iter())
+    }
+    fn find(&self, id: &ChunkId) -> Option<u32> {
+        let (base, more) = (&self.base, &self.more);
+        self.table.find(id, |i| Self::id_in(base, more, i))
     }
     pub fn contains(&self, id: &ChunkId) -> bool {
-        let ids = &self.ids;
-        self.table.find(id, |i| ids.get(i as usize)).is_some()
+        self.find(id).is_some()
     }
     /// Where `id` sorts among the chunks to rewrite.
     pub fn order(&self, id: &ChunkId) -> (usize, u64) {
-        let ids = &self.ids;
-        match self
-            .table
-            .find(id, |i| ids.get(i as usize))
-            .and_then(|k| self.order.get(k as usize))
-        {
+        match self.find(id).and_then(|k| self.order.get(k as usize)) {
             Some(&key) => (
                 (key >> ORDER_POS_BITS) as usize,
                 key & ((1 << ORDER_POS_BITS) - 1),
