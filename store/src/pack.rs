@@ -524,6 +524,9 @@ pub enum IndexVisit<'a> {
 /// Index objects fetched at once: fetches overlap (an object store's latency), while at most
 /// this many sealed objects are held.
 const INDEX_FETCH_BATCH: usize = 8;
+/// Sealed index bytes fetched at once (unless one object is larger): what a load holds beside
+/// the index it builds.
+const INDEX_FETCH_BYTES: u64 = 16 << 20;
 
 /// Every index object with its entries, in name order, decoded as it is read (no object's
 /// entries are held but by `f`). Where two name the same chunk, the first location is the one
@@ -539,14 +542,29 @@ pub fn visit_index_objects(
     'list: loop {
         tries += 1;
         f(IndexVisit::Start)?;
-        let names: Vec<String> = repo
+        let objects: Vec<(String, u64)> = repo
             .backend()
             .list("index/")?
             .into_iter()
-            .map(|o| o.name)
-            .filter(|n| crate::warn::is_object(n, "index/", |h| PackId::parse(h).is_ok()))
+            .filter(|o| crate::warn::is_object(&o.name, "index/", |h| PackId::parse(h).is_ok()))
+            .map(|o| (o.name, o.size))
             .collect();
-        for batch in names.chunks(INDEX_FETCH_BATCH) {
+        // Batches of at most INDEX_FETCH_BATCH objects and INDEX_FETCH_BYTES (or one object).
+        let mut batches: Vec<Vec<String>> = Vec::new();
+        let mut bytes = 0u64;
+        for (name, size) in objects {
+            match batches.last_mut() {
+                Some(b) if b.len() < INDEX_FETCH_BATCH && bytes + size <= INDEX_FETCH_BYTES => {
+                    bytes += size;
+                    b.push(name);
+                }
+                _ => {
+                    bytes = size;
+                    batches.push(vec![name]);
+                }
+            }
+        }
+        for batch in &batches {
             let data: Vec<Result<Vec<u8>>> =
                 batch.par_iter().map(|n| repo.backend().get(n)).collect();
             if tries < 5
@@ -651,16 +669,37 @@ pub fn encode_index(
     )
 }
 
-/// Encode an index object of chunks whose ids are looked up by the entries (see
-/// [`NewEntries`]).
+/// Encode an index object of the entries `part` of `new` (ids looked up in `refs`; see
+/// [`NewEntries`]), naming only the packs they are in.
 pub fn encode_new_entries(
     crypto: &Crypto,
     name: &str,
     new: &NewEntries,
     refs: &[crate::manifest::ChunkRef],
+    part: std::ops::Range<usize>,
 ) -> Result<Vec<u8>> {
-    let mut it = new.iter(refs);
-    encode_index_stream(crypto, name, &new.packs, new.len(), &mut it)
+    // The entries are in pack order: a part's packs are consecutive in the pack list.
+    let pack_of = |i: usize| {
+        new.chunks
+            .get(i)
+            .and_then(|c| new.blobs.get(c.1 as usize))
+            .map(|b| b.pack as usize)
+    };
+    let (first, last) = match (
+        pack_of(part.start),
+        part.end.checked_sub(1).and_then(pack_of),
+    ) {
+        (Some(f), Some(l)) if f <= l => (f, l),
+        _ => return Err(Error::Invalid(format!("{name}: no entries {part:?}"))),
+    };
+    let packs = new.packs.get(first..=last).unwrap_or_default();
+    let count = part.len();
+    let mut it = new
+        .iter(refs)
+        .skip(part.start)
+        .take(count)
+        .map(|(id, pno, l)| (id, pno.saturating_sub(first as u32), l));
+    encode_index_stream(crypto, name, packs, count, &mut it)
 }
 
 /// The index entries of a snapshot's new chunks, as it writes them: positions in its chunk list
@@ -875,6 +914,43 @@ mod tests {
             assert_eq!(t.find(&id(n), |k| ids.get(k as usize)), Some(n));
         }
         assert_eq!(t.find(&id(3000), |k| ids.get(k as usize)), None);
+    }
+
+    #[test]
+    fn new_entries_encode_in_parts_naming_their_packs() {
+        let crypto = Crypto::plaintext();
+        let refs: Vec<crate::manifest::ChunkRef> = (0..100).map(|n| (id(n), 10)).collect();
+        let mut new = NewEntries::default();
+        let mut want = Vec::new();
+        // Chunks 0..100 in blobs of 10, five blobs a pack.
+        for b in 0..10u32 {
+            let pack = PackId([(b / 5) as u8; 16]);
+            let chunks: Vec<(usize, u32)> =
+                (0..10).map(|k| ((b * 10 + k) as usize, k * 10)).collect();
+            new.add_blob(pack, u64::from(b % 5) * 100, 100, chunks.iter().copied())
+                .unwrap();
+            for (at, inner) in chunks {
+                want.push((
+                    id(at as u32),
+                    Location {
+                        pack,
+                        blob_offset: u64::from(b % 5) * 100,
+                        blob_len: 100,
+                        inner_offset: inner,
+                        len: 10,
+                    },
+                ));
+            }
+        }
+        let mut got = Vec::new();
+        for part in [0..30, 30..55, 55..100] {
+            let data = encode_new_entries(&crypto, "index/p", &new, &refs, part.clone()).unwrap();
+            let entries = decode_index(&crypto, "index/p", &data).unwrap();
+            assert_eq!(entries.len(), part.len());
+            got.extend(entries);
+        }
+        assert_eq!(got, want);
+        assert!(encode_new_entries(&crypto, "index/p", &new, &refs, 100..101).is_err());
     }
 
     #[test]

@@ -401,11 +401,18 @@ pub fn write_snapshot(
     // the manifest below are the large objects now.
     drop(seen);
     drop(pool_rx);
-    if !new_entries.is_empty() {
+    // Index objects of at most INDEX_ENTRIES_PER_OBJECT entries (about 11 MB sealed), as a
+    // prune writes them: whoever loads the index holds one or a few such objects at a time
+    // beside it, not one object of every chunk of a large first snapshot.
+    let per_object = crate::ops::prune::INDEX_ENTRIES_PER_OBJECT;
+    let mut start = 0;
+    while start < new_entries.len() {
+        let end = (start + per_object).min(new_entries.len());
         let name = pack::index_name();
-        let idx = pack::encode_new_entries(repo.crypto(), &name, &new_entries, &refs)?;
+        let idx = pack::encode_new_entries(repo.crypto(), &name, &new_entries, &refs, start..end)?;
         stored += idx.len() as u64;
         repo.backend().put(&name, &idx)?;
+        start = end;
     }
     drop(new_entries);
 

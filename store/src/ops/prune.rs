@@ -30,7 +30,7 @@ use crate::journal::{reader, stream_name};
 use crate::manifest::{self, ChunkList, ChunkRef, Manifest, SnapshotInfo};
 use crate::repo::{Repository, MAINTENANCE_LOCK};
 
-pub use gc::{INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
+pub use gc::{INDEX_ENTRIES_PER_OBJECT, INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
 pub use segmerge::{RUN_MAX_BYTES, SEGMENT_BYTES_PER_OBJECT, SMALL_SEGMENTS_MAX};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
