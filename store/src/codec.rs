@@ -119,3 +119,53 @@ impl<'a> Dec<'a> {
         Ok(())
     }
 }
+
+/// [`Dec`] over a stream (a zstd decoder): a large structure is decoded as it is decompressed,
+/// without its decompressed bytes held whole. Counts cannot be checked against the bytes left,
+/// so callers cap what a count reserves.
+pub struct ReadDec<'a, R: std::io::Read> {
+    r: R,
+    pos: u64,
+    object: &'a str,
+}
+
+impl<'a, R: std::io::Read> ReadDec<'a, R> {
+    pub fn new(r: R, object: &'a str) -> Self {
+        ReadDec { r, pos: 0, object }
+    }
+    pub fn err(&self, what: impl Into<String>) -> Error {
+        Error::corrupt(self.object, what)
+    }
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        self.r.read_exact(&mut a).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.err(format!(
+                    "truncated: needed {N} bytes at offset {}",
+                    self.pos
+                ))
+            } else {
+                self.err(format!("zstd: {e}"))
+            }
+        })?;
+        self.pos += N as u64;
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub fn end(&mut self) -> Result<()> {
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.err(format!("trailing bytes after offset {}", self.pos))),
+            Err(e) => Err(self.err(format!("zstd: {e}"))),
+        }
+    }
+}

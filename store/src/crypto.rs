@@ -343,6 +343,96 @@ impl Crypto {
             }
         }
     }
+
+    /// Bytes a seal puts before the body (the nonce, when encrypted).
+    pub fn seal_prefix(&self) -> usize {
+        match &self.aead {
+            None => 0,
+            Some(_) => NONCE_LEN,
+        }
+    }
+
+    /// Seal in place what `buf` holds from `at + self.seal_prefix()` on: the room left at `at`
+    /// is filled and the tag appended, giving the bytes [`Self::seal_into`] gives, without a
+    /// second copy of a large body (an index or manifest of a big database).
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>, at: usize) -> Result<()> {
+        let body_at = at + self.seal_prefix();
+        if buf.len() < body_at {
+            return Err(Error::Invalid(format!(
+                "sealing in place from {body_at} of {} bytes",
+                buf.len()
+            )));
+        }
+        match &self.aead {
+            None => {
+                let tag = checksum(aad, buf.get(body_at..).unwrap_or_default());
+                buf.extend_from_slice(&tag);
+            }
+            Some(aead) => {
+                let (nonce, body) = buf
+                    .get_mut(at..)
+                    .unwrap_or_default()
+                    .split_at_mut(NONCE_LEN);
+                fill_random(nonce);
+                let t = aead
+                    .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
+                    .map_err(|_| Error::Invalid("sealing failed".into()))?;
+                buf.extend_from_slice(&t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Open in place the seal `buf[at..]` (as [`Self::open`] does); returns where the
+    /// plaintext lies in `buf`.
+    pub fn open_in_place(
+        &self,
+        object: &str,
+        aad: &[u8],
+        buf: &mut [u8],
+        at: usize,
+    ) -> Result<std::ops::Range<usize>> {
+        let sealed_len = buf.len().saturating_sub(at);
+        if sealed_len < self.overhead() {
+            return Err(match &self.aead {
+                None => Error::corrupt(object, "shorter than its checksum"),
+                Some(_) => Error::AuthenticationFailed {
+                    object: object.to_string(),
+                },
+            });
+        }
+        let body = at + self.seal_prefix()..buf.len() - TAG_LEN;
+        match &self.aead {
+            None => {
+                let (rest, tag) = buf.split_at(body.end);
+                let got = checksum(aad, rest.get(body.clone()).unwrap_or_default());
+                if got != tag {
+                    return Err(Error::ChecksumMismatch {
+                        object: object.to_string(),
+                        expected: hex::encode(tag),
+                        got: hex::encode(got),
+                    });
+                }
+            }
+            Some(aead) => {
+                let (rest, tag) = buf.split_at_mut(body.end);
+                let (nonce, ct) = rest
+                    .get_mut(at..)
+                    .unwrap_or_default()
+                    .split_at_mut(NONCE_LEN);
+                aead.decrypt_in_place_detached(
+                    XNonce::from_slice(nonce),
+                    aad,
+                    ct,
+                    chacha20poly1305::Tag::from_slice(tag),
+                )
+                .map_err(|_| Error::AuthenticationFailed {
+                    object: object.to_string(),
+                })?;
+            }
+        }
+        Ok(body)
+    }
 }
 
 fn checksum(aad: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
@@ -363,6 +453,31 @@ fn checksum(aad: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn in_place_seals_are_ordinary_seals() {
+        for c in [
+            Crypto::plaintext(),
+            Crypto::encrypted(&MasterKey::generate()),
+        ] {
+            let mut buf = vec![7u8; 3 + c.seal_prefix()];
+            buf.extend_from_slice(b"hello world");
+            c.seal_in_place(b"aad", &mut buf, 3).unwrap();
+            assert_eq!(c.open("o", b"aad", &buf[3..]).unwrap(), b"hello world");
+            let mut s = vec![1u8, 2];
+            s.extend_from_slice(&c.seal(b"aad", b"hello world"));
+            let body = c.open_in_place("o", b"aad", &mut s, 2).unwrap();
+            assert_eq!(&s[body], b"hello world");
+            let mut t = s.clone();
+            let at = t.len() - 1;
+            t[at] ^= 1;
+            assert!(c
+                .open_in_place("o", b"aad", &mut t, 2)
+                .unwrap_err()
+                .is_corruption());
+            assert!(c.open_in_place("o", b"aad", &mut [0u8; 4], 2).is_err());
+        }
+    }
 
     #[test]
     fn seal_round_trip_and_tamper() {

@@ -186,6 +186,47 @@ pub fn seal_object(kind: Kind, crypto: &Crypto, name: &str, body: &[u8]) -> Vec<
     out
 }
 
+/// A buffer to write an object's body into (after room for its header and seal), to be sealed
+/// by [`seal_object_in_place`]: a large body is then never copied (e.g. zstd writes into it).
+pub fn object_buffer(crypto: &Crypto, capacity: usize) -> Vec<u8> {
+    let room = HEADER_LEN + crypto.seal_prefix();
+    let mut buf = Vec::with_capacity(room + capacity + crate::crypto::TAG_LEN);
+    buf.resize(room, 0);
+    buf
+}
+
+/// Seal a body written into an [`object_buffer`]: the same bytes [`seal_object`] gives.
+pub fn seal_object_in_place(
+    kind: Kind,
+    crypto: &Crypto,
+    name: &str,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let header = Header::new(kind, crypto).encode();
+    let aad = object_aad(&header, crypto.repo_id(), name);
+    buf.get_mut(..HEADER_LEN)
+        .ok_or_else(|| Error::Invalid(format!("{name}: no room for its header")))?
+        .copy_from_slice(&header);
+    crypto.seal_in_place(&aad, &mut buf, HEADER_LEN)?;
+    Ok(buf)
+}
+
+/// Open in place an object sealed by [`seal_object`]; returns where its body lies in `data`.
+pub fn open_object_in_place(
+    kind: Kind,
+    crypto: &Crypto,
+    name: &str,
+    data: &mut [u8],
+) -> Result<std::ops::Range<usize>> {
+    Header::decode_expect(data, kind, crypto, name)?;
+    let aad = object_aad(
+        data.get(..HEADER_LEN).unwrap_or_default(),
+        crypto.repo_id(),
+        name,
+    );
+    crypto.open_in_place(name, &aad, data, HEADER_LEN)
+}
+
 /// Open an object sealed by [`seal_object`].
 pub fn open_object(kind: Kind, crypto: &Crypto, name: &str, data: &[u8]) -> Result<Vec<u8>> {
     Header::decode_expect(data, kind, crypto, name)?;

@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::codec::{Dec, Enc};
+use crate::codec::{Enc, ReadDec};
 use crate::crypto::Crypto;
 use crate::envelope::{self, Kind};
 use crate::error::{Error, Result};
@@ -112,6 +112,27 @@ impl Manifest {
         }
     }
 
+    /// A copy of everything but the chunk list (left empty): a manifest rewritten with another
+    /// list is not copied with its own first.
+    pub fn clone_header(&self) -> Manifest {
+        Manifest {
+            list: ChunkList::Full(Vec::new()),
+            id: self.id,
+            time: self.time,
+            data_version: self.data_version,
+            journal_segment: self.journal_segment,
+            foreign_keys: self.foreign_keys,
+            db_size: self.db_size,
+            page_size: self.page_size,
+            chunk_count: self.chunk_count,
+            stored_bytes: self.stored_bytes,
+            new_chunks: self.new_chunks,
+            object_size: self.object_size,
+            data_time_ms: self.data_time_ms,
+            next: self.next,
+        }
+    }
+
     pub fn depth(&self) -> u32 {
         match &self.list {
             ChunkList::Full(_) => 0,
@@ -120,6 +141,16 @@ impl Manifest {
     }
 
     pub fn encode(&self, crypto: &Crypto) -> Result<Vec<u8>> {
+        self.encode_with(crypto, None)
+    }
+
+    /// Encode as a full manifest of `refs` (its own list is not used): a delta rewritten as a
+    /// full manifest, without its resolved list copied into it first.
+    pub fn encode_full(&self, crypto: &Crypto, refs: &[ChunkRef]) -> Result<Vec<u8>> {
+        self.encode_with(crypto, Some(refs))
+    }
+
+    fn encode_with(&self, crypto: &Crypto, full: Option<&[ChunkRef]>) -> Result<Vec<u8>> {
         let name = manifest_name(&self.id);
         let mut e = Enc::new();
         e.u8(2)
@@ -140,37 +171,82 @@ impl Manifest {
             .u8(u8::from(self.next.is_some()))
             .u32(next.data_version)
             .u64(next.segment);
-        match &self.list {
-            ChunkList::Full(refs) => {
-                e.u8(0);
-                for (id, len) in refs {
+        // zstd writes straight into the object, sealed in place: the chunk list (36 bytes a
+        // chunk) is not copied whole into a body, then compressed, then sealed.
+        let err = |err| Error::io("compress", &name, err);
+        // The list written: `full`, or the manifest's own.
+        enum Written<'a> {
+            Full(&'a [ChunkRef]),
+            Delta(&'a SnapshotId, u32, &'a [(u64, Vec<ChunkRef>)]),
+        }
+        let list = match (full, &self.list) {
+            (Some(refs), _) => Written::Full(refs),
+            (None, ChunkList::Full(refs)) => Written::Full(refs),
+            (
+                None,
+                ChunkList::Delta {
+                    parent,
+                    depth,
+                    runs,
+                },
+            ) => Written::Delta(parent, *depth, runs),
+        };
+        let refs = match list {
+            Written::Full(refs) => refs.len(),
+            Written::Delta(_, _, runs) => runs.iter().map(|r| r.1.len()).sum(),
+        };
+        let buf = envelope::object_buffer(crypto, refs * 36 + 256);
+        let mut z = zstd::stream::write::Encoder::new(buf, 3).map_err(err)?;
+        let flush = |e: &mut Enc, z: &mut zstd::stream::write::Encoder<'_, Vec<u8>>| {
+            use std::io::Write;
+            z.write_all(&std::mem::take(e).finish()).map_err(err)
+        };
+        let put_refs = |e: &mut Enc,
+                        z: &mut zstd::stream::write::Encoder<'_, Vec<u8>>,
+                        refs: &[ChunkRef]|
+         -> Result<()> {
+            for part in refs.chunks(1024) {
+                for (id, len) in part {
                     e.bytes(&id.0).u32(*len);
                 }
+                flush(e, z)?;
             }
-            ChunkList::Delta {
-                parent,
-                depth,
-                runs,
-            } => {
-                e.u8(1).bytes(&parent.0).u32(*depth).u64(runs.len() as u64);
+            Ok(())
+        };
+        match list {
+            Written::Full(refs) => {
+                e.u8(0);
+                put_refs(&mut e, &mut z, refs)?;
+            }
+            Written::Delta(parent, depth, runs) => {
+                e.u8(1).bytes(&parent.0).u32(depth).u64(runs.len() as u64);
                 for (start, refs) in runs {
                     e.u64(*start).u32(refs.len() as u32);
-                    for (id, len) in refs {
-                        e.bytes(&id.0).u32(*len);
-                    }
+                    put_refs(&mut e, &mut z, refs)?;
                 }
             }
         }
-        let z = zstd::bulk::compress(&e.finish(), 3)
-            .map_err(|err| Error::io("compress", &name, err))?;
-        Ok(envelope::seal_object(Kind::Manifest, crypto, &name, &z))
+        flush(&mut e, &mut z)?;
+        let buf = z.finish().map_err(err)?;
+        envelope::seal_object_in_place(Kind::Manifest, crypto, &name, buf)
     }
 
     pub fn decode(crypto: &Crypto, name: &str, data: &[u8]) -> Result<Manifest> {
-        let z = envelope::open_object(Kind::Manifest, crypto, name, data)?;
-        let raw = zstd::stream::decode_all(z.as_slice())
+        Self::decode_owned(crypto, name, data.to_vec())
+    }
+
+    /// [`Self::decode`] of a manifest read into `data`, opened in place and decompressed as a
+    /// stream: its chunk list (36 bytes a chunk) is the only copy made of it.
+    pub fn decode_owned(crypto: &Crypto, name: &str, mut data: Vec<u8>) -> Result<Manifest> {
+        let object_size = data.len() as u64;
+        let body = envelope::open_object_in_place(Kind::Manifest, crypto, name, &mut data)?;
+        let z = data.get(body).unwrap_or_default();
+        // What a count may reserve: a chunk reference's 32 id bytes do not compress, so a list
+        // is not much smaller than the object; a larger count grows as it is read.
+        let cap = z.len() / 32 + 64;
+        let dec = zstd::stream::read::Decoder::with_buffer(z)
             .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
-        let mut d = Dec::new(&raw, name);
+        let mut d = ReadDec::new(std::io::BufReader::with_capacity(64 << 10, dec), name);
         let v = d.u8()?;
         if v != 1 && v != 2 {
             return Err(Error::Unsupported {
@@ -212,11 +288,9 @@ impl Manifest {
         } else {
             (0, None)
         };
-        let read_refs = |d: &mut Dec, n: usize| -> Result<Vec<ChunkRef>> {
-            if n > d.remaining() / 36 {
-                return Err(d.err(format!("chunk count {n} exceeds the manifest")));
-            }
-            let mut v = Vec::with_capacity(n);
+        type Reader<'z> = std::io::BufReader<zstd::stream::read::Decoder<'z, &'z [u8]>>;
+        let read_refs = |d: &mut ReadDec<Reader>, n: usize| -> Result<Vec<ChunkRef>> {
+            let mut v = Vec::with_capacity(n.min(cap));
             for _ in 0..n {
                 v.push((ChunkId(d.array()?), d.u32()?));
             }
@@ -230,8 +304,8 @@ impl Manifest {
             1 => {
                 let parent = SnapshotId(d.array()?);
                 let depth = d.u32()?;
-                let nruns = d.count(12)?;
-                let mut runs = Vec::with_capacity(nruns);
+                let nruns = d.u64()?;
+                let mut runs = Vec::with_capacity(nruns.min(cap as u64) as usize);
                 for _ in 0..nruns {
                     let start = d.u64()?;
                     let n = d.u32()? as usize;
@@ -258,7 +332,7 @@ impl Manifest {
             stored_bytes,
             new_chunks,
             list,
-            object_size: data.len() as u64,
+            object_size,
             data_time_ms,
             next,
         })
@@ -271,7 +345,7 @@ pub fn read(repo: &Repository, id: &SnapshotId) -> Result<Manifest> {
         Err(Error::NotFound { .. }) => return Err(Error::NoSuchSnapshot(id.to_string())),
         other => other?,
     };
-    Manifest::decode(repo.crypto(), &name, &data)
+    Manifest::decode_owned(repo.crypto(), &name, data)
 }
 
 /// Every manifest, oldest first (by data_version, then time).
@@ -289,7 +363,7 @@ pub fn list(repo: &Repository) -> Result<Vec<Manifest>> {
     let found: Vec<Option<Manifest>> = names
         .par_iter()
         .map(|n| match repo.backend().get(n) {
-            Ok(data) => Manifest::decode(repo.crypto(), n, &data).map(Some),
+            Ok(data) => Manifest::decode_owned(repo.crypto(), n, data).map(Some),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         })
@@ -342,6 +416,15 @@ pub fn resolve(repo: &Repository, m: &Manifest) -> Result<Vec<ChunkRef>> {
     }
 }
 
+/// [`resolve`], taking a full manifest's list out of `m` (left empty) rather than copying it:
+/// for callers done with the list once resolved (a restore).
+pub fn resolve_taken(repo: &Repository, m: &mut Manifest) -> Result<Vec<ChunkRef>> {
+    match &mut m.list {
+        ChunkList::Full(refs) => Ok(std::mem::take(refs)),
+        ChunkList::Delta { .. } => resolve(repo, m),
+    }
+}
+
 /// The full chunk list of `m` given its parent's (`parent_refs`, ignored for a full manifest):
 /// for callers that hold a chain's lists in memory (prune resolves every kept snapshot).
 pub fn resolve_on(m: &Manifest, parent_refs: Vec<ChunkRef>) -> Result<Vec<ChunkRef>> {
@@ -384,4 +467,74 @@ pub fn delta_runs(parent: &[ChunkRef], refs: &[ChunkRef]) -> Vec<(u64, Vec<Chunk
         }
     }
     runs
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn refs(n: u32, salt: u8) -> Vec<ChunkRef> {
+        (0..n)
+            .map(|i| {
+                let mut b = [salt; 32];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                (ChunkId(b), 4096)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_encoding_round_trips_and_encode_full_is_a_full_manifest() {
+        let crypto = Crypto::encrypted(&crate::crypto::MasterKey::generate());
+        let parent = refs(3000, 1);
+        let mut child = parent.clone();
+        child[5] = (ChunkId([9; 32]), 4096);
+        child[2500] = (ChunkId([8; 32]), 100);
+        let m = Manifest {
+            id: SnapshotId([3; 8]),
+            time: 7,
+            data_version: 42,
+            journal_segment: 2,
+            foreign_keys: true,
+            db_size: 4096 * 2999 + 100,
+            page_size: 4096,
+            chunk_count: 3000,
+            stored_bytes: 11,
+            new_chunks: 2,
+            list: ChunkList::Delta {
+                parent: SnapshotId([2; 8]),
+                depth: 1,
+                runs: delta_runs(&parent, &child),
+            },
+            object_size: 0,
+            data_time_ms: 5,
+            next: Some(NextBatch {
+                data_version: 43,
+                segment: 2,
+            }),
+        };
+        let name = manifest_name(&m.id);
+        let data = m.encode(&crypto).unwrap();
+        let back = Manifest::decode(&crypto, &name, &data).unwrap();
+        assert_eq!(back.list, m.list);
+        assert_eq!(back.object_size, data.len() as u64);
+        assert_eq!(resolve_on(&back, parent.clone()).unwrap(), child);
+
+        let full = m.encode_full(&crypto, &child).unwrap();
+        let back = Manifest::decode(&crypto, &name, &full).unwrap();
+        assert_eq!(back.list, ChunkList::Full(child.clone()));
+        let mut owned = m.clone_header();
+        owned.list = ChunkList::Full(child);
+        assert_eq!(
+            Manifest::decode(&crypto, &name, &owned.encode(&crypto).unwrap())
+                .unwrap()
+                .list,
+            back.list
+        );
+        let mut bad = full.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 1;
+        assert!(Manifest::decode(&crypto, &name, &bad).is_err());
+    }
 }

@@ -4,7 +4,10 @@
 //! The file is processed in windows ([`WINDOW`] bytes of chunks), each mapped on its own and
 //! unmapped before the next, so resident memory stays bounded by a window and the pipeline
 //! behind it, not by the database: a 4 GiB file costs no more than a 1 GiB one, besides the
-//! per-chunk lists (36 bytes a chunk). Hashing and compression run on all cores (rayon).
+//! per-chunk lists: the chunk list (36 bytes a chunk, which the manifest is) and, for each new
+//! chunk, 12 bytes of index entry and a 5-byte slot or two of the set of chunks seen. Page spans
+//! are computed, not listed; the index object and the manifest are compressed straight into
+//! their objects and sealed in place. Hashing and compression run on all cores (rayon).
 //!
 //! Crash cases (each step is an atomic, durable publish; see docs/format.md):
 //! 1. packs published, no index: orphan packs, deleted by the next prune.
@@ -38,6 +41,42 @@ pub struct SnapshotInput<'a> {
     pub next: Option<crate::manifest::NextBatch>,
 }
 
+/// The chunk spans of a file: page-aligned ones are computed from the position (a list of them
+/// would cost 16 bytes a chunk: 16 MB for 4 GiB of 4 KiB chunks), content-defined ones listed.
+enum Spans {
+    Fixed { chunk_size: usize, len: usize },
+    Listed(Vec<(usize, usize)>),
+}
+
+impl Spans {
+    fn len(&self) -> usize {
+        match self {
+            Spans::Fixed { chunk_size, len } => len.div_ceil((*chunk_size).max(1)),
+            Spans::Listed(v) => v.len(),
+        }
+    }
+    /// Offset and length of chunk `i`.
+    fn get(&self, i: usize) -> Option<(usize, usize)> {
+        match self {
+            Spans::Fixed { chunk_size, len } => {
+                let cs = (*chunk_size).max(1);
+                let o = i.checked_mul(cs).filter(|o| o < len)?;
+                Some((o, cs.min(len - o)))
+            }
+            Spans::Listed(v) => v.get(i).copied(),
+        }
+    }
+    fn to_vec(&self) -> Vec<(usize, usize)> {
+        match self {
+            Spans::Fixed { chunk_size, len } => chunker::PageChunker {
+                chunk_size: *chunk_size,
+            }
+            .spans_of_len(*len),
+            Spans::Listed(v) => v.clone(),
+        }
+    }
+}
+
 /// A database file opened for a snapshot: its length, page size and chunk spans, read without
 /// mapping it whole.
 struct DbFile {
@@ -45,7 +84,7 @@ struct DbFile {
     object: String,
     len: usize,
     page_size: u32,
-    spans: Vec<(usize, usize)>,
+    spans: Spans,
 }
 
 impl DbFile {
@@ -80,12 +119,13 @@ impl DbFile {
                             Error::io("read", &object, std::io::Error::other(e.to_string()))
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()
+                    .map(Spans::Listed)?
             }
-            crate::config::ChunkerParams::Pages { pages } => chunker::PageChunker {
+            crate::config::ChunkerParams::Pages { pages } => Spans::Fixed {
                 chunk_size: (*pages).max(1) as usize * page_size as usize,
-            }
-            .spans_of_len(len),
+                len,
+            },
         };
         Ok(DbFile {
             file,
@@ -122,7 +162,8 @@ impl DbFile {
     fn window_end(&self, ws: usize) -> usize {
         let mut we = ws;
         let mut raw = 0;
-        while we < self.spans.len() && raw < WINDOW {
+        let n = self.spans.len();
+        while we < n && raw < WINDOW {
             raw += self.spans.get(we).map(|s| s.1).unwrap_or(0);
             we += 1;
         }
@@ -149,25 +190,29 @@ pub fn file_chunk_refs(repo: &Repository, path: &Path) -> Result<Chunked> {
     while ws < db.spans.len() {
         let we = db.window_end(ws);
         let (map, base) = db.window(ws, we)?;
-        let part: Vec<ChunkRef> = db
-            .spans
-            .get(ws..we)
-            .unwrap_or_default()
-            .par_iter()
-            .map(|&(o, l)| (crypto.chunk_id(bytes_at(&map, base, o, l)), l as u32))
+        let part: Vec<ChunkRef> = (ws..we)
+            .into_par_iter()
+            .map(|i| {
+                let (o, l) = db.spans.get(i).unwrap_or((0, 0));
+                (crypto.chunk_id(bytes_at(&map, base, o, l)), l as u32)
+            })
             .collect();
         refs.extend(part);
         ws = we;
     }
-    Ok((db.page_size, db.spans, refs))
+    Ok((db.page_size, db.spans.to_vec(), refs))
 }
 
+/// Write a snapshot of `input.path`, storing the chunks `index` (the repository's chunk index)
+/// does not hold. `index` is not updated: the new chunks' index object is published, and the
+/// next snapshot loads the index again (no caller keeps one across snapshots, and adding to it
+/// here would hold it beside the manifest: about 50 bytes a chunk at the peak).
 pub fn write_snapshot(
     repo: &Repository,
     input: &SnapshotInput,
     parent: Option<&Manifest>,
     parent_refs: Option<&[ChunkRef]>,
-    index: &mut ChunkIndex,
+    index: &ChunkIndex,
 ) -> Result<Manifest> {
     let db = DbFile::open(repo, input.path)?;
     let page_size = db.page_size;
@@ -178,8 +223,11 @@ pub fn write_snapshot(
     // the previous ones.
     let mut refs: Vec<ChunkRef> = Vec::with_capacity(spans.len());
     let mut new_chunks = 0usize;
-    let mut seen: std::collections::HashSet<ChunkId, foldhash::fast::RandomState> =
-        Default::default();
+    // The new chunks met so far, as positions in `refs` (4 bytes a slot, not a set of ids).
+    let mut seen = pack::IdTable::default();
+    // Where the new chunks go, recorded as their blobs are placed in packs (12 bytes a chunk:
+    // their ids are in `refs`). Written as an index object once every pack is published.
+    let mut new_entries = pack::NewEntries::default();
 
     // Compression (rayon) and publishing run side by side: full packs go to two publisher
     // threads (mostly waiting on the disk), so the disk writes and syncs one pack while the next
@@ -190,17 +238,16 @@ pub fn write_snapshot(
     // The buffers of published packs come back to build the next ones in.
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let (mut stored, entries) = std::thread::scope(|s| -> Result<(u64, Vec<_>)> {
-        let publish = || -> Result<(u64, Vec<_>)> {
+    let mut stored = std::thread::scope(|s| -> Result<u64> {
+        let publish = || -> Result<u64> {
             let mut stored = 0u64;
-            let mut entries = Vec::new();
             loop {
                 let next = match rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
                 let Ok(full) = next else { break };
-                match publish_pack(repo, full, &mut entries) {
+                match publish_pack(repo, full) {
                     Ok(buffer) => {
                         stored += buffer.len() as u64;
                         let _ = pool_tx.send(buffer);
@@ -211,7 +258,7 @@ pub fn write_snapshot(
                     }
                 }
             }
-            Ok((stored, entries))
+            Ok(stored)
         };
         let publishers = [s.spawn(publish), s.spawn(publish)];
         let produced = (|| -> Result<()> {
@@ -229,19 +276,30 @@ pub fn write_snapshot(
                 let we = db.window_end(ws);
                 let (map, base) = db.window(ws, we)?;
                 let data: &[u8] = &map;
-                let wrefs: Vec<ChunkRef> = spans
-                    .get(ws..we)
-                    .unwrap_or_default()
-                    .par_iter()
-                    .map(|&(o, l)| (repo.crypto().chunk_id(bytes_at(data, base, o, l)), l as u32))
+                let wrefs: Vec<ChunkRef> = (ws..we)
+                    .into_par_iter()
+                    .map(|i| {
+                        let (o, l) = spans.get(i).unwrap_or((0, 0));
+                        (repo.crypto().chunk_id(bytes_at(data, base, o, l)), l as u32)
+                    })
                     .collect();
+                refs.extend_from_slice(&wrefs);
+                drop(wrefs);
                 let mut new = Vec::new();
-                for (k, (id, _)) in wrefs.iter().enumerate() {
-                    if !index.map.contains_key(id) && seen.insert(*id) {
-                        new.push(ws + k);
+                for k in ws..we {
+                    let Some((id, _)) = refs.get(k) else { continue };
+                    if index.contains(id) {
+                        continue;
+                    }
+                    let at = u32::try_from(k)
+                        .map_err(|_| Error::Invalid("more than 2^32 chunks".into()))?;
+                    if seen
+                        .insert(id, at, |i| refs.get(i as usize).map(|r| &r.0))?
+                        .is_none()
+                    {
+                        new.push(k);
                     }
                 }
-                refs.extend_from_slice(&wrefs);
                 new_chunks += new.len();
                 ws = we;
                 let groups = group_neighbours(&new, spans);
@@ -276,7 +334,7 @@ pub fn write_snapshot(
                 let mut builders = vec![builder];
                 let mut starts = vec![builders.first().map(PackBuilder::len).unwrap_or(0)];
                 let mut plan = Vec::with_capacity(compressed.len());
-                for g in &compressed {
+                for (g, members) in compressed.iter().zip(window) {
                     if builders.last().map(PackBuilder::len).unwrap_or(0) >= pack_target {
                         let b = new_builder();
                         starts.push(b.len());
@@ -284,7 +342,14 @@ pub fn write_snapshot(
                     }
                     let index = builders.len() - 1;
                     if let Some(b) = builders.last_mut() {
-                        let off = b.place(g, g.zdata.len() + overhead);
+                        let sealed_len = g.zdata.len() + overhead;
+                        let off = b.place(g, sealed_len);
+                        new_entries.add_blob(
+                            b.id,
+                            off,
+                            sealed_len as u32,
+                            members.iter().zip(&g.chunks).map(|(&i, c)| (i, c.1)),
+                        )?;
                         plan.push((index, b.aad_at(off)));
                     }
                 }
@@ -322,30 +387,34 @@ pub fn write_snapshot(
             Ok(())
         })();
         drop(tx);
-        let mut published = (0u64, Vec::new());
+        let mut published = 0u64;
         for p in publishers {
-            let (stored, entries) = p
+            published += p
                 .join()
                 .unwrap_or_else(|_| Err(Error::Invalid("a pack publisher panicked".into())))?;
-            published.0 += stored;
-            published.1.extend(entries);
         }
         // A publish error explains a compression stop; otherwise report the compression error.
         produced?;
         Ok(published)
     })?;
-    // Not needed any more, and as large as the index about to be built (32 bytes a new chunk).
+    // The pipeline's buffers (spare packs) and the seen set are done with: the index object and
+    // the manifest below are the large objects now.
     drop(seen);
-    if !entries.is_empty() {
+    drop(pool_rx);
+    // Index objects of at most INDEX_ENTRIES_PER_OBJECT entries (about 11 MB sealed), as a
+    // prune writes them: whoever loads the index holds one or a few such objects at a time
+    // beside it, not one object of every chunk of a large first snapshot.
+    let per_object = crate::ops::prune::INDEX_ENTRIES_PER_OBJECT;
+    let mut start = 0;
+    while start < new_entries.len() {
+        let end = (start + per_object).min(new_entries.len());
         let name = pack::index_name();
-        let idx = pack::encode_index(repo.crypto(), &name, &entries)?;
+        let idx = pack::encode_new_entries(repo.crypto(), &name, &new_entries, &refs, start..end)?;
         stored += idx.len() as u64;
         repo.backend().put(&name, &idx)?;
-        index.objects.push(name);
-        for (id, loc) in &entries {
-            index.map.insert(*id, *loc);
-        }
+        start = end;
     }
+    drop(new_entries);
 
     let id = SnapshotId::random();
     let chunk_count = refs.len() as u64;
@@ -396,7 +465,7 @@ pub fn write_snapshot(
 
 /// Groups of neighbouring new chunks (indexes into `spans`, ascending), compressed together: at
 /// most [`BLOB_CHUNKS`] chunks and [`BLOB_MAX_RAW`] bytes each.
-fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> {
+fn group_neighbours(new: &[usize], spans: &Spans) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut cur_raw = 0usize;
@@ -419,14 +488,9 @@ fn group_neighbours(new: &[usize], spans: &[(usize, usize)]) -> Vec<Vec<usize>> 
 }
 
 /// Publish a full pack; returns its buffer (the pack's bytes, to be built over).
-fn publish_pack(
-    repo: &Repository,
-    b: PackBuilder,
-    entries: &mut Vec<(ChunkId, pack::Location)>,
-) -> Result<Vec<u8>> {
-    let (id, data, es) = b.finish();
+fn publish_pack(repo: &Repository, b: PackBuilder) -> Result<Vec<u8>> {
+    let (id, data, _) = b.finish();
     repo.backend().put(&pack::pack_name(&id), &data)?;
-    entries.extend(es);
     Ok(data)
 }
 
@@ -447,11 +511,14 @@ pub fn materialize(
         .map_err(|e| Error::io("create", dest.display().to_string(), e))?;
     f.set_len(m.db_size)
         .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
-    let mut offsets = Vec::with_capacity(refs.len());
+    // Work in slices of chunks; within a slice, chunks of one blob are decoded once. Each
+    // slice's first file offset is listed (8 bytes a slice, not a chunk).
+    const SLICE: usize = 1024;
+    let mut starts = Vec::with_capacity(refs.len() / SLICE + 1);
     let mut off = 0u64;
-    for r in refs {
-        offsets.push(off);
-        off += u64::from(r.1);
+    for slice in refs.chunks(SLICE) {
+        starts.push(off);
+        off += slice.iter().map(|r| u64::from(r.1)).sum::<u64>();
     }
     if off != m.db_size {
         return Err(Error::corrupt(
@@ -462,37 +529,43 @@ pub fn materialize(
             ),
         ));
     }
-    // Work in slices of chunks; within a slice, chunks of one blob are decoded once.
-    let items: Vec<(usize, &ChunkRef)> = refs.iter().enumerate().collect();
-    items.par_chunks(1024).try_for_each(|slice| -> Result<()> {
-        let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
-        for (i, (id, len)) in slice {
-            let loc = index.map.get(id).ok_or_else(|| {
-                Error::corrupt(
-                    manifest::manifest_name(&m.id),
-                    format!("chunk {id} is in no index: its pack is missing"),
-                )
-            })?;
-            if loc.len != *len {
-                return Err(Error::corrupt(
-                    manifest::manifest_name(&m.id),
-                    format!("chunk {id} length differs from the index"),
-                ));
+    refs.par_chunks(SLICE).zip(starts.par_iter()).try_for_each(
+        |(slice, &start)| -> Result<()> {
+            let mut cache: Option<((crate::ids::PackId, u64), Vec<u8>)> = None;
+            let mut at = start;
+            for (id, len) in slice {
+                let loc = index.get(id).ok_or_else(|| {
+                    Error::corrupt(
+                        manifest::manifest_name(&m.id),
+                        format!("chunk {id} is in no index: its pack is missing"),
+                    )
+                })?;
+                if loc.len != *len {
+                    return Err(Error::corrupt(
+                        manifest::manifest_name(&m.id),
+                        format!("chunk {id} length differs from the index"),
+                    ));
+                }
+                let key = (loc.pack, loc.blob_offset);
+                if cache.as_ref().map(|c| c.0) != Some(key) {
+                    let blob = pack::read_blob(
+                        repo,
+                        &loc.pack,
+                        loc.blob_offset,
+                        loc.blob_len,
+                        BLOB_MAX_RAW,
+                    )?;
+                    cache = Some((key, blob));
+                }
+                let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
+                let bytes = pack::chunk_from_blob(repo, blob, id, &loc)?;
+                f.write_all_at(&bytes, at)
+                    .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
+                at += u64::from(*len);
             }
-            let key = (loc.pack, loc.blob_offset);
-            if cache.as_ref().map(|c| c.0) != Some(key) {
-                let blob =
-                    pack::read_blob(repo, &loc.pack, loc.blob_offset, loc.blob_len, BLOB_MAX_RAW)?;
-                cache = Some((key, blob));
-            }
-            let blob = cache.as_ref().map(|c| c.1.as_slice()).unwrap_or_default();
-            let bytes = pack::chunk_from_blob(repo, blob, id, loc)?;
-            let at = offsets.get(*i).copied().unwrap_or(0);
-            f.write_all_at(&bytes, at)
-                .map_err(|e| Error::io("write", dest.display().to_string(), e))?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     f.sync_all()
         .map_err(|e| Error::io("fsync", dest.display().to_string(), e))?;
     Ok(m.db_size)

@@ -171,7 +171,7 @@ fn restore_big(size_mib: u64, encrypt: bool) -> anyhow::Result<()> {
         encrypt,
         ConfigBody::default(),
     )?;
-    let mut index = ChunkIndex::load(&repo)?;
+    let index = ChunkIndex::load(&repo)?;
     measure::warm(&g.base)?;
     let input = SnapshotInput {
         path: &g.base,
@@ -181,7 +181,7 @@ fn restore_big(size_mib: u64, encrypt: bool) -> anyhow::Result<()> {
         data_time_ms: 0,
         next: None,
     };
-    let m = write_snapshot(&repo, &input, None, None, &mut index)?;
+    let m = write_snapshot(&repo, &input, None, None, &index)?;
     drop(index);
     let stored = cln_backup_benches::dir_size(&root);
     for p in [&root] {

@@ -288,7 +288,7 @@ fn ours(
 
     let anon = AnonPeak::start();
     let t = Instant::now();
-    let mut index = ChunkIndex::load(&repo)?;
+    let index = ChunkIndex::load(&repo)?;
     let input = SnapshotInput {
         path: &file,
         data_version: gen::data_version(&g.base)?,
@@ -297,7 +297,7 @@ fn ours(
         data_time_ms: 0,
         next: None,
     };
-    let m1 = write_snapshot(&repo, &input, None, None, &mut index)?;
+    let m1 = write_snapshot(&repo, &input, None, None, &index)?;
     let t1 = t.elapsed();
     drop(index);
     let s1 = cln_backup_benches::dir_size(&root);
@@ -306,7 +306,7 @@ fn ours(
     measure::warm(&file)?;
     let t = Instant::now();
     // As compaction does: load the index and the parent's chunk list from the repository.
-    let mut index = ChunkIndex::load(&repo)?;
+    let index = ChunkIndex::load(&repo)?;
     let t_index = t.elapsed();
     let parent = manifest::latest(&repo)?;
     let prefs = match &parent {
@@ -322,7 +322,7 @@ fn ours(
         data_time_ms: 0,
         next: None,
     };
-    let m2 = write_snapshot(&repo, &input, parent.as_ref(), prefs.as_deref(), &mut index)?;
+    let m2 = write_snapshot(&repo, &input, parent.as_ref(), prefs.as_deref(), &index)?;
     let t2 = t.elapsed();
     let peak_anon = anon.stop();
     let note = format!(

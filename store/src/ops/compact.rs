@@ -348,7 +348,7 @@ pub fn compact_cancellable(
     let newest_real = real[1].map(|(v, _)| v);
 
     check()?;
-    let mut index = ChunkIndex::load(repo)?;
+    let index = ChunkIndex::load(repo)?;
     let base = prepare_base(repo, &opts.cache_dir, parent.as_ref(), &index)?;
     let (_, state_path) = base_paths(repo, &opts.cache_dir);
     remove_if_exists(&state_path)?; // the base is about to change
@@ -406,7 +406,7 @@ pub fn compact_cancellable(
         },
         parent.as_ref(),
         parent_refs.as_deref(),
-        &mut index,
+        &index,
     )?;
     write_state(&state_path, &m)?;
     seal_closed_segments_with(repo, closed + 1, closed_records.map(|r| (closed, r)))?;

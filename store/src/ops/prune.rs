@@ -30,7 +30,7 @@ use crate::journal::{reader, stream_name};
 use crate::manifest::{self, ChunkList, ChunkRef, Manifest, SnapshotInfo};
 use crate::repo::{Repository, MAINTENANCE_LOCK};
 
-pub use gc::{INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
+pub use gc::{INDEX_ENTRIES_PER_OBJECT, INDEX_OBJECTS_MAX, MAX_DEAD_FRACTION, SMALL_PACKS_MAX};
 pub use segmerge::{RUN_MAX_BYTES, SEGMENT_BYTES_PER_OBJECT, SMALL_SEGMENTS_MAX};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -315,17 +315,26 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         let rank = kept.len() - 1 - i; // 0: the newest
         let refs = chains.resolve(m)?;
         if chain_touches(m, &removed, &by_id)? {
-            let mut full = (*m).clone();
-            full.list = ChunkList::Full(refs.to_vec());
-            repo.backend().put(
-                &manifest::manifest_name(&m.id),
-                &full.encode(repo.crypto())?,
-            )?;
+            // Encoded from the resolved list (no copy of it into a manifest), and let go of
+            // before the list goes into `live`: never held together.
+            let bytes = m.encode_full(repo.crypto(), &refs)?;
+            repo.backend()
+                .put(&manifest::manifest_name(&m.id), &bytes)?;
+            drop(bytes);
             rep.rewritten_manifests += 1;
         }
-        live.add(rank, &refs);
+        // Moved in when no later snapshot of the chain needs the list (no copy).
+        live.add(
+            rank,
+            std::rc::Rc::try_unwrap(refs).unwrap_or_else(|rc| (*rc).clone()),
+        )?;
     }
     drop(chains);
+    // The manifests' chunk lists are done with: only the books and `live` are held below.
+    let resume = kept.iter().map(|m| m.journal_segment).max();
+    drop(kept);
+    drop(by_id);
+    drop(all);
     // 2. Remove the snapshots, newest first: a delta is always newer than its parent, so a
     // crash between two deletions never leaves a snapshot whose parent is gone.
     for s in plan.remove.iter().rev() {
@@ -350,7 +359,6 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         rep.deleted_segments += 1;
     }
     // 7. Small sealed segments into runs, before the newest kept snapshot's resume segment.
-    let resume = kept.iter().map(|m| m.journal_segment).max();
     segmerge::merge(repo, resume, &mut rep)?;
     rep.bytes_after = listed_bytes(repo)?;
     rep.duration_ms = started.elapsed().as_millis() as u64;

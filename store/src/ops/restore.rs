@@ -230,7 +230,7 @@ fn restore_into(
     target: &RestoreTarget,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let snap = choose(repo, target)?;
+    let mut snap = choose(repo, target)?;
     let base_v = snap.as_ref().map(|m| m.data_version).unwrap_or(0);
     let newest = newest(repo, opts.accept_damaged_tail)?;
     if let Some(want) = opts.expect_version {
@@ -284,9 +284,11 @@ fn restore_into(
         RestoreTarget::Version(v) => *v,
     };
 
-    if let Some(m) = &snap {
+    if let Some(m) = snap.as_mut() {
+        // The list is resolved first (its parent's read), then the index loaded: never both
+        // a manifest being decoded and the index at once. The manifest keeps no list copy.
+        let refs = manifest::resolve_taken(repo, m)?;
         let index = ChunkIndex::load(repo)?;
-        let refs = manifest::resolve(repo, m)?;
         snapshot::materialize(repo, m, &refs, &index, tmp)?;
     }
     let mut rp = Replayer::open(tmp, snap.as_ref().map(|m| m.foreign_keys).unwrap_or(true))?;

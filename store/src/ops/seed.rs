@@ -68,7 +68,7 @@ pub fn snapshot_database(
             Some(p) => Some(manifest::resolve(repo, p)?),
             None => None,
         };
-        let mut index = ChunkIndex::load(repo)?;
+        let index = ChunkIndex::load(repo)?;
         snapshot::write_snapshot(
             repo,
             &SnapshotInput {
@@ -83,7 +83,7 @@ pub fn snapshot_database(
             },
             parent.as_ref(),
             parent_refs.as_deref(),
-            &mut index,
+            &index,
         )
     })();
     let _ = std::fs::remove_file(&tmp);

@@ -3,7 +3,7 @@
 //! end), each pack's header and the seal of its last blob; with `read_data`, every blob's seal,
 //! every chunk's address and a full restore of the newest state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -11,10 +11,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::journal::reader;
 use crate::journal::segment::{Recovery, Tail};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, ChunkList, Manifest};
 use crate::pack::{self, Location};
 use crate::replay;
 use crate::repo::Repository;
+use rayon::prelude::*;
 
 pub struct VerifyOptions {
     pub read_data: bool,
@@ -85,7 +86,9 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
         }
     }
     rep.packs = packs.len() as u64;
-    let mut index: HashMap<crate::ids::ChunkId, Location> = HashMap::new();
+    // Where each chunk is read from (the first location, in list order), compact: its size
+    // follows the chunk count.
+    let mut index = pack::ChunkIndex::default();
     for o in b.list("index/")? {
         if o.name
             .strip_prefix("index/")
@@ -96,37 +99,75 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
             continue;
         }
         rep.index_objects += 1;
-        match b
-            .get(&o.name)
-            .and_then(|d| pack::decode_index(repo.crypto(), &o.name, &d))
-        {
-            Ok(entries) => {
-                for (id, loc) in entries {
-                    let pn = pack::pack_name(&loc.pack);
-                    match packs.get(&pn) {
-                        None => rep
-                            .problems
-                            .push(format!("{}: names {pn}, which is missing", o.name)),
-                        Some(&size) if loc.blob_offset + u64::from(loc.blob_len) > size => {
-                            rep.problems.push(format!(
-                                "{pn} is truncated: {} bytes, a blob ends at {}",
-                                size,
-                                loc.blob_offset + u64::from(loc.blob_len)
-                            ))
+        // A damaged object adds no entry (it is checked whole before its entries are taken).
+        let mut problems = Vec::new();
+        let res = b.get(&o.name).and_then(|d| {
+            pack::decode_index_checked(repo.crypto(), &o.name, d, &mut |v| {
+                match v {
+                    pack::IndexVisit::Object { count, .. } => index.reserve(count),
+                    pack::IndexVisit::Entry(id, loc) => {
+                        let pn = pack::pack_name(&loc.pack);
+                        match packs.get(&pn) {
+                            None => {
+                                problems.push(format!("{}: names {pn}, which is missing", o.name))
+                            }
+                            Some(&size) if loc.blob_offset + u64::from(loc.blob_len) > size => {
+                                problems.push(format!(
+                                    "{pn} is truncated: {} bytes, a blob ends at {}",
+                                    size,
+                                    loc.blob_offset + u64::from(loc.blob_len)
+                                ))
+                            }
+                            _ => {}
                         }
-                        _ => {}
+                        index.insert(&id, &loc)?;
                     }
-                    index.entry(id).or_insert(loc);
+                    pack::IndexVisit::Start => {}
                 }
-            }
-            Err(e) => rep.problems.push(e.to_string()),
+                Ok(())
+            })
+        });
+        rep.problems.extend(problems);
+        if let Err(e) = res {
+            rep.problems.push(e.to_string());
         }
     }
 
-    // Every manifest resolves and every chunk it names is indexed.
-    let mut referenced: HashSet<crate::ids::ChunkId> = HashSet::new();
+    // Every manifest resolves and every chunk it names is indexed. Referenced chunks are
+    // counted as bits by index position (those in no index, a problem each, by id); the lists
+    // are taken out of the manifests as they are checked (only their headers are used below).
+    let mut referenced = vec![0u64; index.len().div_ceil(64)];
+    let mut unindexed = pack::IdTable::default();
+    let mut unindexed_ids: Vec<crate::ids::ChunkId> = Vec::new();
+    // A delta's list is resolved on its parent's, kept from when the parent was checked (oldest
+    // first) until its last child is: one list at a time on a chain, none read twice. A parent
+    // not among the manifests read is read from the repository, as ever (naming it if missing).
+    let mut children: HashMap<crate::ids::SnapshotId, usize> = HashMap::new();
     for m in &manifests {
-        match manifest::resolve(repo, m) {
+        if let ChunkList::Delta { parent, .. } = &m.list {
+            *children.entry(*parent).or_default() += 1;
+        }
+    }
+    let mut kept: HashMap<crate::ids::SnapshotId, Vec<manifest::ChunkRef>> = HashMap::new();
+    for m in manifests.iter_mut() {
+        let resolved = match &m.list {
+            ChunkList::Delta { parent, depth, .. } if *depth <= 1024 => {
+                let left = children.get_mut(parent).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                let base = match left {
+                    Some(0) => kept.remove(parent),
+                    _ => kept.get(parent).cloned(),
+                };
+                match base {
+                    Some(base) => manifest::resolve_on(m, base),
+                    None => manifest::resolve(repo, m),
+                }
+            }
+            _ => manifest::resolve_taken(repo, m),
+        };
+        match resolved {
             Ok(refs) => {
                 let total: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
                 if total != m.db_size {
@@ -136,20 +177,46 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
                         m.db_size
                     ));
                 }
-                for (id, _) in refs {
-                    if !index.contains_key(&id) {
-                        rep.problems.push(format!(
-                            "{}: chunk {id} is in no index",
-                            manifest::manifest_name(&m.id)
-                        ));
+                for &(id, _) in &refs {
+                    match index.position_of(&id) {
+                        Some(i) => {
+                            if let Some(w) = referenced.get_mut(i / 64) {
+                                *w |= 1 << (i % 64);
+                            }
+                        }
+                        None => {
+                            rep.problems.push(format!(
+                                "{}: chunk {id} is in no index",
+                                manifest::manifest_name(&m.id)
+                            ));
+                            let at = unindexed_ids.len() as u32;
+                            let ids = &unindexed_ids;
+                            if unindexed
+                                .insert(&id, at, |i| ids.get(i as usize))?
+                                .is_none()
+                            {
+                                unindexed_ids.push(id);
+                            }
+                        }
                     }
-                    referenced.insert(id);
+                }
+                if children.get(&m.id).is_some_and(|&n| n > 0) {
+                    kept.insert(m.id, refs);
                 }
             }
             Err(e) => rep.problems.push(e.to_string()),
         }
+        *m = m.clone_header();
     }
-    rep.chunks_referenced = referenced.len() as u64;
+    drop(kept);
+    rep.chunks_referenced = referenced
+        .iter()
+        .map(|w| u64::from(w.count_ones()))
+        .sum::<u64>()
+        + unindexed_ids.len() as u64;
+    drop(referenced);
+    drop(unindexed);
+    drop(unindexed_ids);
 
     // Journal: every segment readable and linked to the one before it; versions continuous
     // from the oldest snapshot on; every snapshot's next batch present; an honest end.
@@ -196,10 +263,10 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
 
     // Each pack's header, and the seal of its last blob (cheap: two ranged reads a pack).
     let mut last_blob: HashMap<crate::ids::PackId, Location> = HashMap::new();
-    for loc in index.values() {
-        let e = last_blob.entry(loc.pack).or_insert(*loc);
+    for (_, loc) in index.iter() {
+        let e = last_blob.entry(loc.pack).or_insert(loc);
         if loc.blob_offset > e.blob_offset {
-            *e = *loc;
+            *e = loc;
         }
     }
     let prefix_len = crate::pack::PACK_PREFIX_LEN as u64;
@@ -229,31 +296,52 @@ fn verify_once(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> 
     }
 
     if opts.read_data {
-        // Every blob of every indexed chunk: seal and address.
-        let mut by_blob: HashMap<(crate::ids::PackId, u64), Vec<(crate::ids::ChunkId, Location)>> =
-            HashMap::new();
-        for (id, loc) in &index {
-            by_blob
-                .entry((loc.pack, loc.blob_offset))
-                .or_default()
-                .push((*id, *loc));
+        // Every blob of every indexed chunk: seal and address. The index holds a blob's chunks
+        // one after the other: each run of them is read once, the runs in parallel.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut prev: Option<(crate::ids::PackId, u64)> = None;
+        for (i, (_, loc)) in index.iter().enumerate() {
+            let key = Some((loc.pack, loc.blob_offset));
+            match runs.last_mut() {
+                Some(r) if key == prev => r.1 = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+            prev = key;
         }
-        for ((pk, off), chunks) in &by_blob {
-            let Some(first) = chunks.first() else {
-                continue;
-            };
-            match pack::read_blob(repo, pk, *off, first.1.blob_len, 0) {
-                Ok(blob) => {
-                    for (id, loc) in chunks {
-                        match pack::chunk_from_blob(repo, &blob, id, loc) {
-                            Ok(_) => rep.chunks_read += 1,
-                            Err(e) => rep.problems.push(e.to_string()),
+        let (read, problems) = runs
+            .par_iter()
+            .map(|&(start, end)| {
+                let mut read = 0u64;
+                let mut problems = Vec::new();
+                let Some((_, first)) = index.entry_at(start) else {
+                    return (read, problems);
+                };
+                match pack::read_blob(repo, &first.pack, first.blob_offset, first.blob_len, 0) {
+                    Ok(blob) => {
+                        for (id, loc) in (start..end).filter_map(|i| index.entry_at(i)) {
+                            match pack::chunk_from_blob(repo, &blob, &id, &loc) {
+                                Ok(_) => read += 1,
+                                Err(e) => problems.push(e.to_string()),
+                            }
                         }
                     }
+                    Err(e) => problems.push(e.to_string()),
                 }
-                Err(e) => rep.problems.push(e.to_string()),
-            }
-        }
+                (read, problems)
+            })
+            .reduce(
+                || (0, Vec::new()),
+                |mut a, b| {
+                    a.0 += b.0;
+                    a.1.extend(b.1);
+                    a
+                },
+            );
+        rep.chunks_read += read;
+        rep.problems.extend(problems);
+        // The trial restore loads its own index.
+        drop(runs);
+        drop(index);
         if rep.problems.is_empty() && (!manifests.is_empty() || rep.journal_records > 0) {
             std::fs::create_dir_all(&opts.scratch_dir)
                 .map_err(|e| Error::io("create", opts.scratch_dir.display().to_string(), e))?;

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, PackId};
 use crate::manifest::ChunkRef;
-use crate::pack::{self, IdMap, Location, PACK_PREFIX_LEN};
+use crate::pack::{self, ChunkIndex, IdTable, IndexVisit, Location, PACK_PREFIX_LEN};
 use crate::repo::Repository;
 
 use super::PruneReport;
@@ -52,31 +52,91 @@ pub const INDEX_ENTRIES_PER_OBJECT: usize = 262_144;
 
 /// The chunks kept snapshots reference, with the place of each in the newest snapshot that
 /// has it (rank 0 is the newest kept snapshot): the order rewritten chunks are stored in.
+/// Compact (its size follows the chunk count): the first list added is kept whole (moved in,
+/// not copied: its ids are the first positions), later lists add the ids it lacks; an 8-byte
+/// place a position (rank and position packed: [`ORDER_POS_BITS`]), and an [`IdTable`].
 #[derive(Default)]
 pub struct Live {
-    order: IdMap<(usize, u64)>,
+    base: Vec<ChunkRef>,
+    more: Vec<ChunkId>,
+    /// Each position's place; a position of `base` that repeats an id earlier in it is unused.
+    order: Vec<u64>,
+    table: IdTable,
 }
 
+/// Bits of a place's position in its snapshot (the rank takes the rest): 2^40 chunks, 2^24
+/// kept snapshots; beyond, places saturate (they order rewritten chunks, nothing else).
+const ORDER_POS_BITS: u32 = 40;
+
 impl Live {
-    /// Add the chunks of the kept snapshot of `rank` (0: the newest).
-    pub fn add(&mut self, rank: usize, refs: &[ChunkRef]) {
-        for (pos, (id, _)) in refs.iter().enumerate() {
-            let key = (rank, pos as u64);
-            self.order
-                .entry(*id)
-                .and_modify(|k| *k = (*k).min(key))
-                .or_insert(key);
+    fn id_in<'a>(base: &'a [ChunkRef], more: &'a [ChunkId], p: u32) -> Option<&'a ChunkId> {
+        let p = p as usize;
+        match base.get(p) {
+            Some(r) => Some(&r.0),
+            None => more.get(p - base.len()),
         }
     }
+
+    fn place(rank: usize, pos: usize) -> u64 {
+        let rank = (rank as u64).min((1 << (64 - ORDER_POS_BITS)) - 1);
+        rank << ORDER_POS_BITS | (pos as u64).min((1 << ORDER_POS_BITS) - 1)
+    }
+
+    /// Add the chunks of the kept snapshot of `rank` (0: the newest).
+    pub fn add(&mut self, rank: usize, refs: Vec<ChunkRef>) -> Result<()> {
+        let too_many = || Error::Invalid("more than 2^32 live chunks".into());
+        if self.base.is_empty() && self.more.is_empty() {
+            self.base = refs;
+            self.order = Vec::with_capacity(self.base.len());
+            self.table
+                .reserve(self.base.len(), |i| self.base.get(i as usize).map(|r| &r.0));
+            for (pos, (id, _)) in self.base.iter().enumerate() {
+                self.order.push(Self::place(rank, pos));
+                let at = u32::try_from(pos).map_err(|_| too_many())?;
+                let base = &self.base;
+                // A repeated id keeps its first (lowest) position.
+                self.table
+                    .insert(id, at, |i| base.get(i as usize).map(|r| &r.0))?;
+            }
+            return Ok(());
+        }
+        for (pos, (id, _)) in refs.iter().enumerate() {
+            let key = Self::place(rank, pos);
+            let at = u32::try_from(self.base.len() + self.more.len()).map_err(|_| too_many())?;
+            let (base, more) = (&self.base, &self.more);
+            match self.table.insert(id, at, |i| Self::id_in(base, more, i))? {
+                Some(k) => {
+                    if let Some(o) = self.order.get_mut(k as usize) {
+                        *o = (*o).min(key);
+                    }
+                }
+                None => {
+                    self.more.push(*id);
+                    self.order.push(key);
+                }
+            }
+        }
+        Ok(())
+    }
     pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
-        self.order.keys()
+        self.base.iter().map(|r| &r.0).chain(self.more.iter())
+    }
+    fn find(&self, id: &ChunkId) -> Option<u32> {
+        let (base, more) = (&self.base, &self.more);
+        self.table.find(id, |i| Self::id_in(base, more, i))
     }
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.order.contains_key(id)
+        self.find(id).is_some()
     }
     /// Where `id` sorts among the chunks to rewrite.
     pub fn order(&self, id: &ChunkId) -> (usize, u64) {
-        self.order.get(id).copied().unwrap_or((usize::MAX, 0))
+        match self.find(id).and_then(|k| self.order.get(k as usize)) {
+            Some(&key) => (
+                (key >> ORDER_POS_BITS) as usize,
+                key & ((1 << ORDER_POS_BITS) - 1),
+            ),
+            None => (usize::MAX, 0),
+        }
     }
 }
 
@@ -101,37 +161,83 @@ impl PackBook {
 
 /// Every index entry (deduplicated), which of them are live, and the books of every pack.
 pub struct Books {
-    /// Each distinct (chunk, location), sorted by pack, blob and place in the blob.
-    pub entries: Vec<(ChunkId, Location)>,
     /// The location each chunk is read from ([`pack::ChunkIndex`]'s rule: the first index
     /// object, in name order, that names it).
-    pub canonical: IdMap<Location>,
+    pub canonical: ChunkIndex,
+    /// The other distinct locations index objects give a chunk (rare: a chunk stored twice
+    /// and indexed in both places).
+    others: Vec<(ChunkId, Location)>,
+    /// Every distinct (chunk, location), sorted by pack, blob and place in the blob: positions
+    /// in `canonical`, then in `others` (after `canonical.len()`). 4 bytes an entry, where a
+    /// list of the entries cost 88.
+    sorted: Vec<u32>,
     pub packs: BTreeMap<PackId, PackBook>,
     /// The index objects read.
     pub index_objects: Vec<String>,
 }
 
 impl Books {
-    /// Whether the entry is the live copy of a chunk a kept snapshot references.
-    pub fn is_live(&self, live: &Live, id: &ChunkId, loc: &Location) -> bool {
-        live.contains(id) && self.canonical.get(id) == Some(loc)
+    /// The entry at position `i` (see `sorted`), and whether it is the canonical one.
+    fn entry(&self, i: u32) -> Option<(ChunkId, Location, bool)> {
+        let i = i as usize;
+        match self.canonical.entry_at(i) {
+            Some((id, loc)) => Some((id, loc, true)),
+            None => self
+                .others
+                .get(i - self.canonical.len())
+                .map(|&(id, loc)| (id, loc, false)),
+        }
+    }
+
+    /// Every distinct (chunk, location, whether canonical), by pack, blob and place in the blob.
+    pub fn entries(&self) -> impl Iterator<Item = (ChunkId, Location, bool)> + '_ {
+        self.sorted.iter().filter_map(|&i| self.entry(i))
+    }
+
+    /// Whether an entry from [`Self::entries`] is the live copy of a chunk a kept snapshot
+    /// references (a chunk is read from its canonical location only).
+    fn live_entry(live: &Live, e: &(ChunkId, Location, bool)) -> bool {
+        e.2 && live.contains(&e.0)
     }
 }
 
 pub fn books(repo: &Repository, live: &Live) -> Result<Books> {
-    let objects = pack::load_index_objects(repo)?;
-    let mut canonical: IdMap<Location> = IdMap::default();
-    let mut entries: Vec<(ChunkId, Location)> = Vec::new();
-    let mut index_objects = Vec::with_capacity(objects.len());
-    for (name, es) in objects {
-        for (id, loc) in &es {
-            canonical.entry(*id).or_insert(*loc);
+    let mut canonical = ChunkIndex::default();
+    let mut others: Vec<(ChunkId, Location)> = Vec::new();
+    pack::visit_index_objects(repo, &mut |v| {
+        match v {
+            IndexVisit::Start => {
+                canonical = ChunkIndex::default();
+                others.clear();
+            }
+            IndexVisit::Object { name, count } => {
+                canonical.reserve(count);
+                canonical.objects.push(name.to_string());
+            }
+            IndexVisit::Entry(id, loc) => {
+                if !canonical.insert(&id, &loc)? && canonical.get(&id) != Some(loc) {
+                    others.push((id, loc));
+                }
+            }
         }
-        entries.extend(es);
-        index_objects.push(name);
+        Ok(())
+    })?;
+    others.sort_by_key(|(id, l)| (*id, l.pack, l.blob_offset, l.inner_offset));
+    others.dedup();
+    let index_objects = std::mem::take(&mut canonical.objects);
+    let n = canonical.len() + others.len();
+    let n = u32::try_from(n).map_err(|_| Error::Invalid("more than 2^32 index entries".into()))?;
+    let mut sorted: Vec<u32> = (0..n).collect();
+    {
+        let key = |i: u32| {
+            let i = i as usize;
+            canonical
+                .entry_at(i)
+                .or_else(|| others.get(i - canonical.len()).copied())
+                .map(|(id, l)| (l.pack, l.blob_offset, l.inner_offset, id))
+        };
+        sorted.sort_unstable_by_key(|a| key(*a));
     }
-    entries.sort_by_key(|(id, l)| (l.pack, l.blob_offset, l.inner_offset, *id));
-    entries.dedup();
 
     let mut packs: BTreeMap<PackId, PackBook> = BTreeMap::new();
     for o in repo.backend().list("packs/")? {
@@ -155,35 +261,41 @@ pub fn books(repo: &Repository, live: &Live) -> Result<Books> {
         );
     }
     let mut b = Books {
-        entries,
         canonical,
+        others,
+        sorted,
         packs,
         index_objects,
     };
     // Each blob's live share.
-    let mut i = 0;
-    while let Some((_, first)) = b.entries.get(i) {
-        let key = (first.pack, first.blob_offset);
-        let blob_len = u64::from(first.blob_len);
+    let mut shares: Vec<(PackId, u64)> = Vec::new();
+    let mut entries = b.entries().peekable();
+    while let Some(first) = entries.next() {
+        let key = (first.1.pack, first.1.blob_offset);
+        let blob_len = u64::from(first.1.blob_len);
         let (mut raw, mut live_raw) = (0u64, 0u64);
-        let mut j = i;
-        while let Some((id, loc)) = b.entries.get(j) {
-            if (loc.pack, loc.blob_offset) != key {
-                break;
-            }
+        let mut e = Some(first);
+        while let Some(cur) = e {
+            let loc = &cur.1;
             raw = raw.max(u64::from(loc.inner_offset) + u64::from(loc.len));
-            if b.is_live(live, id, loc) {
+            if Books::live_entry(live, &cur) {
                 live_raw += u64::from(loc.len);
             }
-            j += 1;
+            e = entries.next_if(|n| (n.1.pack, n.1.blob_offset) == key);
         }
-        if let Some(p) = b.packs.get_mut(&key.0) {
-            if live_raw > 0 {
-                p.has_live = true;
-                p.live += (blob_len as f64 * live_raw.min(raw) as f64 / raw.max(1) as f64) as u64;
-            }
+        if live_raw > 0 {
+            shares.push((
+                key.0,
+                (blob_len as f64 * live_raw.min(raw) as f64 / raw.max(1) as f64) as u64,
+            ));
         }
-        i = j;
+    }
+    drop(entries);
+    for (pack, share) in shares {
+        if let Some(p) = b.packs.get_mut(&pack) {
+            p.has_live = true;
+            p.live += share;
+        }
     }
     for p in b.packs.values_mut() {
         if p.has_live {
@@ -262,7 +374,7 @@ pub fn collect(repo: &Repository, live: &Live, rep: &mut PruneReport) -> Result<
     let books = books(repo, live)?;
     // A chunk a kept snapshot needs that no index names: its pack (if it is there) would look
     // dead and be deleted. Refuse, so that a lost or damaged index never costs a pack.
-    if let Some(id) = live.ids().find(|id| !books.canonical.contains_key(id)) {
+    if let Some(id) = live.ids().find(|id| !books.canonical.contains(id)) {
         return Err(Error::corrupt(
             "index/",
             format!(
@@ -276,10 +388,9 @@ pub fn collect(repo: &Repository, live: &Live, rep: &mut PruneReport) -> Result<
 
     // 3. The live chunks of the packs rewritten, into new packs.
     let moving: Vec<(ChunkId, Location)> = books
-        .entries
-        .iter()
-        .filter(|(id, loc)| choice.rewritten(&loc.pack) && books.is_live(live, id, loc))
-        .copied()
+        .entries()
+        .filter(|e| choice.rewritten(&e.1.pack) && Books::live_entry(live, e))
+        .map(|(id, loc, _)| (id, loc))
         .collect();
     let written = super::repack::rewrite(repo, moving, live)?;
     rep.repacked_packs = choice.repack.len() as u64;
@@ -291,33 +402,43 @@ pub fn collect(repo: &Repository, live: &Live, rep: &mut PruneReport) -> Result<
     let missing = |p: &PackId| !books.packs.contains_key(p);
     let changes = books.packs.keys().any(|p| choice.goes(p))
         || books
-            .entries
-            .iter()
-            .any(|(id, loc)| missing(&loc.pack) && !books.is_live(live, id, loc));
+            .entries()
+            .any(|e| missing(&e.1.pack) && !Books::live_entry(live, &e));
     let mut index_objects = books.index_objects.len() as u64;
     if changes || books.index_objects.len() > INDEX_OBJECTS_MAX {
         // Every chunk of the packs kept, live or dead (the books), and where the rewritten
         // ones are now. Live chunks indexed in a pack that is missing stay indexed: that damage
         // is verify's to report, and dropping the entries would hide it.
-        let mut entries: Vec<(ChunkId, Location)> = books
-            .entries
-            .iter()
-            .filter(|(id, loc)| {
-                if missing(&loc.pack) {
-                    books.is_live(live, id, loc)
+        let entries = books
+            .entries()
+            .filter(|e| {
+                if missing(&e.1.pack) {
+                    Books::live_entry(live, e)
                 } else {
-                    !choice.goes(&loc.pack)
+                    !choice.goes(&e.1.pack)
                 }
             })
-            .copied()
-            .collect();
-        entries.extend(written.entries);
+            .map(|(id, loc, _)| (id, loc))
+            .chain(written.entries);
+        // One object's entries at a time (a bounded list), not every entry at once.
         let mut published = 0;
-        for part in entries.chunks(INDEX_ENTRIES_PER_OBJECT) {
+        let mut part: Vec<(ChunkId, Location)> = Vec::new();
+        let mut publish = |part: &mut Vec<(ChunkId, Location)>| -> Result<()> {
             let name = pack::index_name();
             let data = pack::encode_index(repo.crypto(), &name, part)?;
             repo.backend().put(&name, &data)?;
             published += 1;
+            part.clear();
+            Ok(())
+        };
+        for e in entries {
+            part.push(e);
+            if part.len() == INDEX_ENTRIES_PER_OBJECT {
+                publish(&mut part)?;
+            }
+        }
+        if !part.is_empty() {
+            publish(&mut part)?;
         }
         for old in &books.index_objects {
             repo.backend().delete(old)?;
