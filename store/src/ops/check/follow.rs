@@ -8,6 +8,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::journal::segment::Recovery;
 use crate::journal::{reader, Record};
 use crate::manifest;
 use crate::ops::restore::{restore, RestoreReport, RestoreTarget};
@@ -63,21 +64,28 @@ impl Follower {
         };
         let from_seq = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
         let mut fk = snap.as_ref().map(|m| m.foreign_keys).unwrap_or(true);
-        let (raw, _torn) = reader::read_from(repo, from_seq)?;
-        let last_seq = raw.last().map(|(s, _)| *s).unwrap_or(from_seq);
-        let taken_in_last = raw.iter().filter(|(s, _)| *s == last_seq).count();
         let base = snap.as_ref().map(|m| m.data_version).unwrap_or(0);
-        let records = replay::effective(
-            raw.into_iter()
-                .map(|(_, r)| r)
-                .filter(|r| r.batch.data_version > base)
-                .collect(),
-            "journal",
-        )?;
+        // The journal streams through (one segment in memory at a time): only the records after
+        // `version` are kept, to apply as the live database moves on.
+        let mut j = reader::JournalReader::open(repo, from_seq, Recovery::TruncateTornTail)?;
+        let mut last_seq = from_seq;
+        let mut taken_in_last = 0usize;
+        let records = j.by_ref().filter_map(|r| match r {
+            Ok((seq, r)) => {
+                if seq != last_seq {
+                    last_seq = seq;
+                    taken_in_last = 0;
+                }
+                taken_in_last += 1;
+                (r.batch.data_version > base).then_some(Ok(r))
+            }
+            Err(e) => Some(Err(e)),
+        });
         // Restore applied every batch up to `version`, and the PRAGMA-only batches at or below
         // it (they repeat the version of the batch before them).
         let mut pending = VecDeque::new();
-        for r in records {
+        for r in replay::Effective::new(records, "journal") {
+            let r = r?;
             if r.batch.data_version > version {
                 pending.push_back(r);
             } else if r.pragma_only() {
@@ -106,10 +114,11 @@ impl Follower {
 
     /// Read the journal records appended since the last read.
     fn refresh(&mut self) -> Result<()> {
-        let (raw, _torn) = reader::read_from(&self.repo, self.last_seq)?;
         let mut fresh = Vec::new();
         let mut in_last = 0usize;
-        for (seq, r) in raw {
+        for r in reader::JournalReader::open(&self.repo, self.last_seq, Recovery::TruncateTornTail)?
+        {
+            let (seq, r) = r?;
             if seq < self.last_seq {
                 // Garbage collection merged the segment read last into a run since: its records
                 // are numbered by the run's first segment now, so which of them were applied
