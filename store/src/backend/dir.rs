@@ -514,14 +514,22 @@ impl Backend for DirBackend {
         let p = self.stream_path(name)?;
         // The length first: what lies below it no longer changes.
         let len = open_len(&self.stream_key(name));
-        let mut v = Vec::new();
         let object = format!("journal/{name}.log");
-        open_regular(&p, &object)?
+        let f = open_regular(&p, &object)?;
+        // Sized once (a long segment read into a growing buffer took twice its size): what
+        // this process wrote when it has the stream open, else the file (zeros written ahead
+        // included), and one byte to find its end.
+        let size = match len {
+            Some(l) => l,
+            None => f
+                .metadata()
+                .map_err(|e| Error::io("stat", &object, e))?
+                .len(),
+        };
+        let mut v = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+        f.take(len.unwrap_or(u64::MAX))
             .read_to_end(&mut v)
             .map_err(|e| Error::io("read", object, e))?;
-        if let Some(len) = len {
-            v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
-        }
         Ok(v)
     }
 
