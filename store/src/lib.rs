@@ -19,6 +19,7 @@ pub mod journal;
 pub mod legacy;
 pub mod lockfile;
 pub mod manifest;
+pub mod mem;
 pub mod model;
 pub mod node;
 pub mod ops;

@@ -433,10 +433,10 @@ pub fn resolve_on(m: &Manifest, parent_refs: Vec<ChunkRef>) -> Result<Vec<ChunkR
         ChunkList::Delta { runs, .. } => runs,
     };
     let mut refs = parent_refs;
-    refs.resize(
-        usize::try_from(m.chunk_count).unwrap_or(usize::MAX),
-        (ChunkId([0; 32]), 0),
-    );
+    let n = usize::try_from(m.chunk_count).unwrap_or(usize::MAX);
+    // Exactly: a list a few chunks longer than its parent's would otherwise double.
+    refs.reserve_exact(n.saturating_sub(refs.len()));
+    refs.resize(n, (ChunkId([0; 32]), 0));
     for (start, run) in runs {
         for (i, r) in run.iter().enumerate() {
             let pos = usize::try_from(*start)

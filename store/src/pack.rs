@@ -412,7 +412,9 @@ impl ChunkIndex {
 
     /// Room for `n` more entries.
     pub fn reserve(&mut self, n: usize) {
-        self.entries.reserve(n);
+        // Exactly: index objects are loaded one after another, and a small one after the big
+        // ones would otherwise double a list of a million entries.
+        self.entries.reserve_exact(n);
         let entries = &self.entries;
         self.table.reserve(entries.len() + n, |i| {
             entries.get(i as usize).map(|e| &e.id)
@@ -577,6 +579,9 @@ pub fn visit_index_objects(
             for (name, data) in batch.iter().zip(data) {
                 decode_index_with(repo.crypto(), name, data?, &mut |v| f(v))?;
             }
+            // The objects' bytes are freed: give them back before the next batch grows the
+            // index (crate::mem).
+            crate::mem::release_free();
         }
         return Ok(());
     }

@@ -8,6 +8,8 @@
 //! cargo build --release -p backup-cli -p cln-backup -p ld-emulator -p cln-backup-benches --bin memory
 //! target/release/memory --size-mib 1024 [--restic]
 //! ```
+//! `--setup-only` stops after the second snapshot and leaves the repository (for profiling one
+//! operation by hand).
 //!
 //! Rows: `backup-cli init --lightning-dir` (the first snapshot), a second snapshot of the copy
 //! with 1% of its pages changed (taken in process, not measured), `backup-cli restore` (newest
@@ -235,6 +237,14 @@ fn main() -> anyhow::Result<()> {
     let r = store::Repository::open(&store::BackupUrl::parse(&url)?, Some(k))?;
     store::ops::seed::snapshot_database(&r, &g.changed, &work.join("scratch"), "memory bench")?;
     drop(r);
+    if flag("--setup-only") {
+        // For profiling one operation by hand: the repository with its two snapshots stays.
+        println!(
+            "repository with two snapshots: {url} (key {})",
+            key.display()
+        );
+        return Ok(());
+    }
 
     let out = work.join("restored.sqlite3");
     let m = measured(

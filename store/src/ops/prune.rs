@@ -301,40 +301,39 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     };
     let removed: HashSet<String> = plan.remove.iter().map(|s| s.id.clone()).collect();
     let all = manifest::list(repo)?;
-    let by_id: HashMap<SnapshotId, &Manifest> = all.iter().map(|m| (m.id, m)).collect();
-    let kept: Vec<&Manifest> = all
+    let kept: Vec<SnapshotId> = all
         .iter()
         .filter(|m| !removed.contains(&m.id.to_string()))
+        .map(|m| m.id)
         .collect();
+    let resume = all
+        .iter()
+        .filter(|m| !removed.contains(&m.id.to_string()))
+        .map(|m| m.journal_segment)
+        .max();
 
     // 1. Kept deltas that depend on a removed snapshot become full manifests. Every kept
     // snapshot's chunks are live; the newest's order is the order rewritten chunks are stored in.
     let mut live = gc::Live::default();
-    let mut chains = Chains::new(&all, &kept, &by_id)?;
-    for (i, m) in kept.iter().enumerate() {
+    let mut chains = Chains::new(all, &kept)?;
+    for (i, id) in kept.iter().enumerate() {
         let rank = kept.len() - 1 - i; // 0: the newest
-        let refs = chains.resolve(m)?;
-        if chain_touches(m, &removed, &by_id)? {
+        let refs = chains.resolve(id)?;
+        if chains.touches(id, &removed)? {
             // Encoded from the resolved list (no copy of it into a manifest), and let go of
             // before the list goes into `live`: never held together.
-            let bytes = m.encode_full(repo.crypto(), &refs)?;
-            repo.backend()
-                .put(&manifest::manifest_name(&m.id), &bytes)?;
+            let bytes = chains.get(id)?.encode_full(repo.crypto(), &refs)?;
+            repo.backend().put(&manifest::manifest_name(id), &bytes)?;
             drop(bytes);
             rep.rewritten_manifests += 1;
         }
-        // Moved in when no later snapshot of the chain needs the list (no copy).
-        live.add(
-            rank,
-            std::rc::Rc::try_unwrap(refs).unwrap_or_else(|rc| (*rc).clone()),
-        )?;
+        live.add(rank, &refs);
     }
     drop(chains);
-    // The manifests' chunk lists are done with: only the books and `live` are held below.
-    let resume = kept.iter().map(|m| m.journal_segment).max();
     drop(kept);
-    drop(by_id);
-    drop(all);
+    // The manifests' chunk lists are done with: only `live` is held below, with the books.
+    // Their bytes go back to the system before the books are loaded (crate::mem).
+    crate::mem::release_free();
     // 2. Remove the snapshots, newest first: a delta is always newer than its parent, so a
     // crash between two deletions never leaves a snapshot whose parent is gone.
     for s in plan.remove.iter().rev() {
@@ -365,26 +364,6 @@ fn apply_locked(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     Ok(rep)
 }
 
-fn chain_touches(
-    m: &Manifest,
-    removed: &HashSet<String>,
-    by_id: &HashMap<SnapshotId, &Manifest>,
-) -> Result<bool> {
-    let mut cur = m;
-    let mut steps = 0;
-    while let ChunkList::Delta { parent, .. } = &cur.list {
-        if removed.contains(&parent.to_string()) {
-            return Ok(true);
-        }
-        steps += 1;
-        cur = by_id
-            .get(parent)
-            .filter(|_| steps <= 1024)
-            .ok_or_else(|| missing_parent(cur, parent))?;
-    }
-    Ok(false)
-}
-
 fn missing_parent(m: &Manifest, parent: &SnapshotId) -> Error {
     Error::corrupt(
         manifest::manifest_name(&m.id),
@@ -394,25 +373,25 @@ fn missing_parent(m: &Manifest, parent: &SnapshotId) -> Error {
 
 /// Resolves the kept snapshots' chunk lists from the manifests already in memory, keeping a
 /// list only while a later snapshot of the chain still needs it (a chain is resolved once, not
-/// once per snapshot, and without reading any manifest again).
-struct Chains<'a> {
-    by_id: &'a HashMap<SnapshotId, &'a Manifest>,
+/// once per snapshot, and without reading any manifest again). A full manifest's list is taken
+/// out of it, not copied: nothing reads it again.
+struct Chains {
+    by_id: HashMap<SnapshotId, Manifest>,
     /// How many snapshots still to resolve name each one as their parent.
     children: HashMap<SnapshotId, usize>,
     cache: HashMap<SnapshotId, std::rc::Rc<Vec<ChunkRef>>>,
 }
 
-impl<'a> Chains<'a> {
-    fn new(
-        all: &'a [Manifest],
-        kept: &[&'a Manifest],
-        by_id: &'a HashMap<SnapshotId, &'a Manifest>,
-    ) -> Result<Chains<'a>> {
+impl Chains {
+    fn new(all: Vec<Manifest>, kept: &[SnapshotId]) -> Result<Chains> {
+        let by_id: HashMap<SnapshotId, Manifest> = all.into_iter().map(|m| (m.id, m)).collect();
         // Every manifest some kept snapshot's chain passes through, each counted once per
         // child in that set.
         let mut needed: HashSet<SnapshotId> = HashSet::new();
-        for m in kept {
-            let mut cur = *m;
+        for id in kept {
+            let mut cur = by_id
+                .get(id)
+                .ok_or_else(|| Error::NoSuchSnapshot(id.to_string()))?;
             while needed.insert(cur.id) {
                 let ChunkList::Delta { parent, .. } = &cur.list else {
                     break;
@@ -423,7 +402,7 @@ impl<'a> Chains<'a> {
             }
         }
         let mut children: HashMap<SnapshotId, usize> = HashMap::new();
-        for m in all.iter().filter(|m| needed.contains(&m.id)) {
+        for m in by_id.values().filter(|m| needed.contains(&m.id)) {
             if let ChunkList::Delta { parent, .. } = &m.list {
                 *children.entry(*parent).or_default() += 1;
             }
@@ -435,34 +414,64 @@ impl<'a> Chains<'a> {
         })
     }
 
-    /// The chunk list of `m`. Resolve oldest first: a parent's list is then cached until its
+    fn get(&self, id: &SnapshotId) -> Result<&Manifest> {
+        self.by_id
+            .get(id)
+            .ok_or_else(|| Error::NoSuchSnapshot(id.to_string()))
+    }
+
+    /// Whether the chain of `id` passes through a removed snapshot.
+    fn touches(&self, id: &SnapshotId, removed: &HashSet<String>) -> Result<bool> {
+        let mut cur = self.get(id)?;
+        let mut steps = 0;
+        while let ChunkList::Delta { parent, .. } = &cur.list {
+            if removed.contains(&parent.to_string()) {
+                return Ok(true);
+            }
+            steps += 1;
+            cur = self
+                .by_id
+                .get(parent)
+                .filter(|_| steps <= 1024)
+                .ok_or_else(|| missing_parent(cur, parent))?;
+        }
+        Ok(false)
+    }
+
+    /// The chunk list of `id`. Resolve oldest first: a parent's list is then cached until its
     /// last child has used it.
-    fn resolve(&mut self, m: &Manifest) -> Result<std::rc::Rc<Vec<ChunkRef>>> {
-        if let Some(r) = self.cache.get(&m.id) {
+    fn resolve(&mut self, id: &SnapshotId) -> Result<std::rc::Rc<Vec<ChunkRef>>> {
+        if let Some(r) = self.cache.get(id) {
             return Ok(r.clone());
         }
-        let refs = match &m.list {
-            ChunkList::Full(refs) => std::rc::Rc::new(refs.clone()),
-            ChunkList::Delta { parent, depth, .. } => {
-                if *depth > 1024 {
-                    return Err(Error::corrupt(
-                        manifest::manifest_name(&m.id),
-                        "delta chain too deep",
-                    ));
+        let parent = match &self.get(id)?.list {
+            ChunkList::Full(_) => None,
+            ChunkList::Delta { depth, .. } if *depth > 1024 => {
+                return Err(Error::corrupt(
+                    manifest::manifest_name(id),
+                    "delta chain too deep",
+                ))
+            }
+            ChunkList::Delta { parent, .. } => Some(*parent),
+        };
+        let refs = match parent {
+            None => match self.by_id.get_mut(id).map(|m| &mut m.list) {
+                Some(ChunkList::Full(refs)) => std::rc::Rc::new(std::mem::take(refs)),
+                _ => return Err(Error::NoSuchSnapshot(id.to_string())),
+            },
+            Some(parent) => {
+                if !self.by_id.contains_key(&parent) {
+                    return Err(missing_parent(self.get(id)?, &parent));
                 }
-                let p = *self
-                    .by_id
-                    .get(parent)
-                    .ok_or_else(|| missing_parent(m, parent))?;
-                let prefs = self.resolve(p)?;
-                self.release(parent);
+                let prefs = self.resolve(&parent)?;
+                self.release(&parent);
                 // The last child takes the parent's list without copying it.
                 let base = std::rc::Rc::try_unwrap(prefs).unwrap_or_else(|rc| (*rc).clone());
-                std::rc::Rc::new(manifest::resolve_on(m, base)?)
+                std::rc::Rc::new(manifest::resolve_on(self.get(id)?, base)?)
             }
         };
-        if self.children.get(&m.id).copied().unwrap_or(0) > 0 {
-            self.cache.insert(m.id, refs.clone());
+        if self.children.get(id).copied().unwrap_or(0) > 0 {
+            self.cache.insert(*id, refs.clone());
         }
         Ok(refs)
     }
