@@ -52,16 +52,7 @@ impl Incoming {
 
 /// Reads lightningd's messages from `r` until end of input. A malformed stream ends in `Err`.
 pub fn messages<R: Read>(r: R) -> impl Iterator<Item = Result<Incoming, serde_json::Error>> {
-    Messages {
-        r,
-        buf: Vec::new(),
-        filled: 0,
-        start: 0,
-        scan: Scan::default(),
-        eof: false,
-        failed: false,
-    }
-    .map(|m| m.map(Incoming::classify))
+    Messages::new(r).map(|m| m.map(Incoming::classify))
 }
 
 /// Where the search for the end of the next value stands (in `buf[start + at..]`).
@@ -89,6 +80,18 @@ struct Messages<R> {
 }
 
 impl<R: Read> Messages<R> {
+    fn new(r: R) -> Messages<R> {
+        Messages {
+            r,
+            buf: Vec::new(),
+            filled: 0,
+            start: 0,
+            scan: Scan::default(),
+            eof: false,
+            failed: false,
+        }
+    }
+
     /// The length of the value at `buf[start..]` if it is whole in the buffer. A value that is
     /// no object or array (never sent by lightningd) is handed whole to the parser as it is.
     fn find_end(&mut self) -> Option<usize> {
@@ -312,17 +315,9 @@ mod test {
         let b = json!({"jsonrpc": "2.0", "method": "shutdown", "params": {}});
         let input = format!("{a}\n\n{big}\n\n {b}\n\n");
         for step in [1, 2, 7, 4096, 1 << 20] {
-            let got: Vec<Value> = Messages {
-                r: Trickle(input.as_bytes(), step),
-                buf: Vec::new(),
-                filled: 0,
-                start: 0,
-                scan: Scan::default(),
-                eof: false,
-                failed: false,
-            }
-            .map(|m| m.unwrap())
-            .collect();
+            let got: Vec<Value> = Messages::new(Trickle(input.as_bytes(), step))
+                .map(|m| m.unwrap())
+                .collect();
             assert_eq!(got, vec![a.clone(), big.clone(), b.clone()], "step {step}");
         }
     }

@@ -171,49 +171,20 @@ pub fn read_sealed(repo: &Repository, seg: &SegmentRef) -> Result<Sealed> {
     segment::decode_sealed(repo.crypto(), &name, seg.seq, seg.last, &data)
 }
 
-/// One segment, with its link, frame count and chain.
+/// One segment, with its link, frame count and chain: [`open_segment`], every record taken.
 pub fn read_segment_data(
     repo: &Repository,
     seg: &SegmentRef,
     recovery: Recovery,
 ) -> Result<SegmentData> {
-    let name = seg.object_name();
-    if seg.sealed {
-        let s = read_sealed(repo, seg)?;
-        return Ok(SegmentData {
-            records: s.records,
-            link: s.link,
-            frames: s.frames,
-            chain: s.chain,
-            tail: None,
-        });
-    }
-    let data = match repo.backend().stream_read(&stream_name(seg.seq)) {
-        Ok(d) => d,
-        // Sealed by a compaction since it was listed: the sealed copy was published first.
-        Err(Error::NotFound { .. }) => {
-            let sealed = SegmentRef {
-                sealed: true,
-                ..seg.clone()
-            };
-            return read_segment_data(repo, &sealed, recovery);
-        }
-        Err(e) => return Err(e),
-    };
-    let p = segment::parse_stream(
-        &data,
-        repo.crypto(),
-        repo.repo_id(),
-        seg.seq,
-        &name,
-        recovery,
-    )?;
+    let mut c = open_segment(repo, seg, recovery)?;
+    let records = c.by_ref().collect::<Result<Vec<Record>>>()?;
     Ok(SegmentData {
-        chain: p.frame_chain(),
-        records: p.records,
-        link: p.link,
-        frames: p.frames,
-        tail: p.tail,
+        frames: c.as_predecessor(seg.seq).frames,
+        records,
+        link: c.link,
+        chain: c.chain,
+        tail: c.tail,
     })
 }
 
@@ -296,8 +267,8 @@ impl Iterator for SegmentCursor<'_> {
     }
 }
 
-/// Open one segment to read its records one at a time: a stream's frames are all checked first
-/// (as [`read_segment_data`] does) but decoded as they are taken; a sealed object is
+/// Open one segment to read its records one at a time: a stream's frames are all checked first,
+/// then decoded as they are taken; a sealed object is
 /// decompressed as its records are taken. Memory holds the segment's stored bytes, not its
 /// statements.
 pub fn open_segment<'a>(
