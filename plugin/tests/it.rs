@@ -269,6 +269,16 @@ fn backup_behind_and_ahead_stop_lightningd_with_the_versions() {
         "{msg}"
     );
     assert!(msg.contains("backup-cli init"), "{msg}");
+    // The command to run is whole: this node's directory and repository, no placeholder.
+    assert!(
+        msg.contains(&format!(
+            "--lightning-dir {} file://{}",
+            node.net.display(),
+            node.repo.display()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("<dir>") && !msg.contains("<url>"), "{msg}");
     assert!(logs(&r).contains("Backup is out of date"));
 
     // Ahead: the backup has s1 and s2, the node restarts on a database from before s2.

@@ -189,6 +189,35 @@ fn backup_check_equal_then_the_first_difference_and_metrics() {
     assert!(l.em.close_stdin_and_wait().unwrap().success());
 }
 
+/// A compaction asked for while a backup-check runs is refused with the reason (both read the
+/// whole journal; the check compares against what it restored). The check is held running by
+/// an exclusive lock on lightningd's database, as a long write of lightningd's would: it waits
+/// for it (its busy timeout is 60 s), so nothing here depends on how fast the check is.
+#[test]
+fn backup_compact_is_refused_while_a_backup_check_runs() {
+    let mut l = live(400, vec![]);
+    let db = rusqlite::Connection::open(l.node.net.join("lightningd.sqlite3")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let check = l.em.rpc_start("backup-check", json!({})).unwrap();
+    for _ in 0..1200 {
+        let st = l.em.rpc_ok("backup-status", json!({})).unwrap();
+        if st["check_running"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = l.em.rpc("backup-compact", json!({})).unwrap();
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("a backup-check is running"), "{r}");
+    db.execute_batch("ROLLBACK").unwrap();
+    let done = l.em.rpc_wait(&check).unwrap();
+    assert_eq!(done["result"]["result"], "equal", "{done}");
+    // Once it ended, a compaction runs.
+    let r = l.em.rpc_ok("backup-compact", json!({})).unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    assert!(l.em.close_stdin_and_wait().unwrap().success());
+}
+
 #[test]
 fn the_periodic_drill_runs_by_itself() {
     let n = 400;
