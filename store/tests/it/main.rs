@@ -10,6 +10,7 @@ mod gc;
 mod model;
 mod mutants_dir;
 mod mutants_journal;
+mod mutants_restore;
 mod mutants_sealing;
 mod power;
 mod prune;
