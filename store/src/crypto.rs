@@ -518,4 +518,24 @@ mod test {
         assert!(MasterKey::from_file_text(&t, "k").is_ok());
         assert!(MasterKey::from_file_text(&t[..40], "k").is_err());
     }
+
+    /// A small file is read whole up to its limit and refused one byte past it, and a device
+    /// that never ends is refused after `limit + 1` bytes, not read until memory runs out.
+    #[test]
+    fn small_files_are_read_whole_up_to_the_limit_and_refused_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("at");
+        let over = dir.path().join("over");
+        std::fs::write(&at, "k".repeat(100)).unwrap();
+        std::fs::write(&over, "k".repeat(101)).unwrap();
+        assert_eq!(read_small_file(&at, 100, "a key").unwrap(), "k".repeat(100));
+        let e = read_small_file(&over, 100, "a key").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(e.to_string(), "longer than 100 bytes: not a key");
+        let e = read_small_file(std::path::Path::new("/dev/zero"), 100, "a key").unwrap_err();
+        assert_eq!(e.to_string(), "longer than 100 bytes: not a key");
+        std::fs::write(&at, [0xffu8, 0xfe]).unwrap();
+        let e = read_small_file(&at, 100, "a key").unwrap_err();
+        assert_eq!(e.to_string(), "not UTF-8 text: not a key");
+    }
 }
