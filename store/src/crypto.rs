@@ -501,6 +501,36 @@ mod test {
         }
     }
 
+    /// An empty body seals and opens, by every path; anything shorter than a seal's overhead
+    /// is an error naming the object, never a panic.
+    #[test]
+    fn empty_bodies_round_trip_and_short_seals_are_errors() {
+        for c in [
+            Crypto::plaintext(),
+            Crypto::encrypted(&MasterKey::generate()),
+        ] {
+            let s = c.seal(b"aad", b"");
+            assert_eq!(s.len(), c.overhead());
+            assert_eq!(c.open("o", b"aad", &s).unwrap(), b"");
+            let mut buf = vec![9u8; 2 + c.seal_prefix()];
+            c.seal_in_place(b"aad", &mut buf, 2).unwrap();
+            assert_eq!(buf.len(), 2 + c.overhead());
+            let body = c.open_in_place("o", b"aad", &mut buf, 2).unwrap();
+            assert!(body.is_empty(), "{body:?}");
+            for short in [0, 1, c.overhead() / 2, c.overhead() - 1] {
+                let e = c.open("obj-x", b"aad", &s[..short]).unwrap_err();
+                assert!(e.is_corruption() && e.to_string().contains("obj-x"), "{e}");
+                let mut t = s[..short].to_vec();
+                let e = c.open_in_place("obj-x", b"aad", &mut t, 0).unwrap_err();
+                assert!(e.is_corruption() && e.to_string().contains("obj-x"), "{e}");
+            }
+            if c.seal_prefix() > 0 {
+                let mut short = vec![0u8; 2 + c.seal_prefix() - 1];
+                assert!(c.seal_in_place(b"aad", &mut short, 2).is_err());
+            }
+        }
+    }
+
     #[test]
     fn phrase_round_trip() {
         let k = MasterKey::generate();
