@@ -232,3 +232,67 @@ fn a_record_moved_within_its_stream_fails_authentication() {
         assert!(err.to_string().contains(seal), "{err}");
     }
 }
+
+/// The one snapshot of `root`, by path.
+fn only_snapshot(root: &Path) -> PathBuf {
+    let s = files(&root.join("snapshots"));
+    assert_eq!(s.len(), 1, "{s:?}");
+    s[0].clone()
+}
+
+/// Another node's object (sealed with its key: another repository on the same server or
+/// bucket) put in place of this repository's is refused as put there from elsewhere, naming
+/// it, not taken for a wrong key given by the operator.
+#[test]
+fn an_object_sealed_with_another_key_is_refused_as_put_there_from_elsewhere() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (ra, repo) = made_with(&MasterKey::generate(), a.path(), true);
+    let (rb, _) = made_with(&MasterKey::generate(), b.path(), true);
+    let mine = only_snapshot(&ra);
+    let theirs = only_snapshot(&rb);
+    std::fs::remove_file(&mine).unwrap();
+    let planted = ra.join("snapshots").join(theirs.file_name().unwrap());
+    std::fs::copy(&theirs, &planted).unwrap();
+    let name = format!(
+        "snapshots/{}",
+        theirs.file_name().unwrap().to_str().unwrap()
+    );
+    let e = restore(&repo, &a.path().join("out.sqlite3"), &RestoreTarget::Latest).unwrap_err();
+    assert!(e.is_corruption(), "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains(&name) && m.contains("put there from elsewhere"),
+        "{m}"
+    );
+}
+
+/// An object of a format newer than this build (or the impossible format 0) is refused as
+/// unsupported, naming the object and the format, so the operator upgrades: not as damage.
+#[test]
+fn an_object_of_an_unknown_format_is_refused_as_unsupported() {
+    for encrypted in [true, false] {
+        let a = tempfile::tempdir().unwrap();
+        let (ra, repo) = made_with(&MasterKey::generate(), a.path(), encrypted);
+        let snap = only_snapshot(&ra);
+        let good = std::fs::read(&snap).unwrap();
+        for format in [0u8, 3, 255] {
+            let mut bytes = good.clone();
+            bytes[5] = format; // magic (4), kind (1), format (1)
+            std::fs::write(&snap, &bytes).unwrap();
+            let e =
+                restore(&repo, &a.path().join("out.sqlite3"), &RestoreTarget::Latest).unwrap_err();
+            match e {
+                store::Error::Unsupported {
+                    ref object, found, ..
+                } => {
+                    assert!(object.starts_with("snapshots/"), "{e}");
+                    assert_eq!(found, u32::from(format), "{e}");
+                }
+                other => panic!("format {format} (encrypted {encrypted}): {other}"),
+            }
+        }
+        std::fs::write(&snap, &good).unwrap();
+        restore(&repo, &a.path().join("out.sqlite3"), &RestoreTarget::Latest).unwrap();
+    }
+}
