@@ -105,13 +105,23 @@ impl Header {
             ));
         }
         match check_key(&h, crypto) {
-            // Inside a repository already opened with its key: an object sealed with another key
-            // was put there from elsewhere.
-            Err(Error::WrongKey { expected, got }) if kind != Kind::Config => {
+            // Inside a repository already opened (by its config, with its key): an object sealed
+            // with another key, or sealed where this one is not, was put there from elsewhere.
+            // Not the operator's key error the config's check reports.
+            Err(e) if kind != Kind::Config => {
+                let why = match e {
+                    Error::WrongKey { expected, got } => {
+                        format!("sealed with key {expected}, not this repository's key {got}")
+                    }
+                    _ if h.encryption == Encryption::None => {
+                        "a plaintext object in an encrypted repository".to_string()
+                    }
+                    _ => "an encrypted object in a plaintext repository".to_string(),
+                };
                 return Err(Error::corrupt(
                     object,
-                    format!("sealed with key {expected}, not this repository's key {got}: it was put there from elsewhere"),
-                ))
+                    format!("{why}: it was put there from elsewhere"),
+                ));
             }
             other => other?,
         }

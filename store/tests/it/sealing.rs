@@ -241,30 +241,36 @@ fn only_snapshot(root: &Path) -> PathBuf {
 }
 
 /// Another node's object (sealed with its key: another repository on the same server or
-/// bucket) put in place of this repository's is refused as put there from elsewhere, naming
-/// it, not taken for a wrong key given by the operator.
+/// bucket, encrypted or not) put in place of this repository's is refused as put there from
+/// elsewhere, naming it: not taken for a wrong key, or a missing one, given by the operator.
 #[test]
 fn an_object_sealed_with_another_key_is_refused_as_put_there_from_elsewhere() {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
-    let (ra, repo) = made_with(&MasterKey::generate(), a.path(), true);
-    let (rb, _) = made_with(&MasterKey::generate(), b.path(), true);
-    let mine = only_snapshot(&ra);
-    let theirs = only_snapshot(&rb);
-    std::fs::remove_file(&mine).unwrap();
-    let planted = ra.join("snapshots").join(theirs.file_name().unwrap());
-    std::fs::copy(&theirs, &planted).unwrap();
-    let name = format!(
-        "snapshots/{}",
-        theirs.file_name().unwrap().to_str().unwrap()
-    );
-    let e = restore(&repo, &a.path().join("out.sqlite3"), &RestoreTarget::Latest).unwrap_err();
-    assert!(e.is_corruption(), "{e}");
-    let m = e.to_string();
-    assert!(
-        m.contains(&name) && m.contains("put there from elsewhere"),
-        "{m}"
-    );
+    for (mine_encrypted, theirs_encrypted, why) in [
+        (true, true, "not this repository's key"),
+        (true, false, "a plaintext object in an encrypted repository"),
+        (false, true, "an encrypted object in a plaintext repository"),
+    ] {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (ra, repo) = made_with(&MasterKey::generate(), a.path(), mine_encrypted);
+        let (rb, _) = made_with(&MasterKey::generate(), b.path(), theirs_encrypted);
+        let mine = only_snapshot(&ra);
+        let theirs = only_snapshot(&rb);
+        std::fs::remove_file(&mine).unwrap();
+        let planted = ra.join("snapshots").join(theirs.file_name().unwrap());
+        std::fs::copy(&theirs, &planted).unwrap();
+        let name = format!(
+            "snapshots/{}",
+            theirs.file_name().unwrap().to_str().unwrap()
+        );
+        let e = restore(&repo, &a.path().join("out.sqlite3"), &RestoreTarget::Latest).unwrap_err();
+        assert!(e.is_corruption(), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains(&name) && m.contains(why) && m.contains("put there from elsewhere"),
+            "{m}"
+        );
+    }
 }
 
 /// An object of a format newer than this build (or the impossible format 0) is refused as
