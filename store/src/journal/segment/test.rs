@@ -148,11 +148,18 @@ fn damage_at_the_end_is_not_a_torn_tail() {
             ("swapped", swapped, 1),
             ("trailing", trailing, 3),
         ] {
-            let e = parse(&c, &bytes, Recovery::TruncateTornTail).err();
-            assert!(
-                matches!(e, Some(Error::DamagedTail { .. })),
-                "{what}: {e:?}"
-            );
+            // The operator is told where the good records end (the last whole batch).
+            match parse(&c, &bytes, Recovery::TruncateTornTail) {
+                Err(Error::DamagedTail { object, what: why }) => {
+                    assert_eq!(object, "s", "{what}");
+                    assert!(
+                        why.ends_with(&format!("the last whole record is data_version {good}")),
+                        "{what}: {why}"
+                    );
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: read as whole"),
+            }
             let p = parse(&c, &bytes, Recovery::AcceptDamagedTail).unwrap();
             assert!(matches!(p.tail, Some(Tail::Damaged(_))), "{what}");
             assert_eq!(p.records.len(), good, "{what}");
