@@ -263,6 +263,71 @@ mod test {
         assert_eq!((r.batch.data_version, r.time_ms), (9, 0));
     }
 
+    /// A link's flags: unknown bits, or a chain or version without a predecessor, are damage,
+    /// never a link that says less than was written.
+    #[test]
+    fn link_flags_outside_the_known_ones_are_corruption() {
+        let l = Link {
+            predecessor: Some(Predecessor {
+                seq: 4,
+                frames: 17,
+                chain: Some([9; 16]),
+                last_version: Some(1234),
+            }),
+            time_ms: 5,
+        };
+        let good = l.encode();
+        for flags in [
+            0x08u8,
+            0x80,
+            LINK_CHAIN,
+            LINK_VERSION,
+            LINK_CHAIN | LINK_VERSION,
+        ] {
+            let mut bad = good.clone();
+            bad[1] = flags;
+            let e = Entry::decode(&bad, "l").unwrap_err();
+            assert!(e.is_corruption(), "{flags:#x}: {e}");
+            assert!(
+                e.to_string().contains("unknown link flags"),
+                "{flags:#x}: {e}"
+            );
+        }
+    }
+
+    /// A statement count the bytes left cannot hold (each statement takes at least its 4-byte
+    /// length) is refused before anything is allocated for it; one that fits exactly is read.
+    #[test]
+    fn a_statement_count_larger_than_the_record_is_refused() {
+        let mut e = Enc::new();
+        e.u8(TYPE_BATCH)
+            .u8(0)
+            .u32(9)
+            .u64(1)
+            .u32(2)
+            .blob(b"")
+            .blob(b"");
+        let r = Record::decode(&e.finish(), "r").unwrap();
+        assert_eq!(r.batch.writes, vec![String::new(), String::new()]);
+        for n in [3u32, 5, 9, u32::MAX] {
+            let mut e = Enc::new();
+            e.u8(TYPE_BATCH)
+                .u8(0)
+                .u32(9)
+                .u64(1)
+                .u32(n)
+                .blob(b"")
+                .blob(b"");
+            let err = Record::decode(&e.finish(), "r").unwrap_err();
+            assert!(err.is_corruption(), "{n}: {err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("statement count {n} too large")),
+                "{n}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn links_round_trip_and_are_not_batches() {
         for predecessor in [
