@@ -250,3 +250,36 @@ fn sealed_segments_round_trip_and_name_their_range() {
     let other = crate::journal::sealed_run_name(4, 7);
     assert!(decode_sealed(&c, &other, 4, 7, &bytes).is_err());
 }
+
+/// A newest frame whose header is intact (its keyless check fits) but names a length no writer
+/// writes (over [`MAX_FRAME`]) is damage, not a torn write, whatever follows; one of exactly
+/// the bound, cut short, is the torn write of the largest record.
+#[test]
+fn a_frame_length_over_the_bound_is_damage_and_one_at_it_is_a_torn_write() {
+    for c in cryptos() {
+        let (data, _) = stream(&c, 2);
+        let at = data.len();
+        for (len, torn) in [(MAX_FRAME as u32, true), (MAX_FRAME as u32 + 1, false)] {
+            let mut bytes = data.clone();
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&frame_check(SEQ, at as u64, len).to_le_bytes());
+            bytes.extend_from_slice(&[0x5a; 100]);
+            let r = parse(&c, &bytes, Recovery::TruncateTornTail);
+            match (r, torn) {
+                (Ok(p), true) => {
+                    assert_eq!(p.records, vec![rec(1), rec(2)]);
+                    assert_eq!(p.valid_len, at as u64);
+                    assert!(matches!(p.tail, Some(Tail::Torn(_))));
+                }
+                (Err(Error::DamagedTail { what, .. }), false) => {
+                    assert!(
+                        what.contains("neither a record's nor a torn write's"),
+                        "{what}"
+                    );
+                }
+                (Ok(_), false) => panic!("length {len}: read as a torn write"),
+                (Err(e), _) => panic!("length {len}: {e}"),
+            }
+        }
+    }
+}
