@@ -454,12 +454,17 @@ fn checksum(aad: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
 mod test {
     use super::*;
 
-    #[test]
-    fn in_place_seals_are_ordinary_seals() {
-        for c in [
+    /// A plaintext and an encrypted `Crypto`: every test of sealing runs on both.
+    fn both() -> [Crypto; 2] {
+        [
             Crypto::plaintext(),
             Crypto::encrypted(&MasterKey::generate()),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn in_place_seals_are_ordinary_seals() {
+        for c in both() {
             let mut buf = vec![7u8; 3 + c.seal_prefix()];
             buf.extend_from_slice(b"hello world");
             c.seal_in_place(b"aad", &mut buf, 3).unwrap();
@@ -481,10 +486,7 @@ mod test {
 
     #[test]
     fn seal_round_trip_and_tamper() {
-        for c in [
-            Crypto::plaintext(),
-            Crypto::encrypted(&MasterKey::generate()),
-        ] {
+        for c in both() {
             let s = c.seal(b"aad", b"hello world");
             assert_eq!(c.open("o", b"aad", &s).unwrap(), b"hello world");
             let mut into = vec![0u8; s.len()];
@@ -505,10 +507,7 @@ mod test {
     /// is an error naming the object, never a panic.
     #[test]
     fn empty_bodies_round_trip_and_short_seals_are_errors() {
-        for c in [
-            Crypto::plaintext(),
-            Crypto::encrypted(&MasterKey::generate()),
-        ] {
+        for c in both() {
             let s = c.seal(b"aad", b"");
             assert_eq!(s.len(), c.overhead());
             assert_eq!(c.open("o", b"aad", &s).unwrap(), b"");
