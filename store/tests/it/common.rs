@@ -37,6 +37,11 @@ impl Env {
     pub fn reopen(&self) -> Repository {
         Repository::open_backend(self.repo.backend().clone(), Some(self.key.clone())).unwrap()
     }
+    /// A copy of the repository at `dir` (made with [`copy_dir`]), opened with the same key.
+    pub fn open_copy(&self, dir: &Path) -> Repository {
+        let url = store::BackupUrl::File(dir.to_path_buf());
+        Repository::open(&url, Some(self.key.clone())).unwrap()
+    }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

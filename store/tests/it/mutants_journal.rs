@@ -158,3 +158,116 @@ fn a_half_made_segment_left_behind_stops_the_writer_until_a_restart() {
     assert_eq!(w.last_version(), Some(s1[n - 1].data_version));
     w.append(&s1[n]).unwrap();
 }
+
+/// The link of segment 1 as stored.
+fn link_of_segment_1(repo: &store::Repository) -> store::journal::Predecessor {
+    use store::journal::reader;
+    use store::journal::segment::Recovery;
+    let segs = reader::segments(repo).unwrap();
+    let seg = segs.iter().find(|s| s.seq == 1).expect("segment 1");
+    let c = reader::open_segment(repo, seg, Recovery::Strict).unwrap();
+    c.link
+        .expect("segment 1 has a link")
+        .predecessor
+        .expect("it names segment 0")
+}
+
+/// lightningd stops right after a compaction began a new segment, before any batch of it: the
+/// next writer writes that segment's link from the segment before it as stored, naming its
+/// newest batch that is not only PRAGMAs. Here the segment before ends in a PRAGMA-only batch
+/// of the version before that, as lightningd sends it when it restarts after a crash between
+/// the hook and its COMMIT (docs/format.md, "data_version rules"), and the next batch re-sends
+/// the last version. The restore is exact; a link naming the PRAGMA's version made restore
+/// refuse this good journal, and one naming no version left the predecessor's end unchecked.
+#[test]
+fn a_segment_begun_before_a_restart_links_to_its_predecessors_newest_real_batch() {
+    use store::ops::restore::{restore, RestoreTarget};
+    use store::AppendOutcome;
+
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let n = 40;
+    let last = s1[n - 1].data_version;
+    for encrypted in [false, true] {
+        let env = Env::new(encrypted);
+        let mut w = env.writer();
+        crate::common::append_all(&mut w, &s1[..n]);
+        drop(w);
+        // lightningd restarted after a crash between the hook of `last` and its COMMIT.
+        let mut w = env.writer();
+        let pragma = Batch {
+            data_version: last - 1,
+            writes: vec!["PRAGMA foreign_keys = OFF;".into()],
+        };
+        assert_eq!(w.append(&pragma).unwrap(), AppendOutcome::Pragma);
+        w.rotate().unwrap(); // a compaction began segment 1 ...
+        drop(w); // ... and lightningd stopped before its next batch
+        let mut w = env.writer();
+        assert_eq!(
+            w.append(&s1[n - 1]).unwrap(),
+            AppendOutcome::Superseded { version: last }
+        );
+        crate::common::append_all(&mut w, &s1[n..n + 10]);
+        drop(w);
+
+        let out = env.path("restored.sqlite3");
+        let rep = restore(&env.repo, &out, &RestoreTarget::Latest).unwrap();
+        assert_eq!(rep.data_version, s1[n + 9].data_version);
+        assert_eq!(
+            crate::common::dump(&out),
+            crate::common::dump_after(&s1, n + 10, env.dir.path())
+        );
+        let link = link_of_segment_1(&env.repo);
+        assert_eq!(
+            (link.seq, link.last_version),
+            (0, Some(last)),
+            "segment 1's link names segment 0 and its newest real batch"
+        );
+    }
+}
+
+/// Segment 0 swapped for segment 0 of a fork of the repository: a copy of it written on with
+/// the node's key elsewhere (a clone of the node, or a copied destination), holding as many
+/// frames and the same newest version, but another batch at its end. Only the chain that
+/// segment 1's link names tells the two apart. Restore refuses it; without that check it
+/// returned the fork's batch followed by this repository's later ones, a state no node had.
+#[test]
+fn a_predecessor_swapped_for_a_forks_segment_of_the_same_length_is_refused() {
+    use store::ops::restore::{restore, RestoreTarget};
+
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let n = 40;
+    let env = Env::new(true);
+    let mut w = env.writer();
+    crate::common::append_all(&mut w, &s1[..n]);
+    drop(w);
+    let fork_dir = env.path("fork");
+    crate::common::copy_dir(&env.path("repo"), &fork_dir);
+    // The fork stores the same version with other statements.
+    let mut other = s1[n].clone();
+    other.writes.insert(
+        0,
+        "INSERT INTO vars (name, intval) VALUES ('forked', 1);".into(),
+    );
+    let fork = env.open_copy(&fork_dir);
+    let mut fw = fork.writer("fork", store::Durability::Fsync).unwrap();
+    fw.append(&other).unwrap();
+    drop(fw);
+    let mut w = env.writer();
+    w.append(&s1[n]).unwrap();
+    w.rotate().unwrap();
+    crate::common::append_all(&mut w, &s1[n + 1..n + 10]);
+    drop(w);
+    let out = env.path("restored.sqlite3");
+    restore(&env.repo, &out, &RestoreTarget::Latest).expect("before the swap");
+    std::fs::remove_file(&out).unwrap();
+
+    let seg0 = "journal/0000000000000000.log";
+    std::fs::copy(fork_dir.join(seg0), env.path("repo").join(seg0)).unwrap();
+    let err = restore(&env.repo, &out, &RestoreTarget::Latest).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { what, .. }
+            if what.contains("its predecessor's last record is not the one it followed")),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output");
+}

@@ -83,7 +83,24 @@ fn zeros_after_the_header_or_instead_of_it_are_an_empty_stream() {
         .is_some_and(|e| e.is_corruption()));
     let p = parse(&c, &torn, Recovery::TruncateTornTail).unwrap();
     assert_eq!(p.valid_len, 0);
-    assert!(matches!(p.tail, Some(Tail::Torn(t)) if t.contains("torn stream header")));
+    assert!(
+        matches!(&p.tail, Some(Tail::Torn(t)) if t == "20 bytes of a torn stream header"),
+        "{:?}",
+        p.tail
+    );
+    // Fewer zero bytes than a header: the file grew by the header's write but its bytes never
+    // landed (a power cut), a torn header; zeros written ahead come in whole blocks.
+    let short = vec![0u8; 20];
+    assert!(parse(&c, &short, Recovery::Strict)
+        .err()
+        .is_some_and(|e| e.is_corruption()));
+    let p = parse(&c, &short, Recovery::TruncateTornTail).unwrap();
+    assert_eq!((p.records.len(), p.valid_len), (0, 0));
+    assert!(
+        matches!(&p.tail, Some(Tail::Torn(t)) if t == "20 bytes of a torn stream header"),
+        "{:?}",
+        p.tail
+    );
 
     let (data, frames) = stream(&c, 1);
     let with_zeros = [data.as_slice(), &zeros].concat();
@@ -93,6 +110,36 @@ fn zeros_after_the_header_or_instead_of_it_are_an_empty_stream() {
     assert!(p.link.is_some());
     assert_eq!(p.valid_len, data.len() as u64);
     assert_eq!(frames.len(), 2);
+}
+
+/// A whole header naming another segment (its last byte, the top of the segment number,
+/// changed) is damage in every recovery mode, with or without zeros after it: its last byte
+/// is not zero, so it was written whole, and it is not a torn header to cut.
+#[test]
+fn a_header_of_another_segment_is_corruption_not_a_torn_header() {
+    for c in cryptos() {
+        let mut header = stream_header(&c, repo(), SEQ);
+        if let Some(b) = header.last_mut() {
+            *b ^= 1;
+        }
+        let zeros = vec![0u8; 4096];
+        for bytes in [header.clone(), [header.as_slice(), &zeros].concat()] {
+            for recovery in [
+                Recovery::Strict,
+                Recovery::TruncateTornTail,
+                Recovery::AcceptDamagedTail,
+            ] {
+                match parse(&c, &bytes, recovery) {
+                    Err(e) => assert!(
+                        e.to_string()
+                            .contains("stream header names another repository or segment"),
+                        "{recovery:?}: {e}"
+                    ),
+                    Ok(p) => panic!("{recovery:?}: read as a stream, tail {:?}", p.tail),
+                }
+            }
+        }
+    }
 }
 
 /// What a crash leaves: any prefix of the newest frame, then zeros (written ahead) or the end of
@@ -142,11 +189,22 @@ fn damage_at_the_end_is_not_a_torn_tail() {
         // Garbage after the newest frame.
         let mut trailing = data.clone();
         trailing.extend_from_slice(b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a");
+        // The flipped newest frame with a zero last byte, and one byte after it: a torn write
+        // ends in zeros, the byte after the frame makes it damage.
+        let mut zero_end = flipped.clone();
+        zero_end[off + len - 1] = 0;
+        zero_end.push(1);
 
-        for (what, bytes, good) in [
-            ("flipped", flipped, 2),
-            ("swapped", swapped, 1),
-            ("trailing", trailing, 3),
+        for (what, bytes, good, says) in [
+            ("flipped", flipped, 2, "is whole but fails authentication"),
+            ("swapped", swapped, 1, ""),
+            ("trailing", trailing, 3, ""),
+            (
+                "zero end",
+                zero_end,
+                2,
+                "fails authentication and 1 bytes follow it",
+            ),
         ] {
             // The operator is told where the good records end (the last whole batch).
             match parse(&c, &bytes, Recovery::TruncateTornTail) {
@@ -156,6 +214,7 @@ fn damage_at_the_end_is_not_a_torn_tail() {
                         why.ends_with(&format!("the last whole record is data_version {good}")),
                         "{what}: {why}"
                     );
+                    assert!(why.contains(says), "{what}: {why}");
                 }
                 Err(e) => panic!("{what}: {e}"),
                 Ok(_) => panic!("{what}: read as whole"),
