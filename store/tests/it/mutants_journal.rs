@@ -271,3 +271,40 @@ fn a_predecessor_swapped_for_a_forks_segment_of_the_same_length_is_refused() {
     );
     assert!(!out.exists(), "no output");
 }
+
+/// The newest segment deleted (or the journal rolled back to before it) after compaction sealed
+/// the one before: the writer refuses, naming the missing segment, and stores nothing. Writing
+/// on in the sealed segment's place would put acknowledged batches where no reader looks (a
+/// sealed segment hides a stream of the same number).
+#[test]
+fn a_deleted_newest_segment_after_a_sealed_one_stops_the_writer() {
+    use std::sync::Mutex;
+
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let env = Env::new(true);
+    let mut w = env.writer();
+    crate::common::append_all(&mut w, &s1[..30]);
+    let w = Mutex::new(w);
+    env.compact(&w);
+    let mut w = w.into_inner().unwrap();
+    assert_eq!(w.segment(), 1);
+    crate::common::append_all(&mut w, &s1[30..40]);
+    drop(w);
+    env.repo
+        .backend()
+        .stream_delete(&store::journal::stream_name(1))
+        .unwrap();
+
+    let e = env
+        .repo
+        .writer("restarted", store::Durability::Fsync)
+        .err()
+        .expect("a writer on a journal missing its newest segment");
+    assert!(
+        matches!(&e, Error::Corrupt { object, what }
+            if object == "journal/0000000000000001" && what.contains("is missing")),
+        "{e}"
+    );
+    let segs = store::journal::reader::segments(&env.repo).unwrap();
+    assert!(segs.iter().all(|s| s.sealed), "nothing written: {segs:?}");
+}

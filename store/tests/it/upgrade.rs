@@ -97,6 +97,37 @@ fn a_format1_repository_is_read_upgraded_and_written() {
     assert!(e.to_string().contains("format 1"), "{e}");
 }
 
+/// A format-1 repository whose newest stream has no record yet (a format-1 compaction had just
+/// begun it) is refused for writing too: a link and batches written into a stream whose header
+/// says format 1 would be unreadable, every acknowledged batch with them.
+#[test]
+fn a_format1_repository_with_an_empty_newest_stream_is_refused_for_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, key) = unpack(tmp.path());
+    let url = BackupUrl::File(root.clone());
+    let v1 = Repository::open(&url, Some(key)).unwrap();
+    // The newest stream's header, for the number after it: what a format-1 rotation wrote.
+    let newest = store::journal::reader::segments(&v1)
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert!(!newest.sealed);
+    let name = |seq: u64| root.join(format!("journal/{}.log", store::journal::stream_name(seq)));
+    let mut header = std::fs::read(name(newest.seq)).unwrap();
+    let len = store::journal::segment::STREAM_HEADER_LEN;
+    header.truncate(len);
+    header[len - 8..].copy_from_slice(&(newest.seq + 1).to_le_bytes());
+    std::fs::write(name(newest.seq + 1), &header).unwrap();
+    let segs = store::journal::reader::segments(&v1).unwrap();
+    assert_eq!(segs.last().map(|s| s.seq), Some(newest.seq + 1));
+
+    let e = v1.writer("w", Durability::Fsync).err().unwrap();
+    assert!(matches!(e, store::Error::NeedsUpgrade { .. }), "{e}");
+    // Readers still read it as it is.
+    check_newest(&v1, tmp.path(), "v1");
+}
+
 /// A crash between sealing the format-1 streams and publishing the format-2 config: the
 /// repository still reads as format 1, and the next upgrade carries on.
 #[test]

@@ -164,6 +164,21 @@ fn every_prefix_of_the_newest_frame_is_a_torn_tail() {
                 assert!(parse(&c, &bytes, Recovery::Strict).is_err());
             }
         }
+        // The whole length written but its last bytes never landed (zeros), at the end of the
+        // file or before zeros written ahead: a torn write too.
+        for k in [1, 16, len / 2] {
+            let mut cut = data.clone();
+            cut[off + len - k..].fill(0);
+            for bytes in [cut.clone(), [cut.as_slice(), &[0u8; 512]].concat()] {
+                let p = parse(&c, &bytes, Recovery::TruncateTornTail).unwrap();
+                assert_eq!(p.records, vec![rec(1), rec(2)], "{k} zeros");
+                assert!(
+                    matches!(&p.tail, Some(Tail::Torn(t)) if t.contains("whose end was never written")),
+                    "{k} zeros: {:?}",
+                    p.tail
+                );
+            }
+        }
     }
 }
 
