@@ -475,12 +475,6 @@ pub struct Sealed {
     pub records: Vec<Record>,
 }
 
-impl Sealed {
-    pub fn last_version(&self) -> Option<u32> {
-        super::record::newest_real(&self.records)
-    }
-}
-
 /// Encode a sealed segment object (format 2).
 pub fn encode_sealed(crypto: &Crypto, name: &str, s: &Sealed, level: i32) -> Result<Vec<u8>> {
     let head = SealedHead {
