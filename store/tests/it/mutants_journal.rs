@@ -308,3 +308,144 @@ fn a_deleted_newest_segment_after_a_sealed_one_stops_the_writer() {
     let segs = store::journal::reader::segments(&env.repo).unwrap();
     assert!(segs.iter().all(|s| s.sealed), "nothing written: {segs:?}");
 }
+
+/// A segment closed by a rotation and read back from storage, not from the writer's memory
+/// (lightningd restarted before compaction sealed it): its successor's link counts its frames
+/// as stored, so the journal restores exactly, from the streams and after the compaction that
+/// seals it from the stream.
+#[test]
+fn a_rotated_segment_read_back_after_a_restart_restores_exactly() {
+    use std::sync::Mutex;
+    use store::ops::restore::{restore, RestoreTarget};
+
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let env = Env::new(true);
+    let mut w = env.writer();
+    crate::common::append_all(&mut w, &s1[..30]);
+    w.rotate().unwrap();
+    crate::common::append_all(&mut w, &s1[30..45]);
+    w.rotate().unwrap();
+    crate::common::append_all(&mut w, &s1[45..50]);
+    drop(w);
+    let want = crate::common::dump_after(&s1, 50, env.dir.path());
+    let out = env.path("streams.sqlite3");
+    let rep = restore(&env.repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(rep.data_version, s1[49].data_version);
+    assert_eq!(crate::common::dump(&out), want);
+
+    // The restarted writer's compaction seals segments 0 and 1 from what is stored.
+    let w = Mutex::new(env.writer());
+    env.compact(&w);
+    let mut w = w.into_inner().unwrap();
+    crate::common::append_all(&mut w, &s1[50..55]);
+    drop(w);
+    let out = env.path("sealed.sqlite3");
+    restore(&env.repo, &out, &RestoreTarget::Latest).unwrap();
+    assert_eq!(
+        crate::common::dump(&out),
+        crate::common::dump_after(&s1, 55, env.dir.path())
+    );
+}
+
+/// PRAGMA-only batches repeat the current version, or the one before it at the start of a
+/// session (docs/format.md, "data_version rules"); any other version means lightningd's
+/// database and the backup disagree, and the batch is refused before anything is stored.
+#[test]
+fn a_pragma_batch_of_another_version_is_refused() {
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let env = Env::new(false);
+    let mut w = env.writer();
+    crate::common::append_all(&mut w, &s1[..20]);
+    drop(w);
+    let last = s1[19].data_version;
+    let pragma = |v: u32| Batch {
+        data_version: v,
+        writes: vec!["PRAGMA foreign_keys = ON;".into()],
+    };
+    let gap = |r: store::Result<store::AppendOutcome>| matches!(r, Err(Error::VersionGap { expected, got }) if expected == last && got != last);
+    // A new session: the version before is lightningd's restart after a crash; older is not.
+    let mut w = env.writer();
+    let r = w.append(&pragma(last - 2));
+    assert!(gap(r), "a PRAGMA two versions back at a session's start");
+    assert_eq!(
+        w.append(&pragma(last - 1)).unwrap(),
+        store::AppendOutcome::Pragma
+    );
+    // Once the session has stored a batch, only its own version.
+    w.append(&s1[20]).unwrap();
+    let now = s1[20].data_version;
+    assert_eq!(
+        w.append(&pragma(now)).unwrap(),
+        store::AppendOutcome::Pragma
+    );
+    match w.append(&pragma(now - 1)) {
+        Err(Error::VersionGap { expected, got }) => assert_eq!((expected, got), (now, now - 1)),
+        other => panic!("a PRAGMA of the version before, mid-session: {other:?}"),
+    }
+    drop(w);
+    assert_eq!(
+        env.repo
+            .writer("reader", store::Durability::Fsync)
+            .unwrap()
+            .last_version(),
+        Some(now)
+    );
+}
+
+/// A snapshot seeded from the node's database (`backup-cli repair` or `init` on a repository
+/// whose journal is behind the node) is newer than the journal's newest batch: the writer
+/// takes the node's next version, and refuses the snapshot's own version sent again: the
+/// backup cannot supersede a batch it holds only inside a snapshot, so that is the node having
+/// lost state ("lost some state", with the hint not to start the node until the operator knows
+/// which is newer), not a backup behind the node (whose hint says to re-initialise it).
+#[test]
+fn a_seeded_snapshot_newer_than_the_journal_sets_the_version_the_writer_expects() {
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    // A journal of the first 30 batches, and the node's database after the first `n` stored
+    // as a snapshot.
+    let seeded = |n: usize| {
+        let env = Env::new(false);
+        let mut w = env.writer();
+        crate::common::append_all(&mut w, &s1[..30]);
+        drop(w);
+        let db = env.path("node.sqlite3");
+        let mut rp = store::replay::Replayer::open(&db, true).unwrap();
+        for b in &s1[..n] {
+            rp.apply(&Record {
+                batch: b.clone(),
+                supersedes: false,
+                time_ms: 0,
+            })
+            .unwrap();
+        }
+        rp.finish(&db).unwrap();
+        store::ops::seed::snapshot_database(&env.repo, &db, &env.path("scratch"), "test").unwrap();
+        env
+    };
+    // The snapshot at the journal's own newest version: that batch is still in the journal,
+    // so lightningd sending it again (a crash between the hook and its COMMIT) supersedes it.
+    let env = seeded(30);
+    let mut w = env.writer();
+    let v = s1[29].data_version;
+    assert_eq!(
+        w.append(&s1[29]).unwrap(),
+        store::AppendOutcome::Superseded { version: v }
+    );
+    drop(w);
+
+    // The node's database ten batches ahead of the journal.
+    let env = seeded(40);
+    let mut w = env.writer();
+    let snap = s1[39].data_version;
+    assert_eq!(w.last_version(), Some(snap));
+    match w.append(&s1[39]) {
+        Err(Error::BackupAhead { backup, node, .. }) => {
+            assert_eq!((backup, node), (snap, snap - 1))
+        }
+        other => panic!("the snapshot's version sent again: {other:?}"),
+    }
+    assert_eq!(
+        w.append(&s1[40]).unwrap(),
+        store::AppendOutcome::VersionsMatch
+    );
+}
