@@ -362,6 +362,25 @@ fn a_stalled_server_trips_the_timeout_with_a_clear_error() {
     assert_eq!(held.lock().unwrap().len(), 2, "one connection per attempt");
 }
 
+/// Wait until `worker` reaches the gate. If it ends first (an append failed and it panicked:
+/// its message is printed above), fail at once instead of waiting out the limit: the gate's
+/// sender lives in the server, so the channel alone would wait the whole time.
+fn wait_for_gate<T>(reached: &Receiver<()>, worker: &std::thread::JoinHandle<T>, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match reached.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => return,
+            Err(_) if worker.is_finished() => {
+                panic!("the client ended before it reached the gate (its error is above)")
+            }
+            Err(_) if std::time::Instant::now() > deadline => {
+                panic!("the client did not reach the gate in {limit:?}")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A backend whose `n`-th stream append completes (durably) and then waits for the test: the
 /// test kills the server meanwhile, so the acknowledgement is lost.
 struct Gate {
@@ -491,7 +510,7 @@ fn server_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     });
 
     // Append #40 is durable on the server; kill it before it answers.
-    reached_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    wait_for_gate(&reached_rx, &writer, Duration::from_secs(60));
     server.close_connections();
     release_tx.send(()).unwrap();
     server.stop();
@@ -759,7 +778,7 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
         }
     });
 
-    reached_rx.recv_timeout(Duration::from_secs(300)).unwrap();
+    wait_for_gate(&reached_rx, &node, Duration::from_secs(300));
     server.close_connections();
     release_tx.send(()).unwrap();
     server.stop();
