@@ -159,6 +159,14 @@ fn a_half_made_segment_left_behind_stops_the_writer_until_a_restart() {
     w.append(&s1[n]).unwrap();
 }
 
+/// A new repository whose journal holds `batches`, and its writer.
+fn journal_of(encrypted: bool, batches: &[Batch]) -> (Env, store::journal::JournalWriter) {
+    let env = Env::new(encrypted);
+    let mut w = env.writer();
+    crate::common::append_all(&mut w, batches);
+    (env, w)
+}
+
 /// The link of segment 1 as stored.
 fn link_of_segment_1(repo: &store::Repository) -> store::journal::Predecessor {
     use store::journal::reader;
@@ -281,9 +289,7 @@ fn a_deleted_newest_segment_after_a_sealed_one_stops_the_writer() {
     use std::sync::Mutex;
 
     let s1 = crate::common::load_trace("trace-s1.jsonl");
-    let env = Env::new(true);
-    let mut w = env.writer();
-    crate::common::append_all(&mut w, &s1[..30]);
+    let (env, w) = journal_of(true, &s1[..30]);
     let w = Mutex::new(w);
     env.compact(&w);
     let mut w = w.into_inner().unwrap();
@@ -319,9 +325,7 @@ fn a_rotated_segment_read_back_after_a_restart_restores_exactly() {
     use store::ops::restore::{restore, RestoreTarget};
 
     let s1 = crate::common::load_trace("trace-s1.jsonl");
-    let env = Env::new(true);
-    let mut w = env.writer();
-    crate::common::append_all(&mut w, &s1[..30]);
+    let (env, mut w) = journal_of(true, &s1[..30]);
     w.rotate().unwrap();
     crate::common::append_all(&mut w, &s1[30..45]);
     w.rotate().unwrap();
@@ -353,9 +357,7 @@ fn a_rotated_segment_read_back_after_a_restart_restores_exactly() {
 #[test]
 fn a_pragma_batch_of_another_version_is_refused() {
     let s1 = crate::common::load_trace("trace-s1.jsonl");
-    let env = Env::new(false);
-    let mut w = env.writer();
-    crate::common::append_all(&mut w, &s1[..20]);
+    let (env, w) = journal_of(false, &s1[..20]);
     drop(w);
     let last = s1[19].data_version;
     let pragma = |v: u32| Batch {
@@ -404,9 +406,7 @@ fn a_seeded_snapshot_newer_than_the_journal_sets_the_version_the_writer_expects(
     // A journal of the first 30 batches, and the node's database after the first `n` stored
     // as a snapshot.
     let seeded = |n: usize| {
-        let env = Env::new(false);
-        let mut w = env.writer();
-        crate::common::append_all(&mut w, &s1[..30]);
+        let (env, w) = journal_of(false, &s1[..30]);
         drop(w);
         let db = env.path("node.sqlite3");
         let mut rp = store::replay::Replayer::open(&db, true).unwrap();
