@@ -197,11 +197,15 @@ impl JournalWriter {
             (None, s) => (s, false),
         };
         // The snapshot's resume segment mostly holds batches inside the snapshot: count it only
-        // when it is the open segment (a snapshot taken from a database file).
-        let from = snap.as_ref().map(|m| m.journal_segment).unwrap_or(0);
+        // when it is the open segment (a snapshot taken from a database file). With no snapshot
+        // every segment counts (as in `stats`).
+        let after_snapshot = |s: &SegmentRef| match &snap {
+            Some(m) => s.seq > m.journal_segment,
+            None => true,
+        };
         let bytes_since_snapshot = segs
             .iter()
-            .filter(|s: &&SegmentRef| s.seq > from && s.seq != seq)
+            .filter(|s| after_snapshot(s) && s.seq != seq)
             .map(|s| s.size)
             .sum::<u64>()
             + stream.len();
@@ -470,6 +474,8 @@ impl JournalWriter {
         self.frames = 0;
         self.segment_last_real = None;
         self.cache_bytes = 0;
+        // The new segment's header is journal after the snapshot too (`stats` counts it).
+        self.bytes_since_snapshot += self.stream.len();
         Ok((closed, old))
     }
 

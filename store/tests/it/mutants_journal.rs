@@ -449,3 +449,52 @@ fn a_seeded_snapshot_newer_than_the_journal_sets_the_version_the_writer_expects(
         store::AppendOutcome::VersionsMatch
     );
 }
+
+/// The journal bytes since the newest snapshot, as the plugin reports them (`backup-status`,
+/// the metrics) and counts them for its automatic compaction, are what `stats` reads from the
+/// repository: after appends, after a rotation, after a restart, after a compaction, and after a
+/// compaction that found too little to snapshot but rotated the journal all the same.
+#[test]
+fn the_writers_bytes_since_the_snapshot_are_what_the_repository_holds() {
+    use std::sync::Mutex;
+    use store::journal::JournalWriter;
+
+    let s1 = crate::common::load_trace("trace-s1.jsonl");
+    let (env, mut w) = journal_of(true, &s1[..30]);
+    let stored = || {
+        store::ops::stats::stats(&env.repo)
+            .unwrap()
+            .journal_bytes_since_snapshot
+    };
+    let same = |w: &JournalWriter, when: &str| -> u64 {
+        let n = w.bytes_since_snapshot();
+        assert_eq!(n, stored(), "the writer's count {when}");
+        n
+    };
+    let first = same(&w, "with no snapshot");
+    w.rotate().unwrap();
+    crate::common::append_all(&mut w, &s1[30..40]);
+    let two = same(&w, "with no snapshot, two segments");
+    assert!(two > first);
+    drop(w);
+    let w = env.writer();
+    assert_eq!(same(&w, "after a restart, with no snapshot"), two);
+
+    let w = Mutex::new(w);
+    assert!(env.compact(&w).snapshot.is_some());
+    let after = same(&w.lock().unwrap(), "after a compaction");
+    assert!(
+        after < two,
+        "a compaction lowers the count: {after} >= {two}"
+    );
+    // The snapshot holds all but the newest batch; with no batch since, the next compaction
+    // rotates, then finds nothing to snapshot.
+    let r = env.compact(&w);
+    assert!(r.snapshot.is_none(), "{:?}", r.note);
+    crate::common::append_all(&mut w.lock().unwrap(), &s1[40..45]);
+    let rotated = same(&w.lock().unwrap(), "after a compaction that only rotated");
+    assert!(rotated > after);
+    drop(w);
+    let w = env.writer();
+    assert_eq!(same(&w, "after a restart, since a snapshot"), rotated);
+}
