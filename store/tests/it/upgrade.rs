@@ -183,3 +183,106 @@ fn format1_objects_of_the_same_key_put_into_a_format2_repository_are_refused() {
     }
     assert!(!out.exists(), "nothing restored");
 }
+
+/// Format-1 batch `version` (type 1: no time) with `writes`, framed at the end of the open
+/// format-1 stream `seq` of the repository at `root`, as the format-1 plugin appended it.
+fn append_format1(root: &Path, key: &MasterKey, seq: u64, version: u32, writes: &[&str]) {
+    use store::journal::segment::{encode_frame, parse_stream, Recovery, STREAM_HEADER_LEN};
+    let repo = Repository::open(&BackupUrl::File(root.to_path_buf()), Some(key.clone())).unwrap();
+    let name = store::journal::stream_name(seq);
+    let path = root.join(format!("journal/{name}.log"));
+    let mut data = std::fs::read(&path).unwrap();
+    let p = parse_stream(
+        &data,
+        repo.crypto(),
+        repo.repo_id(),
+        seq,
+        &name,
+        Recovery::Strict,
+    )
+    .unwrap();
+    let mut rec = vec![1u8, 0];
+    rec.extend_from_slice(&version.to_le_bytes());
+    rec.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+    for w in writes {
+        rec.extend_from_slice(&(w.len() as u32).to_le_bytes());
+        rec.extend_from_slice(w.as_bytes());
+    }
+    let header = data[..STREAM_HEADER_LEN].to_vec();
+    let at = p.valid_len;
+    let frame = encode_frame(repo.crypto(), &header, seq, at, &p.chain, &rec);
+    data.truncate(at as usize);
+    data.extend_from_slice(&frame);
+    std::fs::write(&path, &data).unwrap();
+    let again = parse_stream(
+        &data,
+        repo.crypto(),
+        repo.repo_id(),
+        seq,
+        &name,
+        Recovery::Strict,
+    );
+    assert_eq!(again.unwrap().frames, p.frames + 1, "the frame reads back");
+}
+
+/// The format-1 stream an upgrade seals keeps its chain (the tag of its last frame), and the
+/// first format-2 segment's link is checked against it. Here two copies of one format-1
+/// repository (a fork: the same key, each written on by a format-1 plugin) took one more batch
+/// each, of the same version, with different statements, and were upgraded. Swapping the sealed
+/// format-1 segment of the node's repository for the fork's (as many frames, the same newest
+/// version) is refused by the chain: never the fork's batch restored as the node's.
+#[test]
+fn an_upgraded_segment_swapped_for_a_forks_is_refused_by_its_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, key) = unpack(&tmp.path().join("node"));
+    let (fork, _) = unpack(&tmp.path().join("fork"));
+    let bump = "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 3231";
+    append_format1(&root, &key, 1, 3232, &[bump]);
+    let forged = "UPDATE vars SET val = 'forged' WHERE name = 'bip32_max_index'";
+    append_format1(&fork, &key, 1, 3232, &[forged, bump]);
+    let mut sealed = Vec::new();
+    for r in [&root, &fork] {
+        let v1 = Repository::open(&BackupUrl::File(r.clone()), Some(key.clone())).unwrap();
+        let (_, rep) = upgrade(&v1, "test", None).unwrap();
+        assert_eq!(rep.sealed_streams, 1);
+        let seg = store::journal::reader::segments(&v1).unwrap();
+        let one = seg.iter().find(|s| s.seq == 1).unwrap().clone();
+        assert!(one.sealed);
+        sealed.push(
+            std::fs::read(r.join(format!("journal/{}.seg", store::journal::stream_name(1))))
+                .unwrap(),
+        );
+    }
+    assert_ne!(sealed[0], sealed[1]);
+    let url = BackupUrl::File(root.clone());
+    let repo = Repository::open(&url, Some(key.clone())).unwrap();
+    let mut w = repo.writer("w", Durability::Fsync).unwrap();
+    assert_eq!((w.segment(), w.last_version()), (2, Some(3232)));
+    w.append(&Batch {
+        data_version: 3233,
+        writes: vec![bump.replace("3231", "3232")],
+    })
+    .unwrap();
+    drop(w);
+    let out = tmp.path().join("node.sqlite3");
+    assert_eq!(
+        restore(&repo, &out, &RestoreTarget::Latest)
+            .unwrap()
+            .data_version,
+        3233
+    );
+    let name = root.join(format!("journal/{}.seg", store::journal::stream_name(1)));
+    std::fs::write(&name, &sealed[1]).unwrap();
+    let out = tmp.path().join("swapped.sqlite3");
+    match restore(&repo, &out, &RestoreTarget::Latest) {
+        Ok(r) => panic!(
+            "restored the fork's segment as the node's, at {}",
+            r.data_version
+        ),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(e.is_corruption(), "{m}");
+            assert!(m.contains("does not follow the segment before it"), "{m}");
+        }
+    }
+}
