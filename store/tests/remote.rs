@@ -562,6 +562,56 @@ fn already_stored_is_answered_only_for_the_same_bytes() {
     assert_eq!(local.stream_read(name).unwrap(), want);
 }
 
+/// The server restarted over a disk that lost acknowledged appends (its directory restored from
+/// an older copy, or cut by hand): the client's next append, at the offset it had stored to, is
+/// refused naming the stream and the loss, and the server neither fills the gap nor stores the
+/// batch after it, which would acknowledge a journal with a hole.
+#[test]
+fn a_server_that_lost_acknowledged_appends_refuses_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(DirBackend::create(&dir.path().join("repo")).unwrap());
+    let key = MasterKey::generate();
+    let server = serve(local.clone(), "127.0.0.1:0", &key);
+    let addr = server.addr();
+    let name = "0000000000000000";
+    // Few tries: a server that fails the append (a panic, a dropped connection) is not waited
+    // out for minutes.
+    let o = RemoteOptions {
+        tries: 3,
+        first_wait: Duration::from_millis(10),
+        ..opts()
+    };
+    let c = connect(addr, &key, o).unwrap();
+    let mut s = c.stream_open(name, Durability::Fsync).unwrap();
+    for i in 1..=3 {
+        s.append(&record(i)).unwrap();
+    }
+    server.close_connections();
+    server.stop();
+    // The disk as it was before the last two appends.
+    let kept = record(1).len() as u64;
+    local
+        .stream_open(name, Durability::Fsync)
+        .unwrap()
+        .truncate(kept)
+        .unwrap();
+    let server = serve(local.clone(), &addr.to_string(), &key);
+    assert_eq!(server.addr(), addr);
+
+    let msg = s.append(&record(4)).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("journal/{name}.log"))
+            && msg.contains(&format!("is {kept} bytes, shorter than the"))
+            && msg.contains("lost acknowledged appends"),
+        "{msg}"
+    );
+    assert_eq!(
+        local.stream_read(name).unwrap(),
+        record(1),
+        "nothing stored after the loss"
+    );
+}
+
 #[test]
 fn retries_run_out_with_a_message_naming_the_server() {
     let dir = tempfile::tempdir().unwrap();
