@@ -382,13 +382,41 @@ fn wait_for_gate<T>(reached: &Receiver<()>, worker: &std::thread::JoinHandle<T>,
 }
 
 /// A backend whose `n`-th stream append completes (durably) and then waits for the test: the
-/// test kills the server meanwhile, so the acknowledgement is lost.
+/// test kills the server meanwhile, so the acknowledgement is lost. With `torn`, that append
+/// stores only its start, as a server losing power in the middle of the write leaves it.
 struct Gate {
     inner: Arc<DirBackend>,
     appends: Arc<Mutex<u32>>,
     hold_at: u32,
     reached: Sender<()>,
     release: Arc<Mutex<Receiver<()>>>,
+    torn: Option<Torn>,
+}
+
+/// What the held append stores: its first `keep` bytes, those from `other_from` on changed
+/// (bytes the node never sent: another writer's torn append, or damage).
+#[derive(Clone, Copy)]
+struct Torn {
+    keep: usize,
+    other_from: Option<usize>,
+}
+
+impl Gate {
+    fn new(
+        inner: Arc<DirBackend>,
+        hold_at: u32,
+        reached: Sender<()>,
+        release: Receiver<()>,
+    ) -> Gate {
+        Gate {
+            inner,
+            appends: Arc::new(Mutex::new(0)),
+            hold_at,
+            reached,
+            release: Arc::new(Mutex::new(release)),
+            torn: None,
+        }
+    }
 }
 
 struct GateStream {
@@ -397,6 +425,7 @@ struct GateStream {
     hold_at: u32,
     reached: Sender<()>,
     release: Arc<Mutex<Receiver<()>>>,
+    torn: Option<Torn>,
 }
 
 impl Stream for GateStream {
@@ -404,17 +433,32 @@ impl Stream for GateStream {
         self.inner.len()
     }
     fn append(&mut self, data: &[u8]) -> store::Result<()> {
-        self.inner.append(data)?;
         let n = {
             let mut a = self.appends.lock().unwrap();
             *a += 1;
             *a
         };
+        let torn = self.torn.filter(|_| n == self.hold_at);
+        match torn {
+            None => self.inner.append(data)?,
+            Some(t) => {
+                let mut part = data[..t.keep.min(data.len() - 1)].to_vec();
+                if let Some(from) = t.other_from {
+                    for b in &mut part[from..] {
+                        *b = if *b == 1 { 2 } else { 1 };
+                    }
+                }
+                self.inner.append(&part)?;
+            }
+        }
         if n == self.hold_at {
             self.reached.send(()).unwrap();
             self.release.lock().unwrap().recv().unwrap();
         }
-        Ok(())
+        match torn {
+            None => Ok(()),
+            Some(_) => Err(Error::Invalid("the server lost power in this write".into())),
+        }
     }
     fn truncate(&mut self, len: u64) -> store::Result<()> {
         self.inner.truncate(len)
@@ -450,6 +494,7 @@ impl Backend for Gate {
             hold_at: self.hold_at,
             reached: self.reached.clone(),
             release: self.release.clone(),
+            torn: self.torn,
         }))
     }
     fn stream_read(&self, n: &str) -> store::Result<Vec<u8>> {
@@ -479,13 +524,7 @@ fn server_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     let key = MasterKey::generate();
     let (reached_tx, reached_rx) = channel();
     let (release_tx, release_rx) = channel();
-    let gate = Arc::new(Gate {
-        inner: local.clone(),
-        appends: Arc::new(Mutex::new(0)),
-        hold_at: 40,
-        reached: reached_tx,
-        release: Arc::new(Mutex::new(release_rx)),
-    });
+    let gate = Arc::new(Gate::new(local.clone(), 40, reached_tx, release_rx));
     let server = serve(gate, "127.0.0.1:0", &key);
     let addr = server.addr();
 
@@ -784,13 +823,7 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
     let kill_at = trace.len() as u32 * 2 / 3;
     let (reached_tx, reached_rx) = channel();
     let (release_tx, release_rx) = channel();
-    let gate = Arc::new(Gate {
-        inner: local.clone(),
-        appends: Arc::new(Mutex::new(0)),
-        hold_at: kill_at,
-        reached: reached_tx,
-        release: Arc::new(Mutex::new(release_rx)),
-    });
+    let gate = Arc::new(Gate::new(local.clone(), kill_at, reached_tx, release_rx));
     let server = serve(gate, "127.0.0.1:0", &key);
     let addr = server.addr();
 
@@ -858,6 +891,150 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
         }
     }
     drop(server);
+}
+
+/// The first 400 batches of the session-1 trace through a repository on a server that loses
+/// power in the middle of writing batch `hold_at`'s frame (storing `torn`), then restarts over
+/// what its disk kept; the node re-sends the batch and goes on. Returns the node's result (the
+/// newest version stored), the test's directory, the server's backend, the restarted server, the
+/// key, and the stream's bytes right after the power cut.
+struct TornRun {
+    res: Result<u32, Error>,
+    dir: tempfile::TempDir,
+    local: Arc<DirBackend>,
+    server: ServerHandle,
+    key: MasterKey,
+    cut: Vec<u8>,
+}
+
+fn through_a_torn_append(torn: Torn, hold_at: u32) -> TornRun {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(DirBackend::create(&dir.path().join("server-repo")).unwrap());
+    let key = MasterKey::generate();
+    let trace = load_trace("trace-s1.jsonl");
+    let (reached_tx, reached_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    let mut gate = Gate::new(local.clone(), hold_at, reached_tx, release_rx);
+    gate.torn = Some(torn);
+    let server = serve(Arc::new(gate), "127.0.0.1:0", &key);
+    let addr = server.addr();
+    let node = std::thread::spawn({
+        let key = key.clone();
+        move || -> Result<u32, Error> {
+            let remote = Arc::new(connect(addr, &key, opts())?);
+            let repo = store::Repository::init_backend(
+                remote,
+                Some(&key),
+                true,
+                store::ConfigBody::default(),
+            )?;
+            let mut w = repo.writer("plugin", Durability::Fsync)?;
+            for b in &trace[..400] {
+                w.append(b)?;
+            }
+            Ok(trace[399].data_version)
+        }
+    });
+    wait_for_gate(&reached_rx, &node, Duration::from_secs(300));
+    let cut = local.stream_read("0000000000000000").unwrap();
+    server.close_connections();
+    release_tx.send(()).unwrap();
+    server.stop();
+    let server = serve(local.clone(), &addr.to_string(), &key);
+    let res = node.join().unwrap();
+    TornRun {
+        res,
+        dir,
+        local,
+        server,
+        key,
+        cut,
+    }
+}
+
+/// What the node's repository holds on the server's disk, as the server counts it for a quota.
+fn bytes_on_disk(b: &DirBackend) -> u64 {
+    let objects: u64 = ["", "snapshots/", "packs/", "index/", "journal/"]
+        .iter()
+        .map(|p| b.list(p).unwrap().iter().map(|o| o.size).sum::<u64>())
+        .sum();
+    objects + b.stream_list().unwrap().iter().map(|o| o.size).sum::<u64>()
+}
+
+/// The server lost power while writing a batch's frame: its disk holds the frame's start. The
+/// node's re-sent batch completes it (the torn bytes are its own), the session goes on, the
+/// restore through the server is exact, and the server's count of the node's bytes (for its
+/// quota) is what its disk holds.
+#[test]
+fn a_batch_torn_by_a_server_power_cut_is_completed_by_the_node() {
+    use store::ops::restore::{restore, RestoreTarget};
+    let torn = Torn {
+        keep: 40,
+        other_from: None,
+    };
+    let t = through_a_torn_append(torn, 300);
+    let last = t.res.unwrap();
+    let after = t.local.stream_read("0000000000000000").unwrap();
+    assert!(after.len() > t.cut.len());
+    let torn_at = t.cut.len() - torn.keep;
+    assert_eq!(
+        after[torn_at..t.cut.len()],
+        t.cut[torn_at..],
+        "completed in place"
+    );
+
+    let url =
+        store::BackupUrl::parse(&format!("socket:127.0.0.1:{}", t.server.addr().port())).unwrap();
+    let repo = store::Repository::open(&url, Some(t.key.clone())).unwrap();
+    let dest = t.dir.path().join("restored.sqlite3");
+    let rep = restore(&repo, &dest, &RestoreTarget::Latest).unwrap();
+    assert_eq!(rep.data_version, last);
+    let want = t.dir.path().join("want.sqlite3");
+    let mut rp = store::replay::Replayer::open(&want, true).unwrap();
+    for b in &load_trace("trace-s1.jsonl")[..400] {
+        rp.apply(&store::journal::Record {
+            batch: b.clone(),
+            supersedes: false,
+            time_ms: 0,
+        })
+        .unwrap();
+    }
+    rp.finish(&want).unwrap();
+    assert!(
+        store::dump::dump(&dest).unwrap() == store::dump::dump(&want).unwrap(),
+        "the restored database differs from the trace's"
+    );
+    drop(repo);
+    assert_eq!(
+        t.server.status().nodes[0].used,
+        Some(bytes_on_disk(&t.local)),
+        "the server's count of the node's bytes"
+    );
+}
+
+/// The server lost power while writing a frame of bytes the node never sent (another writer's,
+/// or damage), after the frame's header, or only in its last byte: the node's batch at that
+/// offset is refused as a conflict naming the stream, the node stops there, and the torn bytes
+/// are left as they are for the node to read with its key.
+#[test]
+fn a_torn_frame_of_other_bytes_is_a_conflict_never_overwritten() {
+    for from in [8, 39] {
+        let torn = Torn {
+            keep: 40,
+            other_from: Some(from),
+        };
+        let t = through_a_torn_append(torn, 300);
+        let msg = t.res.unwrap_err().to_string();
+        assert!(
+            msg.contains("journal/0000000000000000.log") && msg.contains("did not send"),
+            "{from}: {msg}"
+        );
+        let now = t.local.stream_read("0000000000000000").unwrap();
+        assert!(
+            now == t.cut,
+            "{from}: the stream is as the power cut left it"
+        );
+    }
 }
 
 /// An append-only node (and a quota): it creates objects and appends; a delete, a replacement
