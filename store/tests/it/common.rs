@@ -37,6 +37,10 @@ impl Env {
     pub fn reopen(&self) -> Repository {
         Repository::open_backend(self.repo.backend().clone(), Some(self.key.clone())).unwrap()
     }
+    /// The repository opened over `backend` (its own backend wrapped by a test), with its key.
+    pub fn open_over(&self, backend: std::sync::Arc<dyn store::backend::Backend>) -> Repository {
+        Repository::open_backend(backend, Some(self.key.clone())).unwrap()
+    }
     /// A copy of the repository at `dir` (made with [`copy_dir`]), opened with the same key.
     pub fn open_copy(&self, dir: &Path) -> Repository {
         let url = store::BackupUrl::File(dir.to_path_buf());
