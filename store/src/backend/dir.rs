@@ -835,6 +835,59 @@ impl Drop for DirStream {
 mod test {
     use super::*;
 
+    /// A filesystem that refuses direct I/O (`EINVAL`, at the open or at a write: some FUSE and
+    /// network filesystems, tmpfs before Linux 6.6) takes large packs through the page cache:
+    /// read back exactly, no temporary file left. Any other error of a direct write fails the
+    /// put, naming the pack, and leaves nothing.
+    #[test]
+    fn large_packs_on_a_filesystem_without_direct_io() {
+        use self::io::{IoFile, Open, OsIo};
+        struct NoDirect(i32);
+        impl Io for NoDirect {
+            fn open(&self, path: &Path, how: Open) -> std::io::Result<Arc<dyn IoFile>> {
+                if how == Open::CreateNewDirect {
+                    // Created, then refused at its first write.
+                    OsIo.open(path, Open::CreateNew)?;
+                    return Err(std::io::Error::from_raw_os_error(self.0));
+                }
+                OsIo.open(path, how)
+            }
+            fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+                OsIo.rename(from, to)
+            }
+            fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+                OsIo.hard_link(from, to)
+            }
+            fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+                OsIo.remove_file(path)
+            }
+            fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+                OsIo.create_dir_all(path)
+            }
+            fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+                OsIo.sync_dir(path)
+            }
+        }
+        let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7) as u8).collect();
+        for errno in [libc::EINVAL, libc::EIO] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("r");
+            let b = DirBackend::create_with_io(&root, Arc::new(NoDirect(errno))).unwrap();
+            match b.put("packs/big", &data) {
+                Ok(()) if errno == libc::EINVAL => {
+                    assert!(b.get("packs/big").unwrap() == data);
+                }
+                Err(e) if errno == libc::EIO => {
+                    assert!(e.to_string().contains("packs/big"), "{e}");
+                    assert!(matches!(b.get("packs/big"), Err(Error::NotFound { .. })));
+                }
+                other => panic!("errno {errno}: {other:?}"),
+            }
+            let left: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
+            assert!(left.is_empty(), "errno {errno}: {left:?}");
+        }
+    }
+
     /// Packs of [`DIRECT_MIN`] bytes and more are written with `O_DIRECT` (or through the page
     /// cache where the filesystem refuses it): what is read back is exactly what was put,
     /// whatever its length, and no temporary file stays behind.
