@@ -893,11 +893,9 @@ fn a_real_trace_through_a_restarted_server_restores_exactly() {
     drop(server);
 }
 
-/// The first 400 batches of the session-1 trace through a repository on a server that loses
-/// power in the middle of writing batch `hold_at`'s frame (storing `torn`), then restarts over
-/// what its disk kept; the node re-sends the batch and goes on. Returns the node's result (the
-/// newest version stored), the test's directory, the server's backend, the restarted server, the
-/// key, and the stream's bytes right after the power cut.
+/// What [`through_a_torn_append`] leaves: the node's result (the newest version stored), the
+/// test's directory, the server's backend, the restarted server, the key, and the stream's bytes
+/// right after the power cut.
 struct TornRun {
     res: Result<u32, Error>,
     dir: tempfile::TempDir,
@@ -907,6 +905,9 @@ struct TornRun {
     cut: Vec<u8>,
 }
 
+/// The first 400 batches of the session-1 trace through a repository on a server that loses
+/// power in the middle of writing the `hold_at`-th frame (storing `torn`), then restarts over
+/// what its disk kept; the node re-sends the batch and goes on.
 fn through_a_torn_append(torn: Torn, hold_at: u32) -> TornRun {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(DirBackend::create(&dir.path().join("server-repo")).unwrap());
