@@ -186,7 +186,7 @@ impl Merging {
             self.vanish
                 .fetch_update(SeqCst, SeqCst, |k| k.checked_sub(1))
         };
-        if n % self.stride == 0 && vanish().is_ok() {
+        if n.is_multiple_of(self.stride) && vanish().is_ok() {
             return Err(Error::NotFound {
                 object: name.to_string(),
             });
